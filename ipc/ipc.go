@@ -1,0 +1,477 @@
+package ipc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/handoff-go/handoff/scm"
+	"golang.org/x/sys/unix"
+)
+
+// Version is the protocol version carried by every frame.
+const Version = 1
+
+// The environment of a worker process.
+const (
+	// EnvWorkerID holds the worker's id (1, 2, ...). Its presence makes a
+	// process a worker.
+	EnvWorkerID = "HANDOFF_WORKER_ID"
+	// EnvControlFD holds the control socket's fd number, always ControlFD.
+	EnvControlFD = "HANDOFF_CONTROL_FD"
+	// ControlFD is the fd number of the control socket in a worker.
+	ControlFD = 3
+)
+
+// Size limits. A frame is one SOCK_SEQPACKET message.
+const (
+	// MaxFrame is the largest frame, header included. It stays well under
+	// the default socket send buffer, so a frame always fits.
+	MaxFrame = 64 << 10
+	// HeaderSize is the size of a frame's header.
+	HeaderSize = 4
+	// MaxMessage is the largest user message, reassembled.
+	MaxMessage = 4 << 20
+	// MaxConns is the most connections in one Conns or Return frame: one
+	// fd each, so SCM_MAX_FD.
+	MaxConns = scm.MaxFDs
+	// MaxReportIDs is the most ids (acked plus closed) in one Report frame.
+	MaxReportIDs = (MaxFrame - HeaderSize - 4) / 8
+	maxString    = 1024
+)
+
+// Kind says what a frame carries.
+type Kind uint8
+
+// The kinds of frame. See the package doc for their layouts.
+const (
+	KindHello Kind = iota + 1
+	KindListen
+	KindListenReply
+	KindConns
+	KindReport
+	KindReturn
+	KindDisconnect
+	KindUser
+	kindEnd
+)
+
+var kindNames = [...]string{"invalid", "hello", "listen", "listen-reply", "conns", "report", "return", "disconnect", "user"}
+
+func (k Kind) String() string {
+	if k < kindEnd {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// FlagMore marks a User fragment that more fragments follow.
+const FlagMore = 1
+
+var (
+	// ErrMessageTooLarge is returned when a user message exceeds MaxMessage.
+	ErrMessageTooLarge = fmt.Errorf("ipc: message too large (limit %d bytes)", MaxMessage)
+	// ErrMalformed is returned for a frame whose lengths do not add up.
+	ErrMalformed = errors.New("ipc: malformed frame")
+	// ErrVersion is returned for a frame of another protocol version.
+	ErrVersion = errors.New("ipc: unsupported protocol version")
+	// ErrUnknownKind is returned for a frame of a kind this version lacks.
+	ErrUnknownKind = errors.New("ipc: unknown frame kind")
+	// ErrFDs is returned when a frame carries a different number of fds
+	// than its kind and body say. The fds were closed.
+	ErrFDs = errors.New("ipc: wrong number of fds for frame")
+	// ErrFragment is returned for a frame that arrives between the
+	// fragments of a user message.
+	ErrFragment = errors.New("ipc: frame interleaved with a fragmented message")
+	// ErrBusy is returned by TryWriteConns while another write holds the
+	// socket.
+	ErrBusy = errors.New("ipc: connection busy")
+)
+
+// Message is a decoded frame. Decode reuses its slices, so one Message kept
+// across reads makes decoding allocation-free; Payload and the id slices
+// are valid until the next Decode into it.
+type Message struct {
+	Kind     Kind
+	Flags    uint16
+	PID      uint32   // Hello
+	Req      uint32   // Listen, ListenReply
+	Listener uint32   // ListenReply, Conns, Return
+	Network  string   // Listen
+	Address  string   // Listen: requested; ListenReply: bound
+	Errno    uint32   // ListenReply failure: the errno, or 0
+	Syscall  string   // ListenReply failure: the call that failed
+	Err      string   // ListenReply failure: the error's text
+	IDs      []uint64 // Conns, Return: conn ids; Report: acked ids
+	Closed   []uint64 // Report: closed ids
+	Payload  []byte   // User
+}
+
+// NumFDs is the number of fds a frame of this kind and body must carry.
+func (m *Message) NumFDs() int {
+	if m.Kind == KindConns || m.Kind == KindReturn {
+		return len(m.IDs)
+	}
+	return 0
+}
+
+// Decode parses one frame into m. It never panics and never keeps frame.
+func Decode(frame []byte, m *Message) error {
+	if len(frame) < HeaderSize {
+		return ErrMalformed
+	}
+	if frame[0] != Version {
+		return fmt.Errorf("%w: %d", ErrVersion, frame[0])
+	}
+	ids, closed := m.IDs[:0], m.Closed[:0]
+	*m = Message{Kind: Kind(frame[1]), Flags: binary.LittleEndian.Uint16(frame[2:4]), IDs: ids, Closed: closed}
+	d := decoder{b: frame[HeaderSize:]}
+	switch m.Kind {
+	case KindHello:
+		m.PID = d.u32()
+	case KindListen:
+		m.Req = d.u32()
+		m.Network = d.str()
+		m.Address = d.str()
+	case KindListenReply:
+		m.Req = d.u32()
+		m.Listener = d.u32()
+		m.Errno = d.u32()
+		m.Address = d.str()
+		m.Syscall = d.str()
+		m.Err = d.str()
+	case KindConns, KindReturn:
+		m.Listener = d.u32()
+		n := int(d.u16())
+		if n > MaxConns {
+			return ErrMalformed
+		}
+		m.IDs = d.ids(m.IDs, n)
+	case KindReport:
+		na, nc := int(d.u16()), int(d.u16())
+		if na+nc > MaxReportIDs {
+			return ErrMalformed
+		}
+		m.IDs = d.ids(m.IDs, na)
+		m.Closed = d.ids(m.Closed, nc)
+	case KindDisconnect:
+	case KindUser:
+		m.Payload = d.b
+		d.b = nil
+	default:
+		return fmt.Errorf("%w: %d", ErrUnknownKind, frame[1])
+	}
+	if d.bad || len(d.b) != 0 {
+		return fmt.Errorf("%w: %s", ErrMalformed, m.Kind)
+	}
+	return nil
+}
+
+type decoder struct {
+	b   []byte
+	bad bool
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.bad || n > len(d.b) {
+		d.bad = true
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u16() uint16 {
+	if p := d.take(2); p != nil {
+		return binary.LittleEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if p := d.take(4); p != nil {
+		return binary.LittleEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) str() string {
+	n := int(d.u16())
+	if n > maxString {
+		d.bad = true
+		return ""
+	}
+	return string(d.take(n))
+}
+
+func (d *decoder) ids(dst []uint64, n int) []uint64 {
+	p := d.take(8 * n)
+	if p == nil {
+		return dst[:0]
+	}
+	for i := 0; i < n; i++ {
+		dst = append(dst, binary.LittleEndian.Uint64(p[8*i:]))
+	}
+	return dst
+}
+
+func header(dst []byte, k Kind, flags uint16) []byte {
+	return append(dst, Version, byte(k), byte(flags), byte(flags>>8))
+}
+
+func appendStr(dst []byte, s string) []byte {
+	if len(s) > maxString {
+		s = s[:maxString]
+	}
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(s)))
+	return append(dst, s...)
+}
+
+func appendIDs(dst []byte, ids []uint64) []byte {
+	for _, id := range ids {
+		dst = binary.LittleEndian.AppendUint64(dst, id)
+	}
+	return dst
+}
+
+// AppendHello appends a Hello frame.
+func AppendHello(dst []byte, pid int) []byte {
+	return binary.LittleEndian.AppendUint32(header(dst, KindHello, 0), uint32(pid))
+}
+
+// AppendListen appends a Listen frame. Strings longer than 1024 bytes are
+// cut; no network address is that long.
+func AppendListen(dst []byte, req uint32, network, address string) []byte {
+	dst = binary.LittleEndian.AppendUint32(header(dst, KindListen, 0), req)
+	return appendStr(appendStr(dst, network), address)
+}
+
+// AppendListenReply appends a ListenReply frame.
+func AppendListenReply(dst []byte, req, listener, errno uint32, address, syscall, errText string) []byte {
+	dst = header(dst, KindListenReply, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, req)
+	dst = binary.LittleEndian.AppendUint32(dst, listener)
+	dst = binary.LittleEndian.AppendUint32(dst, errno)
+	return appendStr(appendStr(appendStr(dst, address), syscall), errText)
+}
+
+// AppendConns appends a Conns frame (or, with ret, a Return frame) for ids,
+// at most MaxConns of them.
+func AppendConns(dst []byte, ret bool, listener uint32, ids []uint64) []byte {
+	k := KindConns
+	if ret {
+		k = KindReturn
+	}
+	dst = binary.LittleEndian.AppendUint32(header(dst, k, 0), listener)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(ids)))
+	return appendIDs(dst, ids)
+}
+
+// AppendReport appends a Report frame; len(acked)+len(closed) must not
+// exceed MaxReportIDs.
+func AppendReport(dst []byte, acked, closed []uint64) []byte {
+	dst = header(dst, KindReport, 0)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(acked)))
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(closed)))
+	return appendIDs(appendIDs(dst, acked), closed)
+}
+
+// AppendDisconnect appends a Disconnect frame.
+func AppendDisconnect(dst []byte) []byte { return header(dst, KindDisconnect, 0) }
+
+// Conn frames messages on an scm.Conn. Writes are safe from many
+// goroutines and are never interleaved with a fragmented user message;
+// reads are for one goroutine.
+type Conn struct {
+	sc *scm.Conn
+
+	wmu  sync.Mutex
+	wbuf []byte
+
+	rbuf    []byte
+	rfds    [scm.MaxFDs]int
+	frag    []byte
+	infrg   bool
+	discard bool
+}
+
+// NewConn frames messages on sc and takes ownership of it.
+func NewConn(sc *scm.Conn) *Conn {
+	return &Conn{sc: sc, wbuf: make([]byte, 0, MaxFrame), rbuf: make([]byte, MaxFrame+1)}
+}
+
+// Close closes the socket; pending reads and writes return errors.
+func (c *Conn) Close() error { return c.sc.Close() }
+
+// WriteFrame writes one encoded frame with fds attached, waiting while the
+// socket is full. The caller keeps ownership of fds.
+func (c *Conn) WriteFrame(frame []byte, fds []int) error {
+	if len(frame) > MaxFrame {
+		return ErrMalformed
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.sc.WriteMsg(frame, fds)
+}
+
+// TryWriteConns writes a Conns frame for ids and fds without waiting. It
+// returns ErrBusy if another write holds the socket and an error matching
+// unix.EAGAIN if the socket is full; then nothing was sent. It makes no
+// allocation. The caller keeps ownership of fds.
+func (c *Conn) TryWriteConns(listener uint32, ids []uint64, fds []int) error {
+	if len(ids) != len(fds) || len(ids) > MaxConns {
+		return ErrFDs
+	}
+	if !c.wmu.TryLock() {
+		return ErrBusy
+	}
+	defer c.wmu.Unlock()
+	c.wbuf = AppendConns(c.wbuf[:0], false, listener, ids)
+	return c.sc.TryWriteMsg(c.wbuf, fds)
+}
+
+// WriteReport writes acked and closed ids, in as many Report frames as
+// they need, waiting while the socket is full.
+func (c *Conn) WriteReport(acked, closed []uint64) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(acked)+len(closed) > 0 {
+		na := min(len(acked), MaxReportIDs)
+		nc := min(len(closed), MaxReportIDs-na)
+		c.wbuf = AppendReport(c.wbuf[:0], acked[:na], closed[:nc])
+		if err := c.sc.WriteMsg(c.wbuf, nil); err != nil {
+			return err
+		}
+		acked, closed = acked[na:], closed[nc:]
+	}
+	return nil
+}
+
+// WriteUser writes one user message, cut into fragments if it needs more
+// than one frame. A message over MaxMessage returns ErrMessageTooLarge and
+// nothing is sent.
+func (c *Conn) WriteUser(payload []byte) error {
+	if len(payload) > MaxMessage {
+		return fmt.Errorf("%w: %d bytes", ErrMessageTooLarge, len(payload))
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for {
+		chunk := payload[:min(len(payload), MaxFrame-HeaderSize)]
+		payload = payload[len(chunk):]
+		var flags uint16
+		if len(payload) > 0 {
+			flags = FlagMore
+		}
+		c.wbuf = append(header(c.wbuf[:0], KindUser, flags), chunk...)
+		if err := c.sc.WriteMsg(c.wbuf, nil); err != nil {
+			return err
+		}
+		if len(payload) == 0 {
+			return nil
+		}
+	}
+}
+
+// Read reads the next whole message into m, waiting for it. The returned
+// fds, exactly m.NumFDs() of them, belong to the caller; the slice is
+// reused by the next Read. A user message's Payload is a fresh slice the
+// caller may keep. On error no fds are returned: all were closed. Errors
+// from ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment and
+// ErrMessageTooLarge mean the peer broke the protocol; the frame was
+// dropped and the connection can still be read.
+func (c *Conn) Read(m *Message) ([]int, error) { return c.read(m, true) }
+
+// TryRead is Read without waiting: with nothing to read it returns an
+// error matching unix.EAGAIN.
+func (c *Conn) TryRead(m *Message) ([]int, error) { return c.read(m, false) }
+
+func (c *Conn) read(m *Message, wait bool) ([]int, error) {
+	for {
+		var n, nfds int
+		var err error
+		if wait {
+			n, nfds, err = c.sc.ReadMsg(c.rbuf, c.rfds[:])
+		} else {
+			n, nfds, err = c.sc.TryReadMsg(c.rbuf, c.rfds[:])
+		}
+		if err != nil {
+			return nil, err
+		}
+		fds := c.rfds[:nfds]
+		if n > MaxFrame {
+			closeFDs(fds)
+			return nil, fmt.Errorf("%w: frame over %d bytes", ErrMalformed, MaxFrame)
+		}
+		if err := Decode(c.rbuf[:n], m); err != nil {
+			closeFDs(fds)
+			c.resetFragments()
+			return nil, err
+		}
+		if m.NumFDs() != len(fds) {
+			closeFDs(fds)
+			return nil, fmt.Errorf("%w: %s with %d fds", ErrFDs, m.Kind, len(fds))
+		}
+		if m.Kind != KindUser {
+			if c.infrg || c.discard {
+				closeFDs(fds)
+				c.resetFragments()
+				return nil, fmt.Errorf("%w: %s", ErrFragment, m.Kind)
+			}
+			return fds, nil
+		}
+		more := m.Flags&FlagMore != 0
+		if c.discard {
+			c.discard = more
+			continue
+		}
+		if len(c.frag)+len(m.Payload) > MaxMessage {
+			c.resetFragments()
+			c.discard = more // drop the rest of this message's fragments
+			return nil, ErrMessageTooLarge
+		}
+		if m.Flags&FlagMore != 0 {
+			c.frag = append(c.frag, m.Payload...)
+			c.infrg = true
+			continue
+		}
+		if c.infrg {
+			m.Payload = append(c.frag, m.Payload...)
+			c.frag, c.infrg = nil, false
+		} else {
+			m.Payload = append([]byte(nil), m.Payload...)
+		}
+		return nil, nil
+	}
+}
+
+func (c *Conn) resetFragments() { c.frag, c.infrg, c.discard = nil, false, false }
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+}
+
+// Socketpair returns a control connection for the master and the file to
+// pass to the worker as fd ControlFD.
+func Socketpair() (*Conn, *os.File, error) {
+	sc, f, err := scm.Socketpair()
+	if err != nil {
+		return nil, nil, err
+	}
+	return NewConn(sc), f, nil
+}
+
+// Inherited returns the worker's control connection on fd ControlFD,
+// taking ownership of the fd.
+func Inherited() (*Conn, error) {
+	sc, err := scm.NewConn(ControlFD)
+	if err != nil {
+		return nil, err
+	}
+	return NewConn(sc), nil
+}

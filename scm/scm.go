@@ -1,0 +1,321 @@
+package scm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxFDs is the most fds one message carries: the kernel's SCM_MAX_FD.
+const MaxFDs = 253
+
+// OOBSize is the size of the control buffer that receives MaxFDs fds.
+var OOBSize = unix.CmsgSpace(4 * MaxFDs)
+
+var (
+	// ErrTooManyFDs is returned for a send of more than MaxFDs fds, or a
+	// receive whose fds slice is too short for what arrived.
+	ErrTooManyFDs = errors.New("scm: too many fds in one message")
+	// ErrTruncated means the message was longer than the receive buffer
+	// (MSG_TRUNC). Its fds were closed.
+	ErrTruncated = errors.New("scm: message truncated (MSG_TRUNC)")
+	// ErrControlTruncated means the kernel dropped fds because the control
+	// buffer was too small or the receiver was at its fd limit
+	// (MSG_CTRUNC). The fds that did arrive were closed.
+	ErrControlTruncated = errors.New("scm: control data truncated (MSG_CTRUNC)")
+	// ErrBadControl means a control message could not be parsed. Every fd
+	// that could be found in it was closed.
+	ErrBadControl = errors.New("scm: malformed control message")
+	// ErrEmpty is returned for a send with no payload: the protocol never
+	// sends empty messages, and the receiver reads them as end of stream.
+	ErrEmpty = errors.New("scm: empty payload")
+)
+
+// Conn is one end of a connected SOCK_SEQPACKET Unix socket. Writes may be
+// called from many goroutines (they are serialised); reads from one
+// goroutine at a time. A Conn makes no allocation per message.
+type Conn struct {
+	f  *os.File
+	rc syscall.RawConn
+
+	wmu   sync.Mutex
+	wiov  unix.Iovec
+	wmsg  unix.Msghdr
+	woob  []byte
+	wwait bool
+	werr  error
+	wfn   func(fd uintptr) bool
+
+	rmu    sync.Mutex
+	riov   unix.Iovec
+	rmsg   unix.Msghdr
+	roob   []byte
+	rwait  bool
+	rn     int
+	rerr   error
+	rflags int
+	rfn    func(fd uintptr) bool
+}
+
+// Socketpair returns a connected SOCK_SEQPACKET pair. local is ready for
+// use in this process; remote is meant for a child process through
+// exec.Cmd.ExtraFiles. The caller owns both and closes remote once the
+// child has started. Both ends are close-on-exec in this process; ExtraFiles
+// clears that flag for the child's copy only.
+func Socketpair() (local *Conn, remote *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	local, err = NewConn(fds[0])
+	if err != nil {
+		_ = unix.Close(fds[1])
+		return nil, nil, err
+	}
+	return local, os.NewFile(uintptr(fds[1]), "handoff-control"), nil
+}
+
+// NewConn takes ownership of fd, a connected SOCK_SEQPACKET Unix socket
+// (for example one inherited from a parent), makes it non-blocking and
+// close-on-exec, and returns a Conn over it. On error fd is closed.
+func NewConn(fd int) (*Conn, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("scm: fd %d is not a socket: %w", fd, os.NewSyscallError("getsockopt", err))
+	}
+	if typ != unix.SOCK_SEQPACKET {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("scm: fd %d is socket type %d, want SOCK_SEQPACKET", fd, typ)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	unix.CloseOnExec(fd)
+	// os.NewFile sees the fd is non-blocking and registers it with the
+	// runtime poller, so waits park the goroutine, not a thread.
+	f := os.NewFile(uintptr(fd), "handoff-control")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	c := &Conn{f: f, rc: rc, woob: make([]byte, OOBSize), roob: make([]byte, OOBSize)}
+	c.wfn = c.doWrite
+	c.rfn = c.doRead
+	return c, nil
+}
+
+// Close closes the socket. A read or write blocked on it returns an error
+// matching os.ErrClosed. Close is safe to call more than once.
+func (c *Conn) Close() error {
+	err := c.f.Close()
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// WriteMsg sends p (which must not be empty) and fds as one message,
+// waiting while the socket's buffer is full. It does not take ownership
+// of fds: see the package doc.
+func (c *Conn) WriteMsg(p []byte, fds []int) error { return c.write(p, fds, true) }
+
+// TryWriteMsg is WriteMsg without waiting: when the socket's buffer is full
+// it returns an error matching unix.EAGAIN and nothing was sent.
+func (c *Conn) TryWriteMsg(p []byte, fds []int) error { return c.write(p, fds, false) }
+
+func (c *Conn) write(p []byte, fds []int, wait bool) error {
+	if len(p) == 0 {
+		return ErrEmpty
+	}
+	if len(fds) > MaxFDs {
+		return ErrTooManyFDs
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wiov.Base = &p[0]
+	c.wiov.SetLen(len(p))
+	c.wmsg.Iov = &c.wiov
+	c.wmsg.Iovlen = 1
+	c.wmsg.Control = nil
+	c.wmsg.Controllen = 0
+	if len(fds) > 0 {
+		n := putRights(c.woob, fds)
+		c.wmsg.Control = &c.woob[0]
+		c.wmsg.SetControllen(n)
+	}
+	c.wwait = wait
+	c.werr = nil
+	err := c.rc.Write(c.wfn)
+	c.wiov.Base = nil
+	c.wmsg.Control = nil
+	if err != nil {
+		return err
+	}
+	return c.werr
+}
+
+// doWrite runs inside RawConn.Write. Returning false asks the poller to
+// wait for writability and call it again.
+func (c *Conn) doWrite(fd uintptr) bool {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wmsg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		switch e {
+		case 0:
+			c.werr = nil
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if c.wwait {
+				return false
+			}
+		}
+		c.werr = os.NewSyscallError("sendmsg", e)
+		return true
+	}
+}
+
+// putRights writes one SCM_RIGHTS control message for fds into oob and
+// returns its length.
+func putRights(oob []byte, fds []int) int {
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level = unix.SOL_SOCKET
+	h.Type = unix.SCM_RIGHTS
+	h.SetLen(unix.CmsgLen(4 * len(fds)))
+	data := oob[unix.CmsgLen(0):]
+	for i, fd := range fds {
+		*(*int32)(unsafe.Pointer(&data[4*i])) = int32(fd)
+	}
+	return unix.CmsgSpace(4 * len(fds))
+}
+
+// ReadMsg receives one message into p, waiting until one arrives. The fds
+// that came with it are stored in fds[:nfds] and belong to the caller;
+// fds should have room for MaxFDs. At end of stream it returns io.EOF. On
+// every error, every fd that arrived has been closed and nfds is 0.
+func (c *Conn) ReadMsg(p []byte, fds []int) (n, nfds int, err error) {
+	return c.read(p, fds, true)
+}
+
+// TryReadMsg is ReadMsg without waiting: with nothing to read it returns an
+// error matching unix.EAGAIN.
+func (c *Conn) TryReadMsg(p []byte, fds []int) (n, nfds int, err error) {
+	return c.read(p, fds, false)
+}
+
+func (c *Conn) read(p []byte, fds []int, wait bool) (n, nfds int, err error) {
+	if len(p) == 0 {
+		return 0, 0, ErrEmpty
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.riov.Base = &p[0]
+	c.riov.SetLen(len(p))
+	c.rmsg.Iov = &c.riov
+	c.rmsg.Iovlen = 1
+	c.rmsg.Control = &c.roob[0]
+	c.rmsg.SetControllen(len(c.roob))
+	c.rmsg.Flags = 0
+	c.rwait = wait
+	c.rerr = nil
+	err = c.rc.Read(c.rfn)
+	c.riov.Base = nil
+	if err != nil {
+		return 0, 0, err
+	}
+	if c.rerr != nil {
+		return 0, 0, c.rerr
+	}
+	n = c.rn
+	nfds, err = parseRights(c.roob[:c.rmsg.Controllen], fds)
+	switch {
+	case err != nil:
+	case c.rflags&unix.MSG_CTRUNC != 0:
+		err = ErrControlTruncated
+	case c.rflags&unix.MSG_TRUNC != 0:
+		err = ErrTruncated
+	case n == 0:
+		err = io.EOF
+	}
+	if err != nil {
+		closeAll(fds[:nfds])
+		return 0, 0, err
+	}
+	return n, nfds, nil
+}
+
+func (c *Conn) doRead(fd uintptr) bool {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&c.rmsg)), unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+		switch e {
+		case 0:
+			c.rn = int(r)
+			c.rflags = int(c.rmsg.Flags)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if c.rwait {
+				return false
+			}
+		}
+		c.rerr = os.NewSyscallError("recvmsg", e)
+		return true
+	}
+}
+
+// parseRights collects the fds of every SCM_RIGHTS control message in oob
+// into fds. Fds that do not fit, and every fd on error, are closed; on
+// error it returns 0 and the fds already stored are closed too.
+func parseRights(oob []byte, fds []int) (int, error) {
+	nfds := 0
+	var err error
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			// Nothing past here can be parsed. The kernel writes
+			// well-formed headers, so this is not expected.
+			err = ErrBadControl
+			break
+		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
+			data := oob[unix.CmsgLen(0):l]
+			for i := 0; i+4 <= len(data); i += 4 {
+				fd := int(*(*int32)(unsafe.Pointer(&data[i])))
+				if nfds < len(fds) {
+					fds[nfds] = fd
+					nfds++
+				} else {
+					_ = unix.Close(fd)
+					err = ErrTooManyFDs
+				}
+			}
+		}
+		next := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if next > len(oob) {
+			break
+		}
+		oob = oob[next:]
+	}
+	if err != nil {
+		closeAll(fds[:nfds])
+		return 0, err
+	}
+	return nfds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+}
