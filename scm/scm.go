@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -41,8 +42,9 @@ var (
 // called from many goroutines (they are serialised); reads from one
 // goroutine at a time. A Conn makes no allocation per message.
 type Conn struct {
-	f  *os.File
-	rc syscall.RawConn
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool
 
 	wmu   sync.Mutex
 	wiov  unix.Iovec
@@ -116,6 +118,7 @@ func NewConn(fd int) (*Conn, error) {
 // Close closes the socket. A read or write blocked on it returns an error
 // matching os.ErrClosed. Close is safe to call more than once.
 func (c *Conn) Close() error {
+	c.closed.Store(true)
 	err := c.f.Close()
 	if errors.Is(err, os.ErrClosed) {
 		return nil
@@ -158,7 +161,7 @@ func (c *Conn) write(p []byte, fds []int, wait bool) error {
 	c.wiov.Base = nil
 	c.wmsg.Control = nil
 	if err != nil {
-		return err
+		return c.rawErr("sendmsg", err)
 	}
 	return c.werr
 }
@@ -182,6 +185,16 @@ func (c *Conn) doWrite(fd uintptr) bool {
 		c.werr = os.NewSyscallError("sendmsg", e)
 		return true
 	}
+}
+
+// rawErr turns the error of a RawConn call on a closed Conn, the poller's
+// "use of closed file", which does not match os.ErrClosed, into one that
+// does, as Close promises.
+func (c *Conn) rawErr(op string, err error) error {
+	if c.closed.Load() {
+		return &os.PathError{Op: op, Path: c.f.Name(), Err: os.ErrClosed}
+	}
+	return err
 }
 
 // putRights writes one SCM_RIGHTS control message for fds into oob and
@@ -230,7 +243,7 @@ func (c *Conn) read(p []byte, fds []int, wait bool) (n, nfds int, err error) {
 	err = c.rc.Read(c.rfn)
 	c.riov.Base = nil
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, c.rawErr("recvmsg", err)
 	}
 	if c.rerr != nil {
 		return 0, 0, c.rerr

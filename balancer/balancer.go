@@ -1,0 +1,547 @@
+package balancer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Defaults for the zero Options.
+const (
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultHandoffTimeout    = 5 * time.Second
+	DefaultReloadTimeout     = time.Minute
+	DefaultMaxUnacked        = 1024
+	DefaultMaxPending        = 4096
+	DefaultReloadConcurrency = 1
+)
+
+// Restart backoff for workers that exit unexpectedly: the first restart
+// waits RestartBackoffMin, each further crash of the same slot doubles it up
+// to RestartBackoffMax, and a worker that stayed up StableUptime resets it.
+const (
+	RestartBackoffMin = 100 * time.Millisecond
+	RestartBackoffMax = 30 * time.Second
+	StableUptime      = 5 * time.Second
+)
+
+// maxListeners bounds the sockets workers can make the master open.
+const maxListeners = 256
+
+var (
+	// ErrClosed is returned by methods of a balancer that has shut down.
+	ErrClosed = errors.New("balancer: shut down")
+	// ErrStarted is returned by Start called twice.
+	ErrStarted = errors.New("balancer: already started")
+	// ErrWorkerGone is returned by Worker.Send to a worker that has exited
+	// or been disconnected.
+	ErrWorkerGone = errors.New("balancer: worker is gone")
+	// ErrReloadAborted wraps the reason a rolling restart stopped early.
+	ErrReloadAborted = errors.New("balancer: reload aborted")
+)
+
+// Options configures a Balancer. The zero value runs one worker per CPU,
+// each re-executing the current binary with the same arguments, as
+// cluster.fork() does.
+type Options struct {
+	// Workers is the number of worker processes; 0 means runtime.NumCPU().
+	Workers int
+	// Path is the program each worker runs; "" means the current binary.
+	Path string
+	// Args are the worker's arguments, without argv[0]. nil means this
+	// process's own arguments (os.Args[1:]).
+	Args []string
+	// Env is added to this process's environment for every worker.
+	Env []string
+	// Dir is the workers' working directory; "" means the master's.
+	Dir string
+	// Stdout and Stderr receive the workers' output; nil means the
+	// master's own os.Stdout and os.Stderr.
+	Stdout, Stderr io.Writer
+	// User, if set, is the user name or numeric uid the workers run as
+	// (with its primary group and supplementary groups). The master must
+	// be root. Sockets stay the master's, so workers of an unprivileged
+	// user still serve port 80.
+	User string
+
+	// Policy makes the dispatch policy of each listener; nil means
+	// RoundRobin.
+	Policy func() Policy
+
+	// ShutdownTimeout is how long a disconnecting worker may drain after
+	// SIGTERM before SIGKILL; 0 means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// HandoffTimeout is how long a worker may hold handed-off connections
+	// without acknowledging any before it is killed and they go to other
+	// workers; 0 means DefaultHandoffTimeout.
+	HandoffTimeout time.Duration
+	// ReloadTimeout bounds how long Reload waits for one replacement to
+	// listen; 0 means DefaultReloadTimeout.
+	ReloadTimeout time.Duration
+	// ReloadConcurrency is how many workers Reload replaces at once; 0
+	// means 1.
+	ReloadConcurrency int
+	// MaxUnacked bounds the handoffs a worker has not yet acknowledged. A
+	// worker at the bound gets no more until it acks; 0 means
+	// DefaultMaxUnacked.
+	MaxUnacked int
+	// MaxPending bounds the accepted connections waiting for a worker when
+	// none can take them. Past it the newest are closed; 0 means
+	// DefaultMaxPending.
+	MaxPending int
+
+	// Logger receives the balancer's logs; the zero value is silent.
+	Logger zerolog.Logger
+	// OnEvent, if set, receives every Event; see Event.
+	OnEvent func(Event)
+}
+
+// Balancer is a handoff master: it owns the listening sockets, accepts
+// every connection, hands each to a worker process, and keeps the workers
+// running. All its methods are safe for concurrent use.
+type Balancer struct {
+	opts   Options
+	log    zerolog.Logger
+	events *eventQueue
+	cred   *syscall.Credential
+	path   string
+	args   []string
+
+	mu         sync.Mutex
+	started    bool
+	stopping   bool // Shutdown has begun: no restarts, no new workers
+	nextID     int
+	nextConn   uint64
+	workers    []*Worker // alive or exiting, by id
+	listeners  []*listener
+	byKey      map[string]*listener
+	restarting map[*slot]bool
+	pending    int // fds queued on all listeners
+	pendTimer  *time.Timer
+	pendArmed  bool
+	pendDelay  time.Duration
+	changed    chan struct{} // closed and replaced on every state change
+	epoch      time.Time
+
+	stopAccept     chan struct{}
+	acceptLogLimit rateLimit
+	dropLogLimit   rateLimit
+	badLogLimit    rateLimit
+
+	reloadMu     sync.Mutex
+	shutdownOnce sync.Once
+	shutdownErr  error
+	done         chan struct{}
+	watchdogDone chan struct{}
+	watchdogStop chan struct{}
+	wg           sync.WaitGroup // worker goroutines and restart timers
+
+	stats stats
+}
+
+// New returns a Balancer; it opens nothing and starts no worker until
+// Listen and Start.
+func New(opts Options) (*Balancer, error) {
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.NumCPU()
+	}
+	if opts.Policy == nil {
+		opts.Policy = RoundRobin
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if opts.HandoffTimeout <= 0 {
+		opts.HandoffTimeout = DefaultHandoffTimeout
+	}
+	if opts.ReloadTimeout <= 0 {
+		opts.ReloadTimeout = DefaultReloadTimeout
+	}
+	if opts.ReloadConcurrency <= 0 {
+		opts.ReloadConcurrency = DefaultReloadConcurrency
+	}
+	if opts.MaxUnacked <= 0 {
+		opts.MaxUnacked = DefaultMaxUnacked
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.Stdout == nil {
+		opts.Stdout = os.Stdout
+	}
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	b := &Balancer{
+		opts:           opts,
+		log:            opts.Logger,
+		path:           opts.Path,
+		args:           opts.Args,
+		byKey:          make(map[string]*listener),
+		restarting:     make(map[*slot]bool),
+		watchdogStop:   make(chan struct{}),
+		changed:        make(chan struct{}),
+		epoch:          time.Now(),
+		stopAccept:     make(chan struct{}),
+		acceptLogLimit: rateLimit{every: time.Second},
+		dropLogLimit:   rateLimit{every: time.Second},
+		badLogLimit:    rateLimit{every: time.Second},
+		done:           make(chan struct{}),
+		watchdogDone:   make(chan struct{}),
+	}
+	if b.path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("balancer: finding the current binary: %w", err)
+		}
+		b.path = exe
+	}
+	if b.args == nil {
+		b.args = os.Args[1:]
+	}
+	if opts.User != "" {
+		cred, err := lookupUser(opts.User)
+		if err != nil {
+			return nil, err
+		}
+		b.cred = cred
+	}
+	b.pendTimer = time.AfterFunc(time.Hour, b.retryPending)
+	b.pendTimer.Stop()
+	b.events = newEventQueue(opts.OnEvent)
+	go b.watchdog()
+	return b, nil
+}
+
+func lookupUser(name string) (*syscall.Credential, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		if _, nerr := strconv.Atoi(name); nerr == nil {
+			u, err = user.LookupId(name)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("balancer: user %q: %w", name, err)
+		}
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	if gids, err := u.GroupIds(); err == nil {
+		for _, g := range gids {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+				cred.Groups = append(cred.Groups, uint32(n))
+			}
+		}
+	}
+	return cred, nil
+}
+
+// Listen opens a listening socket in the master, as net.Listen(network,
+// address) would, and starts accepting on it. Workers that call
+// worker.Listen with the same address share it. It returns the bound
+// address. Listening on an address already open returns that one.
+func (b *Balancer) Listen(network, address string) (net.Addr, error) {
+	l, err := b.listener(network, address)
+	if err != nil {
+		return nil, err
+	}
+	return l.bound, nil
+}
+
+// listener finds or opens the listener for a request.
+func (b *Balancer) listener(network, address string) (*listener, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopping {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrClosed}
+	}
+	if l := b.findLocked(network, address); l != nil {
+		return l, nil
+	}
+	if len(b.listeners) >= maxListeners {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("balancer: too many listeners (%d)", maxListeners)}
+	}
+	l, err := openListener(network, address)
+	if err != nil {
+		return nil, err
+	}
+	l.id = uint32(len(b.listeners) + 1)
+	l.policy = b.opts.Policy()
+	b.listeners = append(b.listeners, l)
+	b.byKey[network+" "+address] = l
+	b.byKey[network+" "+l.bound.String()] = l
+	b.log.Info().Str("network", network).Str("address", l.bound.String()).Msg("listening")
+	go b.acceptLoop(l)
+	return l, nil
+}
+
+// findLocked matches a request with an open listener, by the address as
+// written or, for TCP with a fixed port, by the address it resolves to.
+func (b *Balancer) findLocked(network, address string) *listener {
+	if l := b.byKey[network+" "+address]; l != nil {
+		return l
+	}
+	if network == "unix" {
+		return nil
+	}
+	a, err := net.ResolveTCPAddr(network, address)
+	if err != nil || a.Port == 0 {
+		return nil
+	}
+	for _, l := range b.listeners {
+		if ta, ok := l.bound.(*net.TCPAddr); ok && ta.Port == a.Port && (ta.IP.Equal(a.IP) || (ta.IP.IsUnspecified() && a.IP == nil)) {
+			return l
+		}
+	}
+	return nil
+}
+
+// Addrs returns the bound address of every open listener.
+func (b *Balancer) Addrs() []net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	addrs := make([]net.Addr, len(b.listeners))
+	for i, l := range b.listeners {
+		addrs[i] = l.bound
+	}
+	return addrs
+}
+
+// Start starts Options.Workers workers.
+func (b *Balancer) Start() error {
+	b.mu.Lock()
+	if b.started {
+		b.mu.Unlock()
+		return ErrStarted
+	}
+	b.started = true
+	b.mu.Unlock()
+	for i := 0; i < b.opts.Workers; i++ {
+		if _, err := b.fork(&slot{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Fork starts one more worker, with env added to its environment on top of
+// Options.Env. If it crashes it is restarted with the same env.
+func (b *Balancer) Fork(env ...string) (*Worker, error) {
+	return b.fork(&slot{env: env})
+}
+
+// Workers returns the workers that have not exited, by id.
+func (b *Balancer) Workers() []*Worker {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]*Worker(nil), b.workers...)
+}
+
+// Broadcast sends v, as JSON, to every connected worker. It returns the
+// errors of the sends that failed, joined.
+func (b *Balancer) Broadcast(v any) error {
+	p, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, w := range b.Workers() {
+		if !w.IsConnected() {
+			continue
+		}
+		if err := w.sendRaw(p); err != nil {
+			errs = append(errs, fmt.Errorf("worker %d: %w", w.id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Done is closed when Shutdown has finished.
+func (b *Balancer) Done() <-chan struct{} { return b.done }
+
+// notifyLocked wakes everything waiting for a state change.
+func (b *Balancer) notifyLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// waitFor waits until cond, checked under b.mu, holds.
+func (b *Balancer) waitFor(ctx context.Context, cond func() bool) error {
+	for {
+		b.mu.Lock()
+		ok := cond()
+		ch := b.changed
+		b.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Reload replaces every worker, a few at a time (Options.ReloadConcurrency),
+// with no failed request: each replacement is started, and only once it
+// listens on every address its predecessor served is the old worker
+// disconnected gracefully. If a replacement fails to come up, Reload kills
+// it, stops, and returns an error wrapping ErrReloadAborted; the workers
+// not yet replaced keep serving.
+func (b *Balancer) Reload(ctx context.Context) error {
+	b.reloadMu.Lock()
+	defer b.reloadMu.Unlock()
+	var olds []*Worker
+	for _, w := range b.Workers() {
+		if w.routable() {
+			olds = append(olds, w)
+		}
+	}
+	b.log.Info().Int("workers", len(olds)).Msg("rolling restart")
+	for len(olds) > 0 {
+		n := min(len(olds), b.opts.ReloadConcurrency)
+		batch := olds[:n]
+		olds = olds[n:]
+		errs := make(chan error, n)
+		for _, old := range batch {
+			go func() { errs <- b.replace(ctx, old) }()
+		}
+		var failed []error
+		for range batch {
+			if err := <-errs; err != nil {
+				failed = append(failed, err)
+			}
+		}
+		if len(failed) > 0 {
+			err := fmt.Errorf("%w: %w", ErrReloadAborted, errors.Join(failed...))
+			b.log.Error().Err(err).Msg("rolling restart aborted; old workers keep serving")
+			return err
+		}
+	}
+	b.log.Info().Msg("rolling restart done")
+	return nil
+}
+
+// replace starts a successor for old in its slot and disconnects old once
+// the successor listens everywhere old did.
+func (b *Balancer) replace(ctx context.Context, old *Worker) error {
+	b.mu.Lock()
+	dead := old.state >= StateDisconnecting
+	want := make([]*listener, 0, len(old.listening))
+	for l := range old.listening {
+		want = append(want, l)
+	}
+	b.mu.Unlock()
+	if dead {
+		return nil // gone already; its slot restarts by itself
+	}
+	nw, err := b.fork(old.slot)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.opts.ReloadTimeout)
+	defer cancel()
+	err = b.waitFor(ctx, func() bool {
+		if nw.state >= StateDisconnecting {
+			return true
+		}
+		if nw.state < StateOnline {
+			return false
+		}
+		for _, l := range want {
+			if !nw.listening[l] {
+				return false
+			}
+		}
+		return true
+	})
+	if err == nil && nw.IsDead() {
+		err = fmt.Errorf("worker %d exited before listening", nw.id)
+	}
+	if err != nil {
+		nw.abandon()
+		return fmt.Errorf("replacing worker %d: %w", old.id, err)
+	}
+	old.Disconnect()
+	return nil
+}
+
+// Shutdown stops accepting, accepts what is already in the listen
+// backlog, drains every worker gracefully and waits for them to exit. If
+// ctx ends first, the workers left are killed. The balancer cannot be used
+// again.
+func (b *Balancer) Shutdown(ctx context.Context) error {
+	b.shutdownOnce.Do(func() { b.shutdownErr = b.shutdown(ctx) })
+	<-b.done
+	return b.shutdownErr
+}
+
+func (b *Balancer) shutdown(ctx context.Context) error {
+	defer close(b.done)
+	b.mu.Lock()
+	b.stopping = true
+	b.cancelRestartsLocked()
+	ls := b.listeners
+	for _, l := range ls {
+		l.stopping = true
+	}
+	b.notifyLocked()
+	b.mu.Unlock()
+	b.log.Info().Msg("shutting down: closing listeners, draining workers")
+	close(b.stopAccept)
+	for _, l := range ls {
+		_ = l.f.SetReadDeadline(time.Unix(1, 0))
+		<-l.done
+	}
+	for _, w := range b.Workers() {
+		w.Disconnect()
+	}
+	err := b.waitFor(ctx, func() bool { return len(b.workers) == 0 })
+	if err != nil {
+		b.log.Warn().Err(err).Msg("drain deadline passed; killing the workers left")
+		for _, w := range b.Workers() {
+			_ = w.Kill(syscall.SIGKILL)
+		}
+	}
+	b.mu.Lock()
+	b.cancelRestartsLocked()
+	b.mu.Unlock()
+	b.wg.Wait()
+	close(b.watchdogStop)
+	b.mu.Lock()
+	for _, l := range ls {
+		b.dropPendingLocked(l)
+	}
+	b.mu.Unlock()
+	b.pendTimer.Stop()
+	<-b.watchdogDone
+	b.events.close()
+	b.log.Info().Msg("shut down")
+	return err
+}
+
+// Kill sends SIGKILL to every worker at once, without draining; for a
+// second Ctrl-C. Shutdown still needs to be called (or be running) to
+// wait for them.
+func (b *Balancer) Kill() {
+	b.mu.Lock()
+	b.stopping = true
+	b.cancelRestartsLocked()
+	b.mu.Unlock()
+	for _, w := range b.Workers() {
+		_ = w.Kill(syscall.SIGKILL)
+	}
+}

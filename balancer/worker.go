@@ -1,0 +1,398 @@
+package balancer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/handoff-go/handoff/ipc"
+	"github.com/rs/zerolog"
+)
+
+// State is where a worker is in its life.
+type State int
+
+// The states of a worker, in the order it goes through them.
+const (
+	StateStarting      State = iota // forked, not yet said hello
+	StateOnline                     // running
+	StateListening                  // worker.Listen succeeded at least once
+	StateDisconnecting              // draining: no new connections
+	StateDead                       // exited
+)
+
+func (s State) String() string {
+	switch s {
+	case StateStarting:
+		return "starting"
+	case StateOnline:
+		return "online"
+	case StateListening:
+		return "listening"
+	case StateDisconnecting:
+		return "disconnecting"
+	case StateDead:
+		return "dead"
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// slot is a worker's place in the pool: its replacement after a crash or
+// a reload takes the same slot, with the same env and crash history.
+type slot struct {
+	env     []string
+	crashes int
+	restart *time.Timer // under Balancer.mu
+}
+
+// connRec is the master's record of a handed-off connection.
+type connRec struct {
+	fd       int32 // the master's copy until acked, then -1
+	listener uint32
+}
+
+// Worker is the master's handle on one worker process. Its methods are
+// safe for concurrent use.
+type Worker struct {
+	b    *Balancer
+	id   int
+	pid  int
+	slot *slot
+	cmd  *exec.Cmd
+	ctl  *ipc.Conn
+	log  zerolog.Logger
+	born time.Time
+
+	// Under Balancer.mu.
+	state         State
+	disconnecting bool // exits from now on are expected
+	listening     map[*listener]bool
+	conns         map[uint64]connRec
+	unacked       int
+	ackDeadline   time.Time // when unacked > 0: the last progress + HandoffTimeout
+	blockedUntil  time.Time // socket full or broken: no dispatch before this
+	broken        bool      // the control socket failed; waiting for exit
+	stuck         bool      // killed by the watchdog
+	outIDs        []uint64  // dispatch batch for the current listener
+	outFDs        []int
+	exited        chan struct{}
+	stats         workerStats
+}
+
+// ID returns the worker's id: 1 for the first, counting up; a replacement
+// gets a new id.
+func (w *Worker) ID() int { return w.id }
+
+// PID returns the worker's process id.
+func (w *Worker) PID() int { return w.pid }
+
+// State returns the worker's state.
+func (w *Worker) State() State {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return w.state
+}
+
+// IsDead reports whether the worker process has exited.
+func (w *Worker) IsDead() bool { return w.State() == StateDead }
+
+// IsConnected reports whether the worker's control socket is open.
+func (w *Worker) IsConnected() bool {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return w.state < StateDead && !w.broken
+}
+
+// Send sends v, as JSON, to the worker. Messages arrive in order, and in
+// order with the connections handed off around them. A value larger than
+// ipc.MaxMessage once marshalled returns an error matching
+// ipc.ErrMessageTooLarge and nothing is sent.
+func (w *Worker) Send(v any) error {
+	p, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.sendRaw(p)
+}
+
+func (w *Worker) sendRaw(p []byte) error {
+	if !w.IsConnected() {
+		return ErrWorkerGone
+	}
+	if err := w.ctl.WriteUser(p); err != nil {
+		if errors.Is(err, ipc.ErrMessageTooLarge) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrWorkerGone, err)
+	}
+	return nil
+}
+
+// Kill sends sig to the worker process. A worker killed this way is
+// restarted unless it was disconnecting.
+func (w *Worker) Kill(sig os.Signal) error {
+	select {
+	case <-w.exited:
+		return ErrWorkerGone
+	default:
+	}
+	return w.cmd.Process.Signal(sig)
+}
+
+// Disconnect drains the worker gracefully: the master stops routing
+// connections to it at once, its listeners close (Accept returns
+// net.ErrClosed), it gets SIGTERM, and after Options.ShutdownTimeout
+// SIGKILL. It is not restarted.
+func (w *Worker) Disconnect() {
+	b := w.b
+	b.mu.Lock()
+	if w.disconnecting || w.state == StateDead {
+		b.mu.Unlock()
+		return
+	}
+	w.disconnecting = true
+	w.state = StateDisconnecting
+	b.unrouteLocked(w)
+	b.notifyLocked()
+	b.mu.Unlock()
+	w.log.Info().Msg("disconnecting worker")
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		// The frame goes after every Conns frame already sent, so the
+		// worker queues those first and returns what it cannot accept.
+		_ = w.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil)
+		_ = w.Kill(syscall.SIGTERM)
+		t := time.NewTimer(b.opts.ShutdownTimeout)
+		defer t.Stop()
+		select {
+		case <-w.exited:
+		case <-t.C:
+			w.log.Warn().Dur("timeout", b.opts.ShutdownTimeout).Msg("worker did not drain in time; killing it")
+			_ = w.Kill(syscall.SIGKILL)
+		}
+	}()
+}
+
+// abandon kills a worker that is not wanted, without restarting it.
+func (w *Worker) abandon() {
+	w.b.mu.Lock()
+	w.disconnecting = true
+	if w.state < StateDisconnecting {
+		w.state = StateDisconnecting
+	}
+	w.b.unrouteLocked(w)
+	w.b.mu.Unlock()
+	_ = w.Kill(syscall.SIGKILL)
+}
+
+// routable reports whether the worker may get new connections.
+func (w *Worker) routable() bool {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return w.state < StateDisconnecting && !w.broken
+}
+
+// fork starts a worker process in s.
+func (b *Balancer) fork(s *slot) (*Worker, error) {
+	b.mu.Lock()
+	if b.stopping {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	b.nextID++
+	id := b.nextID
+	b.mu.Unlock()
+
+	ctl, remote, err := ipc.Socketpair()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.path, b.args...)
+	cmd.Env = append(os.Environ(), b.opts.Env...)
+	cmd.Env = append(cmd.Env, s.env...)
+	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD))
+	cmd.Dir = b.opts.Dir
+	cmd.Stdout = b.opts.Stdout
+	cmd.Stderr = b.opts.Stderr
+	cmd.ExtraFiles = []*os.File{remote}
+	// Own process group: a terminal's Ctrl-C reaches only the master,
+	// which then drains the workers itself.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
+	err = cmd.Start()
+	_ = remote.Close()
+	if err != nil {
+		_ = ctl.Close()
+		return nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
+	}
+	w := &Worker{
+		b:         b,
+		id:        id,
+		pid:       cmd.Process.Pid,
+		slot:      s,
+		cmd:       cmd,
+		ctl:       ctl,
+		born:      time.Now(),
+		listening: make(map[*listener]bool),
+		conns:     make(map[uint64]connRec),
+		outIDs:    make([]uint64, 0, ipc.MaxConns),
+		outFDs:    make([]int, 0, ipc.MaxConns),
+		exited:    make(chan struct{}),
+	}
+	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
+	b.mu.Lock()
+	b.workers = append(b.workers, w)
+	b.stats.forked++
+	b.notifyLocked()
+	b.mu.Unlock()
+	w.log.Info().Msg("worker started")
+	b.events.push(ForkEvent{Worker: w})
+	readerDone := make(chan struct{})
+	b.wg.Add(2)
+	go func() {
+		defer b.wg.Done()
+		defer close(readerDone)
+		b.readLoop(w)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.waitExit(w, readerDone)
+	}()
+	return w, nil
+}
+
+// waitExit reaps the worker, and only once it is certainly dead hands
+// the connections it never acknowledged to other workers.
+func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
+	err := w.cmd.Wait()
+	_ = w.ctl.Close()
+	<-readerDone
+	ev := ExitEvent{Worker: w, Code: -1}
+	if ps := w.cmd.ProcessState; ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			ev.Signal = ws.Signal()
+		} else {
+			ev.Code = ps.ExitCode()
+		}
+	} else if err != nil {
+		w.log.Error().Err(err).Msg("waiting for worker")
+	}
+	uptime := time.Since(w.born)
+
+	b.mu.Lock()
+	ev.ExitedAfterDisconnect = w.disconnecting
+	w.state = StateDead
+	b.unrouteLocked(w)
+	close(w.exited)
+	for i, x := range b.workers {
+		if x == w {
+			b.workers = append(b.workers[:i:i], b.workers[i+1:]...)
+			break
+		}
+	}
+	// Re-dispatch what the dead worker never took, per listener.
+	redo := map[*listener][]int{}
+	for _, rec := range w.conns {
+		if rec.fd >= 0 {
+			if l := b.listenerByID(rec.listener); l != nil {
+				redo[l] = append(redo[l], int(rec.fd))
+			} else {
+				closeFD(int(rec.fd))
+			}
+		}
+	}
+	clear(w.conns)
+	w.unacked = 0
+	for l, fds := range redo {
+		b.stats.redispatched += uint64(len(fds))
+		b.dispatchLocked(l, fds)
+	}
+	restart := !w.disconnecting && !b.stopping
+	var delay time.Duration
+	if restart {
+		if uptime >= StableUptime {
+			w.slot.crashes = 0
+		}
+		delay = min(RestartBackoffMin<<min(w.slot.crashes, 20), RestartBackoffMax)
+		w.slot.crashes++
+		b.stats.restarts++
+		b.scheduleRestartLocked(w.slot, delay)
+	}
+	b.notifyLocked()
+	b.mu.Unlock()
+
+	l := w.log.Info()
+	if !ev.ExitedAfterDisconnect {
+		l = w.log.Warn()
+	}
+	l = l.Int("code", ev.Code).Bool("after_disconnect", ev.ExitedAfterDisconnect).Dur("uptime", uptime)
+	if ev.Signal != nil {
+		l = l.Str("signal", ev.Signal.String())
+	}
+	if n := len(redo); n > 0 {
+		l = l.Int("redispatched_listeners", n)
+	}
+	l.Msg("worker exited")
+	if restart {
+		e := w.log.Warn()
+		if w.slot.crashes >= 3 {
+			e = w.log.Error().Bool("crash_loop", true)
+		}
+		e.Int("crashes", w.slot.crashes).Dur("restart_in", delay).Msg("worker died unexpectedly; restarting")
+	}
+	b.events.push(DisconnectEvent{Worker: w})
+	b.events.push(ev)
+}
+
+// scheduleRestartLocked forks a replacement into s after delay.
+func (b *Balancer) scheduleRestartLocked(s *slot, delay time.Duration) {
+	b.wg.Add(1)
+	b.restarting[s] = true
+	s.restart = time.AfterFunc(delay, func() {
+		defer b.wg.Done()
+		b.restart(s)
+	})
+}
+
+// cancelRestartsLocked stops every scheduled restart, for Shutdown.
+func (b *Balancer) cancelRestartsLocked() {
+	for s := range b.restarting {
+		if s.restart.Stop() {
+			b.wg.Done()
+		}
+		delete(b.restarting, s)
+	}
+}
+
+// restart forks a replacement into s, after its backoff.
+func (b *Balancer) restart(s *slot) {
+	b.mu.Lock()
+	delete(b.restarting, s)
+	stop := b.stopping
+	b.mu.Unlock()
+	if stop {
+		return
+	}
+	if _, err := b.fork(s); err != nil && !errors.Is(err, ErrClosed) {
+		b.log.Error().Err(err).Msg("restarting worker failed; retrying")
+		b.mu.Lock()
+		if !b.stopping {
+			delay := min(RestartBackoffMin<<min(s.crashes, 20), RestartBackoffMax)
+			s.crashes++
+			b.scheduleRestartLocked(s, delay)
+		}
+		b.mu.Unlock()
+	}
+}
+
+func (b *Balancer) listenerByID(id uint32) *listener {
+	if id == 0 || int(id) > len(b.listeners) {
+		return nil
+	}
+	return b.listeners[id-1]
+}

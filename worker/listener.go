@@ -1,0 +1,180 @@
+package worker
+
+import (
+	"net"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listener is a net.Listener fed with connections handed off by the
+// master. Close is idempotent and unblocks Accept, which then returns an
+// error matching net.ErrClosed.
+type Listener struct {
+	c       *controlClient
+	id      uint32
+	network string
+	addr    net.Addr
+
+	mu     sync.Mutex
+	ids    []uint64 // queued conns, in arrival order
+	fds    []int
+	head   int
+	closed bool
+	ready  chan struct{} // a token while the queue may be non-empty
+	done   chan struct{} // closed by Close
+}
+
+var _ net.Listener = (*Listener)(nil)
+
+func newListener(c *controlClient, id uint32, network, address string) *Listener {
+	l := &Listener{c: c, id: id, network: network, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	if network == "unix" {
+		l.addr = &net.UnixAddr{Name: address, Net: "unix"}
+	} else if a, err := net.ResolveTCPAddr("tcp", address); err == nil {
+		l.addr = a // the master sends a numeric address: no lookup
+	} else {
+		l.addr = stringAddr{network, address}
+	}
+	return l
+}
+
+// enqueue queues handed-off fds; it reports false, taking nothing, if the
+// listener is closed.
+func (l *Listener) enqueue(ids []uint64, fds []int) bool {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return false
+	}
+	if l.head > 0 && l.head == len(l.ids) {
+		l.ids, l.fds, l.head = l.ids[:0], l.fds[:0], 0
+	}
+	l.ids = append(l.ids, ids...)
+	l.fds = append(l.fds, fds...)
+	l.mu.Unlock()
+	select {
+	case l.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Accept waits for the next handed-off connection.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return nil, l.opError(net.ErrClosed)
+		}
+		if l.head < len(l.ids) {
+			id, fd := l.ids[l.head], l.fds[l.head]
+			l.head++
+			more := l.head < len(l.ids)
+			l.mu.Unlock()
+			if more {
+				select {
+				case l.ready <- struct{}{}:
+				default:
+				}
+			}
+			return l.wrap(id, fd)
+		}
+		l.mu.Unlock()
+		select {
+		case <-l.ready:
+		case <-l.done:
+		}
+	}
+}
+
+// wrap turns a received fd into a conn that reports its close.
+func (l *Listener) wrap(id uint64, fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "handoff-conn")
+	nc, err := net.FileConn(f) // dups the fd
+	_ = f.Close()
+	if err != nil {
+		// The fd is gone; tell the master so its load count stays true.
+		l.c.connClosed(id)
+		return nil, l.opError(err)
+	}
+	switch nc := nc.(type) {
+	case *net.TCPConn:
+		return &TCPConn{TCPConn: nc, closer: closer{c: l.c, id: id}}, nil
+	case *net.UnixConn:
+		return &UnixConn{UnixConn: nc, closer: closer{c: l.c, id: id}}, nil
+	default:
+		_ = nc.Close()
+		l.c.connClosed(id)
+		return nil, l.opError(unix.EPROTONOSUPPORT)
+	}
+}
+
+// Close stops the listener. Connections queued and not yet accepted go
+// back to the master.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	ids, fds := l.ids[l.head:], l.fds[l.head:]
+	l.ids, l.fds, l.head = nil, nil, 0
+	close(l.done)
+	l.mu.Unlock()
+	l.c.listenerClosed(l, ids, fds)
+	return nil
+}
+
+// Addr returns the address the master bound.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+func (l *Listener) opError(err error) error {
+	return &net.OpError{Op: "accept", Net: l.network, Addr: l.addr, Err: err}
+}
+
+// closer reports a conn's first Close to the master.
+type closer struct {
+	c    *controlClient
+	id   uint64
+	once sync.Once
+}
+
+func (c *closer) report() { c.once.Do(func() { c.c.connClosed(c.id) }) }
+
+// TCPConn is a handed-off TCP connection: the real *net.TCPConn, whose
+// Close also tells the master the connection is gone.
+type TCPConn struct {
+	*net.TCPConn
+	closer closer
+}
+
+// Close closes the connection and reports it to the master.
+func (c *TCPConn) Close() error {
+	err := c.TCPConn.Close()
+	c.closer.report()
+	return err
+}
+
+// NetConn returns the inner *net.TCPConn. Closing it directly is not
+// reported to the master.
+func (c *TCPConn) NetConn() *net.TCPConn { return c.TCPConn }
+
+// UnixConn is a handed-off Unix-socket connection; see TCPConn.
+type UnixConn struct {
+	*net.UnixConn
+	closer closer
+}
+
+// Close closes the connection and reports it to the master.
+func (c *UnixConn) Close() error {
+	err := c.UnixConn.Close()
+	c.closer.report()
+	return err
+}
+
+// NetConn returns the inner *net.UnixConn; see TCPConn.NetConn.
+func (c *UnixConn) NetConn() *net.UnixConn { return c.UnixConn }

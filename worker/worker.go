@@ -1,0 +1,99 @@
+package worker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+
+	"github.com/handoff-go/handoff/ipc"
+)
+
+// ErrNotWorker is returned by Send in a process that no master started.
+var ErrNotWorker = errors.New("worker: not running under a handoff master")
+
+// ErrMasterGone is returned when the master has closed the control socket.
+var ErrMasterGone = errors.New("worker: master is gone")
+
+// IsWorker reports whether this process was started by a handoff master.
+func IsWorker() bool { return client != nil }
+
+// ID returns this worker's id (1, 2, ...), or 0 outside a master.
+func ID() int {
+	if client == nil {
+		return 0
+	}
+	return client.id
+}
+
+// Listen has the signature and meaning of net.Listen. Under a master, for
+// the networks "tcp", "tcp4", "tcp6" and "unix", it returns a *Listener
+// fed by the master; an error is the one net.Listen would have given in the
+// master. Outside a master it is net.Listen.
+func Listen(network, address string) (net.Listener, error) {
+	if client == nil {
+		return net.Listen(network, address)
+	}
+	return client.listen(network, address)
+}
+
+// Send sends v, marshalled as JSON, to the master. Messages arrive in
+// order, and in order with the connections around them. A value larger
+// than ipc.MaxMessage once marshalled returns an error matching
+// ipc.ErrMessageTooLarge, and nothing is sent.
+func Send(v any) error {
+	if client == nil {
+		return ErrNotWorker
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return client.ctl.WriteUser(b)
+}
+
+// Messages returns the channel of the master's messages to this worker,
+// in the order sent. It is closed when the master goes away. Outside a
+// master it returns nil.
+func Messages() <-chan json.RawMessage {
+	if client == nil {
+		return nil
+	}
+	return client.inbox.channel()
+}
+
+var client *controlClient
+
+func init() {
+	idText, ok := os.LookupEnv(ipc.EnvWorkerID)
+	if !ok {
+		return
+	}
+	// Children of this worker are not workers.
+	_ = os.Unsetenv(ipc.EnvWorkerID)
+	_ = os.Unsetenv(ipc.EnvControlFD)
+	id, err := strconv.Atoi(idText)
+	if err != nil || id <= 0 {
+		fatalf("worker: bad %s=%q", ipc.EnvWorkerID, idText)
+	}
+	ctl, err := ipc.Inherited()
+	if err != nil {
+		fatalf("worker: control socket: %v", err)
+	}
+	client = newControlClient(id, ctl)
+	if err := ctl.WriteFrame(ipc.AppendHello(nil, os.Getpid()), nil); err != nil {
+		fatalf("worker: hello: %v", err)
+	}
+	go client.readLoop()
+}
+
+func fatalf(format string, args ...any) {
+	_, _ = os.Stderr.WriteString("handoff " + fmt.Sprintf(format, args...) + "\n")
+	os.Exit(2)
+}
+
+// killSelf sends this process SIGTERM, so the program's own shutdown runs.
+func killSelf() { _ = syscall.Kill(os.Getpid(), syscall.SIGTERM) }
