@@ -396,3 +396,11 @@ func (b *Balancer) listenerByID(id uint32) *listener {
 	}
 	return b.listeners[id-1]
 }
+
+// Active returns the number of connections handed to the worker and not
+// yet closed by it: the load LeastLoaded balances.
+func (w *Worker) Active() int {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return len(w.conns)
+}
