@@ -1,0 +1,486 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// handoffBin is the CLI built from this package, run as a user would.
+var handoffBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "handoff-cli-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	handoffBin = filepath.Join(dir, "handoff")
+	if out, err := exec.Command("go", "build", "-race", "-o", handoffBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building handoff: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := 0
+	func() {
+		defer os.RemoveAll(dir)
+		goleak.VerifyTestMain(exitRecorder{m, &code})
+	}()
+	os.Exit(code)
+}
+
+// exitRecorder lets TestMain clean up after goleak's os.Exit would run.
+type exitRecorder struct {
+	m    *testing.M
+	code *int
+}
+
+func (e exitRecorder) Run() int { *e.code = e.m.Run(); return *e.code }
+
+func TestParseFlags(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(*config) error
+	}{
+		{name: "defaults", check: func(c *config) error {
+			if len(c.listen) != 1 || c.listen[0] != ":8000" || c.policy != "round-robin" || c.workers < 1 {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{name: "repeated listen and a command", args: []string{"--listen", "127.0.0.1:1", "--listen", "unix:/tmp/x.sock", "--", "prog", "-x"}, check: func(c *config) error {
+			if strings.Join(c.listen, " ") != "127.0.0.1:1 unix:/tmp/x.sock" || strings.Join(c.command, " ") != "prog -x" {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{name: "bad policy", args: []string{"--policy", "random"}, wantErr: "--policy"},
+		{name: "no workers", args: []string{"--workers", "0"}, wantErr: "--workers"},
+		{name: "bad listen", args: []string{"--listen", "8000"}, wantErr: "HOST:PORT"},
+		{name: "empty unix path", args: []string{"--listen", "unix:"}, wantErr: "path"},
+		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
+		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "positive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.check(c); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestHelpDocumentsEveryFlag(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "reload-concurrency", "user", "SIGHUP"} {
+		if !strings.Contains(out.String(), f) {
+			t.Errorf("--help does not mention %s:\n%s", f, out.String())
+		}
+	}
+}
+
+func TestDemoHandler(t *testing.T) {
+	t.Parallel()
+	h := demoHandler(7)
+	tests := []struct {
+		name, target string
+		code         int
+	}{
+		{name: "plain", target: "/", code: 200},
+		{name: "delay", target: "/?delay=1ms", code: 200},
+		{name: "zero delay", target: "/anything?delay=0s", code: 200},
+		{name: "bad delay", target: "/?delay=soon", code: 400},
+		{name: "negative delay", target: "/?delay=-1s", code: 400},
+		{name: "too long", target: "/?delay=61s", code: 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", tt.target, nil))
+			if rec.Code != tt.code || rec.Header().Get("X-Worker-Id") != "7" {
+				t.Fatalf("%s: %d %v, want %d with X-Worker-Id 7", tt.target, rec.Code, rec.Header(), tt.code)
+			}
+			if tt.code == 200 && rec.Body.String() != "hello world\n" {
+				t.Errorf("body %q", rec.Body.String())
+			}
+		})
+	}
+}
+
+// master is a running handoff CLI.
+type master struct {
+	cmd  *exec.Cmd
+	addr string
+	out  *syncBuffer
+	done chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startMaster runs the CLI with args (plus --listen on a free loopback
+// port) and waits until it serves.
+func startMaster(t *testing.T, args ...string) *master {
+	t.Helper()
+	return startMasterAt(t, freePort(t), args...)
+}
+
+func startMasterAt(t *testing.T, addr string, args ...string) *master {
+	t.Helper()
+	m := &master{addr: addr, out: &syncBuffer{}, done: make(chan error, 1)}
+	m.cmd = exec.Command(handoffBin, append([]string{"--listen", m.addr, "--log-format", "json"}, args...)...)
+	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() {
+		pids := m.workerPIDs()
+		_ = m.cmd.Process.Kill()
+		<-m.done
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("master output:\n%s", m.out.String())
+		}
+	})
+	client := &http.Client{Timeout: 10 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get("http://" + m.addr + "/")
+		if err == nil {
+			resp.Body.Close()
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("master never served: %v\n%s", err, m.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// workerPIDs lists the master's child processes.
+func (m *master) workerPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid(pid) == m.cmd.Process.Pid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// ppid reads a process's parent pid from /proc, or -1.
+func ppid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return -1
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+func (m *master) fdCount(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", m.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func TestCLIRoundRobinSplitsEvenly(t *testing.T) {
+	m := startMaster(t, "--workers", "3")
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	before := m.fdCount(t)
+	const n = 3000
+	counts := map[string]int{}
+	for i := 0; i < n; i++ {
+		resp, err := client.Get("http://" + m.addr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(body) != "hello world\n" {
+			t.Fatalf("request %d: %q %v", i, body, err)
+		}
+		counts[resp.Header.Get("X-Worker-Id")]++
+	}
+	if len(counts) != 3 {
+		t.Fatalf("%d requests went to %d workers: %v", n, len(counts), counts)
+	}
+	for id, k := range counts {
+		if k < n/3-n/100 || k > n/3+n/100 {
+			t.Errorf("worker %s served %d of %d, outside ±1%% of %d: %v", id, k, n, n/3, counts)
+		}
+	}
+	// The master closes its copy of each fd when the worker acks it.
+	deadline := time.Now().Add(5 * time.Second)
+	after := m.fdCount(t)
+	for after > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		after = m.fdCount(t)
+	}
+	if after > before {
+		t.Errorf("master fds grew from %d to %d over %d connections", before, after, n)
+	}
+	t.Logf("split %v; master fds %d before, %d after", counts, before, after)
+}
+
+// load runs new-connection and keep-alive clients until stop, and
+// returns how many requests were sent and how many failed.
+func load(t *testing.T, url string, stop <-chan struct{}) func() (sent, failed int, first error) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var sent, failed int
+	var first error
+	run := func(client *http.Client) {
+		defer wg.Done()
+		for i := 0; i < 200000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := client.Get(url)
+			if err == nil {
+				var body []byte
+				body, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && (resp.StatusCode != 200 || string(body) != "hello world\n") {
+					err = fmt.Errorf("status %d, body %q", resp.StatusCode, body)
+				}
+			}
+			mu.Lock()
+			sent++
+			if err != nil {
+				failed++
+				if first == nil {
+					first = err
+				}
+			}
+			mu.Unlock()
+		}
+	}
+	for i := 0; i < 3; i++ {
+		wg.Add(2)
+		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}})
+		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}})
+	}
+	return func() (int, int, error) {
+		wg.Wait()
+		return sent, failed, first
+	}
+}
+
+func TestCLISighupReplacesEveryWorkerWithoutFailure(t *testing.T) {
+	m := startMaster(t, "--workers", "2")
+	old := m.workerPIDs()
+	if len(old) != 2 {
+		t.Fatalf("%d worker processes, want 2", len(old))
+	}
+	stop := make(chan struct{})
+	wait := load(t, "http://"+m.addr+"/", stop)
+	time.Sleep(300 * time.Millisecond)
+	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until no old worker process is left, under load.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		left := 0
+		for _, p := range old {
+			if alive(p) {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(stop)
+			wait()
+			t.Fatalf("%d old workers still alive after SIGHUP", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	sent, failed, first := wait()
+	t.Logf("SIGHUP under load: %d requests, %d failed", sent, failed)
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed during the rolling restart; first: %v", failed, sent, first)
+	}
+	if n := len(m.workerPIDs()); n != 2 {
+		t.Errorf("%d workers after reload, want 2", n)
+	}
+}
+
+func TestCLISigtermDrainsSlowRequests(t *testing.T) {
+	m := startMaster(t, "--workers", "2")
+	const n = 6
+	results := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := client.Get("http://" + m.addr + "/?delay=1500ms")
+			if err == nil {
+				var body []byte
+				body, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && string(body) != "hello world\n" {
+					err = fmt.Errorf("body %q", body)
+				}
+			}
+			results <- err
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // let the requests reach the workers
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-results; err != nil {
+			t.Errorf("slow request during SIGTERM: %v", err)
+		}
+	}
+	select {
+	case err := <-m.done:
+		m.done <- err // for Cleanup
+		if err != nil {
+			t.Errorf("master exit: %v, want 0", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("master did not exit after draining")
+	}
+}
+
+func TestCLIMasterSigkillTakesWorkersDown(t *testing.T) {
+	m := startMaster(t, "--workers", "3")
+	pids := m.workerPIDs()
+	if len(pids) != 3 {
+		t.Fatalf("%d workers, want 3", len(pids))
+	}
+	if err := m.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var left []int
+		for _, p := range pids {
+			if alive(p) {
+				left = append(left, p)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v still alive 2s after the master's SIGKILL", left)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestCLIRunsCommandAsWorkers(t *testing.T) {
+	// The command is this same CLI, which under a master runs its demo
+	// worker: any program that uses the worker package would do.
+	addr := freePort(t)
+	m := startMasterAt(t, addr, "--workers", "2", "--", handoffBin, "--listen", addr)
+	resp, err := http.Get("http://" + m.addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	if line != "hello world\n" || resp.Header.Get("X-Worker-Id") == "" {
+		t.Errorf("got %q %v", line, resp.Header)
+	}
+}
