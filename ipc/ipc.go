@@ -382,7 +382,8 @@ func (c *Conn) WriteUser(payload []byte) error {
 // caller may keep. On error no fds are returned: all were closed. Errors
 // from ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment and
 // ErrMessageTooLarge mean the peer broke the protocol; the frame was
-// dropped and the connection can still be read.
+// dropped, with the whole user message it belonged to or interrupted, and
+// the connection can still be read.
 func (c *Conn) Read(m *Message) ([]int, error) { return c.read(m, true) }
 
 // TryRead is Read without waiting: with nothing to read it returns an
@@ -398,27 +399,40 @@ func (c *Conn) read(m *Message, wait bool) ([]int, error) {
 		} else {
 			n, nfds, err = c.sc.TryReadMsg(c.rbuf, c.rfds[:])
 		}
-		if err != nil {
+		if errors.Is(err, scm.ErrTruncated) {
+			// Longer than rbuf, so over MaxFrame; scm closed its fds
+			// and rbuf holds its start.
+			c.dropped(c.rbuf)
+			return nil, fmt.Errorf("%w: frame over %d bytes: %w", ErrMalformed, MaxFrame, err)
+		}
+		switch {
+		case errors.Is(err, scm.ErrTruncated):
+			return nil, fmt.Errorf("%w: frame over %d bytes", ErrMalformed, MaxFrame)
+		case errors.Is(err, scm.ErrControlTruncated), errors.Is(err, scm.ErrTooManyFDs), errors.Is(err, scm.ErrBadControl):
+			return nil, fmt.Errorf("%w: %w", ErrFDs, err)
+		case err != nil:
 			return nil, err
 		}
 		fds := c.rfds[:nfds]
 		if n > MaxFrame {
 			closeFDs(fds)
+			c.dropped(c.rbuf[:n])
 			return nil, fmt.Errorf("%w: frame over %d bytes", ErrMalformed, MaxFrame)
 		}
 		if err := Decode(c.rbuf[:n], m); err != nil {
 			closeFDs(fds)
-			c.resetFragments()
+			c.dropped(c.rbuf[:n])
 			return nil, err
 		}
 		if m.NumFDs() != len(fds) {
 			closeFDs(fds)
+			c.dropped(c.rbuf[:n])
 			return nil, fmt.Errorf("%w: %s with %d fds", ErrFDs, m.Kind, len(fds))
 		}
 		if m.Kind != KindUser {
 			if c.infrg || c.discard {
 				closeFDs(fds)
-				c.resetFragments()
+				c.dropped(c.rbuf[:n])
 				return nil, fmt.Errorf("%w: %s", ErrFragment, m.Kind)
 			}
 			return fds, nil
@@ -445,6 +459,23 @@ func (c *Conn) read(m *Message, wait bool) ([]int, error) {
 			m.Payload = append([]byte(nil), m.Payload...)
 		}
 		return nil, nil
+	}
+}
+
+// dropped updates the reassembly state for a frame that read drops. A user
+// message is delivered whole or not at all: when the dropped frame is a
+// user fragment, or interrupts a user message, the rest of that message's
+// fragments are discarded too, so that neither a message with a hole in it
+// nor the tail of one is ever delivered.
+func (c *Conn) dropped(frame []byte) {
+	switch {
+	case len(frame) >= HeaderSize && frame[0] == Version && Kind(frame[1]) == KindUser:
+		more := binary.LittleEndian.Uint16(frame[2:4])&FlagMore != 0
+		c.resetFragments()
+		c.discard = more
+	case c.infrg || c.discard:
+		c.resetFragments()
+		c.discard = true
 	}
 }
 

@@ -1,0 +1,156 @@
+package ipc_test
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+
+	"github.com/handoff-go/handoff/ipc"
+	"golang.org/x/sys/unix"
+)
+
+// junkFrames are seeds that are not valid frames, or only just.
+func junkFrames() [][]byte {
+	return [][]byte{
+		{},
+		{ipc.Version},
+		{ipc.Version, byte(ipc.KindHello), 0},
+		{0, 0, 0, 0},
+		{2, byte(ipc.KindHello), 0, 0, 1, 2, 3, 4},
+		{ipc.Version, 0, 0, 0},
+		{ipc.Version, 255, 0xff, 0xff},
+		{ipc.Version, byte(ipc.KindHello), 0xff, 0xff, 1, 2, 3, 4},
+		{ipc.Version, byte(ipc.KindDisconnect), 1, 0},
+		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 0xff, 0xff},
+		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8},
+		{ipc.Version, byte(ipc.KindReport), 0, 0, 0xff, 0xff, 0xff, 0xff},
+		{ipc.Version, byte(ipc.KindReport), 0, 0, 1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
+		{ipc.Version, byte(ipc.KindListen), 0, 0, 1, 0, 0, 0, 0x01, 0x04},
+		{ipc.Version, byte(ipc.KindListen), 0, 0, 1, 0, 0, 0, 3, 0, 't', 'c', 'p', 5, 0, ':'},
+		{ipc.Version, byte(ipc.KindListenReply), 0, 0, 1, 2, 3},
+		{ipc.Version, byte(ipc.KindUser), ipc.FlagMore, 0, '{'},
+		append(ipc.AppendHello(nil, 1), 0),
+		append(ipc.AppendReport(nil, []uint64{1}, []uint64{2}), 0, 0, 0, 0, 0, 0, 0, 0),
+	}
+}
+
+// FuzzDecode checks that Decode never panics, that what it accepts stays
+// within the limits, and that encoding what it decoded gives back the very
+// same bytes: the format has one encoding per message.
+func FuzzDecode(f *testing.F) {
+	for _, tt := range validFrames() {
+		f.Add(tt.frame)
+	}
+	for _, b := range junkFrames() {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		var m ipc.Message
+		err := ipc.Decode(frame, &m)
+		if err != nil {
+			if !errors.Is(err, ipc.ErrMalformed) && !errors.Is(err, ipc.ErrVersion) && !errors.Is(err, ipc.ErrUnknownKind) {
+				t.Fatalf("Decode: unexpected error %v", err)
+			}
+			return
+		}
+		if m.Kind < ipc.KindHello || m.Kind > ipc.KindUser {
+			t.Fatalf("Decode accepted kind %d", m.Kind)
+		}
+		if m.NumFDs() > ipc.MaxConns {
+			t.Fatalf("NumFDs %d over MaxConns", m.NumFDs())
+		}
+		if len(m.IDs)+len(m.Closed) > ipc.MaxReportIDs {
+			t.Fatalf("%d ids over MaxReportIDs", len(m.IDs)+len(m.Closed))
+		}
+		for _, s := range []string{m.Network, m.Address, m.Syscall, m.Err} {
+			if len(s) > 1024 {
+				t.Fatalf("string of %d bytes", len(s))
+			}
+		}
+		if enc := reencode(&m, nil); !bytes.Equal(enc, frame) {
+			t.Fatalf("re-encoded %s differs:\n got % x\nwant % x", m.Kind, enc, frame)
+		}
+		// Decoding again into the used Message gives the same message.
+		want := normalize(m)
+		want.IDs, want.Closed = slices.Clone(want.IDs), slices.Clone(want.Closed)
+		if err := ipc.Decode(frame, &m); err != nil {
+			t.Fatalf("second Decode: %v", err)
+		}
+		if got := normalize(m); !reflect.DeepEqual(got, want) {
+			t.Fatalf("second Decode into the same Message differs:\n got %+v\nwant %+v", got, want)
+		}
+	})
+}
+
+// FuzzConnRead writes the input as one raw frame, with nfds%4 fds
+// attached, to a fresh connection and reads it back. Read must not panic;
+// on error it returns no fds; on success it returns exactly NumFDs of them.
+// Every fd sent is a dup of one pipe's write end, closed by the test after
+// the send, so the pipe reading EOF after each input proves that nothing
+// that arrived was leaked. The open fd count is checked once at the end.
+func FuzzConnRead(f *testing.F) {
+	for _, tt := range validFrames() {
+		f.Add(tt.frame, uint8(len(tt.want.IDs)*btoi(tt.want.Kind == ipc.KindConns || tt.want.Kind == ipc.KindReturn)))
+		f.Add(tt.frame, uint8(1))
+	}
+	for i, b := range junkFrames() {
+		f.Add(b, uint8(i))
+	}
+	f.Add(ipc.AppendConns(nil, false, 1, []uint64{1, 2, 3}), uint8(3))
+	f.Add(ipc.AppendConns(nil, true, 1, []uint64{1, 2}), uint8(2))
+	f.Add(userFrame(0, make([]byte, ipc.MaxFrame)), uint8(0))
+	f.Add(userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1)), uint8(1))
+
+	before := countFDs(f)
+	f.Cleanup(func() {
+		if after := countFDs(f); after != before {
+			f.Errorf("open fds: %d before, %d after", before, after)
+		}
+	})
+	f.Fuzz(func(t *testing.T, frame []byte, nfds uint8) {
+		if len(frame) == 0 || len(frame) > ipc.MaxFrame+64 {
+			return // scm sends no empty message; keep well under the socket buffer
+		}
+		c, peer := newPair(t)
+		p := newPipe(t)
+		k := int(nfds % 4)
+		if err := peer.TryWriteMsg(frame, repeat(p.w, k)); err != nil {
+			t.Fatalf("raw write of %d bytes: %v", len(frame), err)
+		}
+		p.closeW()
+		var m ipc.Message
+		fds, err := c.TryRead(&m)
+		switch {
+		case err == nil:
+			closeFDs(fds)
+			if len(fds) != m.NumFDs() || len(fds) != k {
+				t.Fatalf("%s frame: %d fds returned, NumFDs %d, %d sent", m.Kind, len(fds), m.NumFDs(), k)
+			}
+			if m.Kind == ipc.KindUser && !bytes.Equal(m.Payload, frame[ipc.HeaderSize:]) {
+				t.Fatalf("user payload differs from the frame's body")
+			}
+		case fds != nil:
+			closeFDs(fds)
+			t.Fatalf("Read returned fds %v with error %v", fds, err)
+		case errors.Is(err, unix.EAGAIN):
+			// A first fragment: Read waits for the rest.
+			if len(frame) < ipc.HeaderSize || ipc.Kind(frame[1]) != ipc.KindUser || frame[2]&ipc.FlagMore == 0 {
+				t.Fatalf("Read: EAGAIN for a frame that is not a first fragment")
+			}
+		case errors.Is(err, ipc.ErrMalformed), errors.Is(err, ipc.ErrVersion),
+			errors.Is(err, ipc.ErrUnknownKind), errors.Is(err, ipc.ErrFDs):
+		default:
+			t.Fatalf("Read: unexpected error %v", err)
+		}
+		p.assertNoWriters(t)
+	})
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
