@@ -27,7 +27,7 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &serverEnv{exe: exe, workers: c.workers, tmp: tmp, logs: filepath.Join(c.out, "logs")}
+	env := &serverEnv{exe: exe, workers: c.workers, tmp: tmp, logs: filepath.Join(c.out, "logs"), masterProcs: c.masterProcs}
 	servers := c.servers
 	if p, err := exec.LookPath("node"); err == nil {
 		env.node = p

@@ -77,22 +77,23 @@ const (
 type config struct {
 	role string // "" for the bench itself
 
-	duration   time.Duration
-	warmup     time.Duration
-	workers    int
-	conns      int
-	threads    int
-	rounds     int
-	burn       time.Duration
-	burnFrac   float64
-	servers    []string
-	workloads  []string
-	out        string
-	jsonPath   string
-	loadgen    string // auto, wrk or go
-	profileDir string // master CPU profiles, "" for none
-	perf       bool   // perf record the server processes
-	replot     string // a results.json to render again, without running
+	duration    time.Duration
+	warmup      time.Duration
+	workers     int
+	conns       int
+	threads     int
+	rounds      int
+	burn        time.Duration
+	burnFrac    float64
+	servers     []string
+	workloads   []string
+	out         string
+	jsonPath    string
+	loadgen     string // auto, wrk or go
+	profileDir  string // master CPU profiles, "" for none
+	perf        bool   // perf record the server processes
+	masterProcs int    // GOMAXPROCS of the handoff master, 0 for Go's default
+	replot      string // a results.json to render again, without running
 
 	// Role flags, set by the bench for its children.
 	port      int
@@ -122,6 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.loadgen, "loadgen", "auto", "load generator: auto (wrk if on PATH), wrk, or go")
 	fs.StringVar(&c.profileDir, "cpuprofile-dir", "", "write a CPU profile of each handoff master's measured window to this directory")
 	fs.StringVar(&c.replot, "replot", "", "render the table, chart and JSON again from this results.json into -out, without running anything")
+	fs.IntVar(&c.masterProcs, "master-gomaxprocs", 0, "GOMAXPROCS of the handoff master process; 0 leaves Go's default (the CPU count)")
 	fs.BoolVar(&c.perf, "perf", false, "perf record -g the server processes during each measured run, into -out/perf/")
 
 	fs.StringVar(&c.role, "role", "", "internal: run as a server process (single, reuseport, master, worker)")
@@ -169,6 +171,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-burn-fraction must be from 0 to 1, not %g", c.burnFrac)
 	case c.loadgen != "auto" && c.loadgen != "wrk" && c.loadgen != "go":
 		return nil, fmt.Errorf("-loadgen must be auto, wrk or go, not %q", c.loadgen)
+	case c.masterProcs < 0:
+		return nil, fmt.Errorf("-master-gomaxprocs must be 0 or more, not %d", c.masterProcs)
 	case c.out == "":
 		return nil, errors.New("-out must not be empty")
 	}

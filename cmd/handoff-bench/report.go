@@ -37,6 +37,8 @@ type runResult struct {
 	MasterUsReq  float64        `json:"master_cpu_us_per_req"`
 	WorkersUsReq float64        `json:"workers_cpu_us_per_req"`
 	TotalUsReq   float64        `json:"total_cpu_us_per_req"`
+	MasterCSReq  float64        `json:"master_ctx_switches_per_req"`
+	WorkersCSReq float64        `json:"workers_ctx_switches_per_req"`
 
 	Profile string `json:"master_cpuprofile,omitempty"`
 	Error   string `json:"error,omitempty"`
@@ -57,6 +59,8 @@ func (r *runResult) fill(res loadResult, u usage, hasMaster bool) {
 		r.MasterUsReq = float64(u.masterCPU.Microseconds()) / n
 		r.WorkersUsReq = float64(u.workerCPU.Microseconds()) / n
 		r.TotalUsReq = r.MasterUsReq + r.WorkersUsReq
+		r.MasterCSReq = float64(u.masterCS) / n
+		r.WorkersCSReq = float64(u.workerCS) / n
 	}
 }
 
@@ -86,6 +90,7 @@ type benchConfig struct {
 	Servers     []string `json:"servers"`
 	Workloads   []string `json:"workloads"`
 	Generator   string   `json:"generator"`
+	MasterProcs int      `json:"master_gomaxprocs,omitempty"`
 }
 
 // report is the whole run.
@@ -105,7 +110,7 @@ func newReport(c *config, servers []string, gen, node string) *report {
 			Duration: c.duration.String(), Warmup: c.warmup.String(), Workers: c.workers,
 			Connections: c.conns, Threads: c.threads, Rounds: c.rounds,
 			Burn: c.burn.String(), BurnFrac: c.burnFrac,
-			Servers: servers, Workloads: c.workloads, Generator: gen,
+			Servers: servers, Workloads: c.workloads, Generator: gen, MasterProcs: c.masterProcs,
 		},
 	}
 }
@@ -461,6 +466,6 @@ func (p *progress) done(r runResult) {
 		fmt.Fprintf(p.w, "%s%s: FAILED: %s\n", prefix, p.label, r.Error)
 		return
 	}
-	fmt.Fprintf(p.w, "%s%s: %.0f req/s, p99 %s, failed %d, CPU µs/req %.1f+%.1f\n", prefix, p.label,
-		r.ReqPerSec, fmtLatency(r.Load.P99), r.Failed, r.MasterUsReq, r.WorkersUsReq)
+	fmt.Fprintf(p.w, "%s%s: %.0f req/s, p99 %s, failed %d, CPU µs/req %.1f+%.1f, context switches/req %.2f+%.2f\n", prefix, p.label,
+		r.ReqPerSec, fmtLatency(r.Load.P99), r.Failed, r.MasterUsReq, r.WorkersUsReq, r.MasterCSReq, r.WorkersCSReq)
 }

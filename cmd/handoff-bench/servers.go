@@ -104,13 +104,14 @@ func (r *registry) killAll() {
 
 // serverEnv is what starting a server needs.
 type serverEnv struct {
-	exe     string // this binary
-	node    string // node's path, "" if absent
-	nodeJS  string // the Node cluster script
-	workers int
-	tmp     string // per-bench temporary directory
-	logs    string // directory for the servers' stderr
-	profile string // master CPU profile path for this run, "" for none
+	exe         string // this binary
+	node        string // node's path, "" if absent
+	nodeJS      string // the Node cluster script
+	workers     int
+	tmp         string // per-bench temporary directory
+	logs        string // directory for the servers' stderr
+	profile     string // master CPU profile path for this run, "" for none
+	masterProcs int    // the master's GOMAXPROCS, 0 for Go's default
 }
 
 // startServer starts server name on a free port of 127.0.0.1 and waits
@@ -169,7 +170,11 @@ func startServer(ctx context.Context, reg *registry, env *serverEnv, name, runTa
 		if env.profile != "" {
 			args = append(args, "-cpuprofile="+env.profile)
 		}
-		s.master, err = start(env.exe, args, nil)
+		var menv []string
+		if env.masterProcs > 0 {
+			menv = []string{"GOMAXPROCS=" + strconv.Itoa(env.masterProcs)}
+		}
+		s.master, err = start(env.exe, args, menv)
 	case "node-rr", "node-none":
 		if env.node == "" {
 			err = errors.New("node is not on PATH")

@@ -56,6 +56,46 @@ func readCPU(pid int) time.Duration {
 	return d
 }
 
+// ctxSwitches parses voluntary plus involuntary context switches out of
+// a /proc/PID/task/TID/status file.
+func ctxSwitches(status []byte) (uint64, error) {
+	var n uint64
+	found := 0
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "voluntary_ctxt_switches" && k != "nonvoluntary_ctxt_switches") {
+			continue
+		}
+		c, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("status: %s: %w", k, err)
+		}
+		n += c
+		found++
+	}
+	if found != 2 {
+		return 0, errors.New("status: no context switch counts")
+	}
+	return n, nil
+}
+
+// readCtxSwitches sums the context switches of every thread of pid; a
+// thread that exited is no longer counted, which Go runtimes rarely do.
+func readCtxSwitches(pid int) uint64 {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
+	var n uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if c, err := ctxSwitches(b); err == nil {
+			n += c
+		}
+	}
+	return n
+}
+
 // parseStatsReply parses a worker's "PID REQUESTS\n".
 func parseStatsReply(b []byte) (pid int, served uint64, err error) {
 	f := strings.Fields(string(b))
@@ -77,13 +117,15 @@ type snapshot struct {
 	at        time.Time
 	served    map[int]uint64        // by worker pid
 	workerCPU map[int]time.Duration // by worker pid
+	workerCS  map[int]uint64        // context switches, by worker pid
 	masterCPU time.Duration
+	masterCS  uint64
 }
 
 // takeSnapshot asks every worker of s for its count and reads the CPU of
 // every process. Workers that do not answer (dead) are left out.
 func takeSnapshot(ctx context.Context, s *server) snapshot {
-	snap := snapshot{at: time.Now(), served: map[int]uint64{}, workerCPU: map[int]time.Duration{}}
+	snap := snapshot{at: time.Now(), served: map[int]uint64{}, workerCPU: map[int]time.Duration{}, workerCS: map[int]uint64{}}
 	socks, _ := filepath.Glob(filepath.Join(s.statsDir, "*.sock"))
 	for _, sock := range socks {
 		pid, served, err := queryStats(ctx, sock)
@@ -92,9 +134,11 @@ func takeSnapshot(ctx context.Context, s *server) snapshot {
 		}
 		snap.served[pid] = served
 		snap.workerCPU[pid] = readCPU(pid)
+		snap.workerCS[pid] = readCtxSwitches(pid)
 	}
 	if s.master != nil {
 		snap.masterCPU = readCPU(s.master.pid())
+		snap.masterCS = readCtxSwitches(s.master.pid())
 	}
 	return snap
 }
@@ -130,17 +174,21 @@ type usage struct {
 	total     uint64
 	masterCPU time.Duration
 	workerCPU time.Duration
+	masterCS  uint64 // context switches
+	workerCS  uint64
 }
 
 // diffSnapshots subtracts before from after. A worker that appeared in
 // between (a restart) counts from zero.
 func diffSnapshots(before, after snapshot) usage {
-	u := usage{served: map[int]uint64{}, masterCPU: max(after.masterCPU-before.masterCPU, 0)}
+	u := usage{served: map[int]uint64{}, masterCPU: max(after.masterCPU-before.masterCPU, 0),
+		masterCS: after.masterCS - min(before.masterCS, after.masterCS)}
 	for pid, n := range after.served {
 		d := n - min(before.served[pid], n)
 		u.served[pid] = d
 		u.total += d
 		u.workerCPU += max(after.workerCPU[pid]-before.workerCPU[pid], 0)
+		u.workerCS += after.workerCS[pid] - min(before.workerCS[pid], after.workerCS[pid])
 	}
 	return u
 }

@@ -119,3 +119,28 @@ func TestDiffSnapshots(t *testing.T) {
 		t.Errorf("empty split = %d/%d", most, least)
 	}
 }
+
+func TestCtxSwitches(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, status string
+		want         uint64
+		ok           bool
+	}{
+		{"both", "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t3\n", 123, true},
+		{"one missing", "voluntary_ctxt_switches:\t120\n", 0, false},
+		{"bad number", "voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t3\n", 0, false},
+		{"empty", "", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ctxSwitches([]byte(tc.status))
+			if (err == nil) != tc.ok || got != tc.want {
+				t.Errorf("ctxSwitches = %d, %v; want %d, ok %v", got, err, tc.want, tc.ok)
+			}
+		})
+	}
+	if readCtxSwitches(os.Getpid()) == 0 {
+		t.Error("readCtxSwitches of this process = 0")
+	}
+}
