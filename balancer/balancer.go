@@ -260,22 +260,24 @@ func (b *Balancer) Listen(network, address string) (net.Addr, error) {
 	return l.bound, nil
 }
 
-// listener finds or opens the listener for a request.
+// listener finds or opens the listener for a request. The socket is
+// opened without holding b.mu, so a slow bind never stalls dispatch.
 func (b *Balancer) listener(network, address string) (*listener, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.stopping {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrClosed}
+	l, err := b.lookupLocked(network, address)
+	b.mu.Unlock()
+	if l != nil || err != nil {
+		return l, err
 	}
-	if l := b.findLocked(network, address); l != nil {
-		return l, nil
-	}
-	if len(b.listeners) >= maxListeners {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("balancer: too many listeners (%d)", maxListeners)}
-	}
-	l, err := openListener(network, address)
+	l, err = openListener(network, address)
 	if err != nil {
 		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if other, err := b.lookupLocked(network, address); other != nil || err != nil {
+		l.close() // opened by another request meanwhile, or shut down
+		return other, err
 	}
 	l.id = uint32(len(b.listeners) + 1)
 	l.policy = b.opts.Policy()
@@ -285,6 +287,21 @@ func (b *Balancer) listener(network, address string) (*listener, error) {
 	b.log.Info().Str("network", network).Str("address", l.bound.String()).Msg("listening")
 	go b.acceptLoop(l)
 	return l, nil
+}
+
+// lookupLocked returns the open listener for a request, or an error if
+// no new one may be opened, or neither.
+func (b *Balancer) lookupLocked(network, address string) (*listener, error) {
+	if b.stopping {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrClosed}
+	}
+	if l := b.findLocked(network, address); l != nil {
+		return l, nil
+	}
+	if len(b.listeners) >= maxListeners {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("balancer: too many listeners (%d)", maxListeners)}
+	}
+	return nil, nil
 }
 
 // findLocked matches a request with an open listener, by the address as

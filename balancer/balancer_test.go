@@ -28,7 +28,7 @@ func TestRoundRobinIsExactAndLeaksNoFD(t *testing.T) {
 		get(t, client, url) // warm up lazily made fds (epoll, timers)
 	}
 	c.waitIdle(t)
-	before := fdCount(t)
+	before := stableFDCount(t)
 	const n = 1500
 	counts := map[int]int{}
 	for i := 0; i < n; i++ {

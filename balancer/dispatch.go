@@ -320,7 +320,12 @@ func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string)
 		if oe, ok := err.(*net.OpError); ok {
 			text = oe.Err.Error()
 		}
-		w.log.Warn().Err(err).Str("network", network).Str("address", address).Msg("worker's listen failed")
+		b.mu.Lock()
+		b.stats.listenErrors++
+		b.mu.Unlock()
+		if b.badLogLimit.allow() {
+			w.log.Warn().Err(err).Str("network", network).Str("address", address).Msg("worker's listen failed")
+		}
 		_ = w.ctl.WriteFrame(ipc.AppendListenReply(nil, req, 0, uint32(errno), address, call, text), nil)
 		return
 	}

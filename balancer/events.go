@@ -44,6 +44,11 @@ type ExitEvent struct {
 	// Reload or Shutdown, false when the worker died on its own or was
 	// killed; only then is it restarted.
 	ExitedAfterDisconnect bool
+	// Active is the number of connections the worker had acknowledged and
+	// not closed when it exited: the requests that were in progress on it.
+	// Those it had not acknowledged are handed to other workers and are
+	// not counted.
+	Active int
 }
 
 // MessageEvent: the worker sent a message with worker.Send.
@@ -83,13 +88,15 @@ func newEventQueue(fn func(Event)) *eventQueue {
 	return e
 }
 
-// push queues ev; it reports false if the queue is full.
+// push queues ev. A MessageEvent is refused, and push reports false, when
+// maxQueuedEvents are already waiting; lifecycle events are always queued.
 func (e *eventQueue) push(ev Event) bool {
 	if e.fn == nil {
 		return true
 	}
+	_, isMessage := ev.(MessageEvent)
 	e.mu.Lock()
-	if len(e.q) >= maxQueuedEvents {
+	if isMessage && len(e.q) >= maxQueuedEvents {
 		e.mu.Unlock()
 		return false
 	}

@@ -2,10 +2,13 @@ package balancer_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,21 +19,56 @@ import (
 	"go.uber.org/goleak"
 )
 
+// hostileBin is internal/hostileworker, built by TestMain.
+var hostileBin string
+
 func TestMain(m *testing.M) {
 	testworker.Main()
-	goleak.VerifyTestMain(m)
+	dir, err := os.MkdirTemp("", "handoff-balancer-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	hostileBin = filepath.Join(dir, "hostileworker")
+	out, err := exec.Command("go", "build", "-o", hostileBin, "../internal/hostileworker").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building hostileworker: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := 0
+	func() {
+		defer os.RemoveAll(dir)
+		goleak.VerifyTestMain(exitRecorder{m, &code})
+	}()
+	os.Exit(code)
 }
+
+// exitRecorder lets TestMain clean up after goleak's os.Exit would run.
+type exitRecorder struct {
+	m    *testing.M
+	code *int
+}
+
+func (e exitRecorder) Run() int { *e.code = e.m.Run(); return *e.code }
 
 // eventLog records a balancer's events.
 type eventLog struct {
 	mu     sync.Mutex
 	events []balancer.Event
 	wake   chan struct{}
+	gate   chan struct{} // while set, add blocks: a stuck OnEvent
 }
 
 func newEventLog() *eventLog { return &eventLog{wake: make(chan struct{}, 1)} }
 
 func (e *eventLog) add(ev balancer.Event) {
+	e.mu.Lock()
+	gate := e.gate
+	e.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	e.mu.Lock()
 	e.events = append(e.events, ev)
 	e.mu.Unlock()
@@ -38,6 +76,19 @@ func (e *eventLog) add(ev balancer.Event) {
 	case e.wake <- struct{}{}:
 	default:
 	}
+}
+
+func (e *eventLog) pause() {
+	e.mu.Lock()
+	e.gate = make(chan struct{})
+	e.mu.Unlock()
+}
+
+func (e *eventLog) resume() {
+	e.mu.Lock()
+	close(e.gate)
+	e.gate = nil
+	e.mu.Unlock()
 }
 
 func (e *eventLog) snapshot() []balancer.Event {
@@ -187,6 +238,23 @@ func fdCount(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// stableFDCount counts fds once the count has stopped moving, so that a
+// client connection still closing in the background is not counted.
+func stableFDCount(t *testing.T) int {
+	t.Helper()
+	last := fdCount(t)
+	for same := 0; same < 5; {
+		time.Sleep(20 * time.Millisecond)
+		n := fdCount(t)
+		if n == last {
+			same++
+		} else {
+			last, same = n, 0
+		}
+	}
+	return last
 }
 
 // dial opens a raw TCP connection.

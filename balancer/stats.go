@@ -1,6 +1,82 @@
 package balancer
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stats are the master's counters since New.
+type Stats struct {
+	Accepted       uint64            // connections accepted
+	AcceptErrors   map[string]uint64 // failed accept4 calls, by errno name (EMFILE, ...)
+	Dispatched     uint64            // handoffs sent to workers, re-dispatches included
+	Redispatched   uint64            // connections handed to another worker after a failure
+	Dropped        uint64            // connections closed because the pending queue was full
+	Pending        int               // connections waiting for a worker now
+	Forked         uint64            // worker processes started
+	Restarts       uint64            // unexpected worker exits that were restarted
+	ProtocolErrors uint64            // workers killed for breaking the protocol
+	BogusIDs       uint64            // acks, close reports and returns for connections a worker did not own
+	StuckKills     uint64            // workers killed for not acking within HandoffTimeout
+	ListenErrors   uint64            // workers' listen requests that failed
+}
+
+// WorkerStats are one worker's counters.
+type WorkerStats struct {
+	ID         int
+	PID        int
+	State      State
+	Started    time.Time
+	Dispatched uint64 // connections handed to it
+	Active     int    // handed to it and not yet closed
+	Unacked    int    // handed to it and not yet acknowledged
+	Restarts   int    // how many workers its slot had before it
+}
+
+// Stats returns the master's counters.
+func (b *Balancer) Stats() Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := Stats{
+		Accepted:       b.stats.accepted,
+		AcceptErrors:   make(map[string]uint64, len(b.stats.acceptErrors)),
+		Redispatched:   b.stats.redispatched,
+		Dropped:        b.stats.dropped,
+		Pending:        b.pending,
+		Forked:         b.stats.forked,
+		Restarts:       b.stats.restarts,
+		ProtocolErrors: b.stats.protocolErrors,
+		BogusIDs:       b.stats.bogusIDs,
+		StuckKills:     b.stats.stuckKills,
+		ListenErrors:   b.stats.listenErrors,
+	}
+	for e, n := range b.stats.acceptErrors {
+		s.AcceptErrors[unix.ErrnoName(e)] += n
+	}
+	for _, w := range b.workers {
+		s.Dispatched += w.stats.dispatched
+	}
+	s.Dispatched += b.stats.deadDispatched
+	return s
+}
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() WorkerStats {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return WorkerStats{
+		ID:         w.id,
+		PID:        w.pid,
+		State:      w.state,
+		Started:    w.born,
+		Dispatched: w.stats.dispatched,
+		Active:     len(w.conns),
+		Unacked:    w.unacked,
+		Restarts:   w.slot.restarts,
+	}
+}
 
 // stats are the master's counters, under Balancer.mu.
 type stats struct {
@@ -13,6 +89,8 @@ type stats struct {
 	protocolErrors uint64
 	bogusIDs       uint64
 	stuckKills     uint64
+	deadDispatched uint64 // dispatched to workers that have exited
+	listenErrors   uint64
 }
 
 func (s *stats) acceptError(e syscall.Errno) {

@@ -45,10 +45,15 @@ func (s State) String() string {
 // slot is a worker's place in the pool: its replacement after a crash or
 // a reload takes the same slot, with the same env and crash history.
 type slot struct {
-	env     []string
-	crashes int
-	restart *time.Timer // under Balancer.mu
+	env      []string
+	crashes  int
+	restarts int         // workers that exited unexpectedly in this slot
+	restart  *time.Timer // under Balancer.mu
 }
+
+// exitDrainTimeout bounds how long the master reads a dead worker's
+// control socket before closing it.
+const exitDrainTimeout = time.Second
 
 // connRec is the master's record of a handed-off connection.
 type connRec struct {
@@ -270,6 +275,14 @@ func (b *Balancer) fork(s *slot) (*Worker, error) {
 // the connections it never acknowledged to other workers.
 func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	err := w.cmd.Wait()
+	// Read what the worker sent before it died (acks, returned fds) to the
+	// end: closing the socket first would drop fds still in flight. Only a
+	// grandchild that kept the control fd could delay the EOF.
+	select {
+	case <-readerDone:
+	case <-time.After(exitDrainTimeout):
+		w.log.Warn().Msg("control socket still open after the worker exited; closing it")
+	}
 	_ = w.ctl.Close()
 	<-readerDone
 	ev := ExitEvent{Worker: w, Code: -1}
@@ -306,6 +319,8 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 			}
 		}
 	}
+	ev.Active = len(w.conns) - w.unacked
+	b.stats.deadDispatched += w.stats.dispatched
 	clear(w.conns)
 	w.unacked = 0
 	for l, fds := range redo {
@@ -320,6 +335,7 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		}
 		delay = min(RestartBackoffMin<<min(w.slot.crashes, 20), RestartBackoffMax)
 		w.slot.crashes++
+		w.slot.restarts++
 		b.stats.restarts++
 		b.scheduleRestartLocked(w.slot, delay)
 	}

@@ -31,13 +31,14 @@ type controlClient struct {
 	listeners map[uint32]*Listener
 	gone      bool
 
-	// Report state, under mu.
+	// Report state, under mu; sendMu serialises the senders of reports
+	// and returns, and guards the send buffers.
 	acked, closed   []uint64
-	sendAcked       []uint64 // the flusher's buffers, swapped with the above
-	sendClosed      []uint64
-	flushing        bool
 	closeTimerArmed bool
 	closeTimer      *time.Timer
+	sendMu          sync.Mutex
+	sendAcked       []uint64
+	sendClosed      []uint64
 }
 
 type listenRequest struct {
@@ -182,24 +183,30 @@ func listenError(network, address string, m *ipc.Message) error {
 	return &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}
 }
 
-// receiveConns queues fds on their listener and records their acks. Fds
-// for a listener that is gone go back to the master at once.
+// receiveConns queues fds on their listener and records their acks, in
+// one step under c.mu, so that a close report can never be flushed ahead
+// of its conn's ack. Fds for a listener that is gone go back to the master.
 func (c *controlClient) receiveConns(id uint32, ids []uint64, fds []int) {
 	c.mu.Lock()
 	l := c.listeners[id]
-	c.mu.Unlock()
-	if l == nil || !l.enqueue(ids, fds) {
-		c.returnConns(id, ids, fds)
-		return
+	ok := l != nil && l.enqueue(ids, fds)
+	if ok {
+		c.acked = append(c.acked, ids...)
 	}
-	c.mu.Lock()
-	c.acked = append(c.acked, ids...)
 	c.mu.Unlock()
+	if !ok {
+		c.returnConns(id, ids, fds)
+	}
 }
 
-// returnConns sends fds back to the master and closes them here.
+// returnConns sends fds back to the master, after any pending report so
+// the master sees each ack before the return, and closes them here. An
+// empty ids still sends one Return frame: "no longer listening".
 func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
-	for len(ids) > 0 || len(fds) > 0 {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.flushLocked()
+	for first := true; first || len(ids) > 0; first = false {
 		n := min(len(ids), ipc.MaxConns)
 		_ = c.ctl.WriteFrame(ipc.AppendConns(nil, true, listener, ids[:n]), fds[:n])
 		for _, fd := range fds[:n] {
@@ -209,14 +216,13 @@ func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
 	}
 }
 
-// connClosed records that a handed-off conn was closed.
+// connClosed records that a handed-off conn was closed; the report goes
+// out within closeReportDelay, batched with others.
 func (c *controlClient) connClosed(id uint64) {
 	c.mu.Lock()
 	c.closed = append(c.closed, id)
-	arm := !c.closeTimerArmed && !c.flushing
-	if arm {
-		c.closeTimerArmed = true
-	}
+	arm := !c.closeTimerArmed
+	c.closeTimerArmed = true
 	c.mu.Unlock()
 	if arm {
 		c.closeTimer.Reset(closeReportDelay)
@@ -230,15 +236,16 @@ func (c *controlClient) closeTimerFired() {
 	c.flushReport()
 }
 
-// flushReport sends every pending ack and close report. One goroutine
-// flushes at a time; others leave their ids to it.
+// flushReport sends every pending ack and close report.
 func (c *controlClient) flushReport() {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.flushLocked()
+}
+
+// flushLocked sends the pending reports; c.sendMu is held.
+func (c *controlClient) flushLocked() {
 	c.mu.Lock()
-	if c.flushing {
-		c.mu.Unlock()
-		return
-	}
-	c.flushing = true
 	for len(c.acked)+len(c.closed) > 0 && !c.gone {
 		c.acked, c.sendAcked = c.sendAcked[:0], c.acked
 		c.closed, c.sendClosed = c.sendClosed[:0], c.closed
@@ -246,7 +253,6 @@ func (c *controlClient) flushReport() {
 		_ = c.ctl.WriteReport(c.sendAcked, c.sendClosed)
 		c.mu.Lock()
 	}
-	c.flushing = false
 	c.mu.Unlock()
 }
 
@@ -265,10 +271,6 @@ func (c *controlClient) listenerClosed(l *Listener, ids []uint64, fds []int) {
 	}
 	// A Return frame, even an empty one, tells the master this worker no
 	// longer listens there.
-	if len(ids) == 0 {
-		_ = c.ctl.WriteFrame(ipc.AppendConns(nil, true, l.id, nil), nil)
-		return
-	}
 	c.returnConns(l.id, ids, fds)
 }
 

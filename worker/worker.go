@@ -96,4 +96,6 @@ func fatalf(format string, args ...any) {
 }
 
 // killSelf sends this process SIGTERM, so the program's own shutdown runs.
-func killSelf() { _ = syscall.Kill(os.Getpid(), syscall.SIGTERM) }
+// It is a variable so that tests, which play the master in-process, can
+// see it called without signalling the test binary.
+var killSelf = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGTERM) }
