@@ -273,10 +273,16 @@ func (b *Balancer) listener(network, address string) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
+	return b.register(network, address, l)
+}
+
+// register starts accepting on l, unless another request opened the same
+// address meanwhile or the balancer is shutting down.
+func (b *Balancer) register(network, address string, l *listener) (*listener, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if other, err := b.lookupLocked(network, address); other != nil || err != nil {
-		l.close() // opened by another request meanwhile, or shut down
+		l.close()
 		return other, err
 	}
 	l.id = uint32(len(b.listeners) + 1)
@@ -287,6 +293,56 @@ func (b *Balancer) listener(network, address string) (*listener, error) {
 	b.log.Info().Str("network", network).Str("address", l.bound.String()).Msg("listening")
 	go b.acceptLoop(l)
 	return l, nil
+}
+
+// Adopt makes the master accept on ln, a listening socket opened
+// elsewhere (inherited through systemd socket activation or from a
+// previous master), for requests of network and address as well as for
+// ln's own address. The balancer works on a dup of ln's fd: the caller
+// keeps ln and may close it. A Unix socket's path is left in place.
+func (b *Balancer) Adopt(network, address string, ln net.Listener) (net.Addr, error) {
+	if err := checkNetwork(network); err != nil {
+		return nil, err
+	}
+	l, err := dupListener(network, address, ln)
+	if err != nil {
+		return nil, err
+	}
+	r, err := b.register(network, address, l)
+	if err != nil {
+		return nil, err
+	}
+	if r != l {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: fmt.Errorf("balancer: %s is already open", address)}
+	}
+	return l.bound, nil
+}
+
+// WaitReady waits until there is at least one worker and every worker
+// that is not draining listens, for example after Start or a restart, or
+// until ctx ends. It returns ErrClosed once Shutdown has begun.
+func (b *Balancer) WaitReady(ctx context.Context) error {
+	err := b.waitFor(ctx, func() bool {
+		if b.stopping {
+			return true
+		}
+		n := 0
+		for _, w := range b.workers {
+			switch {
+			case w.state == StateListening && !w.broken:
+				n++
+			case w.state < StateListening:
+				return false
+			}
+		}
+		return n > 0
+	})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err == nil && b.stopping {
+		return ErrClosed
+	}
+	return err
 }
 
 // lookupLocked returns the open listener for a request, or an error if

@@ -106,8 +106,9 @@ func (b *Balancer) flushLocked(l *listener, w *Worker, now time.Time) []int {
 		if w.unacked == 0 {
 			w.ackDeadline = now.Add(b.opts.HandoffTimeout)
 		}
+		sent := int64(now.Sub(b.epoch))
 		for i, id := range ids {
-			w.conns[id] = connRec{fd: int32(fds[i]), listener: l.id}
+			w.conns[id] = connRec{fd: int32(fds[i]), listener: l.id, sent: sent}
 		}
 		w.unacked += len(ids)
 		w.stats.dispatched += uint64(len(ids))
@@ -355,13 +356,14 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bogus := 0
+	now := int64(time.Since(b.epoch))
 	for _, id := range acked {
 		rec, ok := w.conns[id]
 		if !ok || rec.fd < 0 {
 			bogus++
 			continue
 		}
-		b.ackLocked(w, id, rec)
+		b.ackLocked(w, id, rec, now)
 	}
 	for _, id := range closed {
 		rec, ok := w.conns[id]
@@ -370,7 +372,7 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 			continue
 		}
 		if rec.fd >= 0 { // closed before its ack arrived: that is an ack
-			b.ackLocked(w, id, rec)
+			b.ackLocked(w, id, rec, now)
 		}
 		delete(w.conns, id)
 		w.stats.closed++
@@ -392,12 +394,13 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 	}
 }
 
-func (b *Balancer) ackLocked(w *Worker, id uint64, rec connRec) {
+func (b *Balancer) ackLocked(w *Worker, id uint64, rec connRec, now int64) {
 	closeFD(int(rec.fd))
 	rec.fd = -1
 	w.conns[id] = rec
 	w.unacked--
 	w.stats.acked++
+	w.stats.ackLatency.observe(time.Duration(now - rec.sent))
 }
 
 // returned handles a Return frame: the worker stopped listening on the

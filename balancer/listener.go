@@ -49,43 +49,83 @@ type listener struct {
 // openListener binds like net.Listen, so its errors are net.Listen's, and
 // keeps a dup of the socket for raw accept4.
 func openListener(network, address string) (*listener, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6", "unix":
-	default:
-		return nil, &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("handoff: network %q is not supported (tcp, tcp4, tcp6, unix)", network)}
+	if err := checkNetwork(network); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
 		return nil, err
 	}
+	path := ""
+	if ul, ok := ln.(*net.UnixListener); ok {
+		// Only this master and the users it allows may connect.
+		if err := os.Chmod(address, 0o600); err != nil {
+			_ = ln.Close()
+			return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
+		}
+		ul.SetUnlinkOnClose(false)
+		path = address
+	}
+	l, err := dupListener(network, address, ln)
+	// The dup in l shares the socket; the net.Listener's own fd is
+	// closed so that only l's is registered with the poller.
+	_ = ln.Close()
+	if err != nil {
+		if path != "" {
+			_ = os.Remove(path)
+		}
+		return nil, err
+	}
+	l.unix = path
+	return l, nil
+}
+
+func checkNetwork(network string) error {
+	switch network {
+	case "tcp", "tcp4", "tcp6", "unix":
+		return nil
+	}
+	return &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("handoff: network %q is not supported (tcp, tcp4, tcp6, unix)", network)}
+}
+
+// dupListener makes a listener from a dup of ln's socket. The caller
+// keeps ln and closes it when it likes; the socket stays open for l.
+func dupListener(network, address string, ln net.Listener) (*listener, error) {
 	l := &listener{network: network, address: address, bound: ln.Addr(), done: make(chan struct{})}
 	var f *os.File
+	var err error
 	switch ln := ln.(type) {
 	case *net.TCPListener:
 		f, err = ln.File()
 	case *net.UnixListener:
-		// Only this master and the users it allows may connect.
-		if err = os.Chmod(address, 0o600); err == nil {
-			l.unix = address
-			ln.SetUnlinkOnClose(false)
-			f, err = ln.File()
-		}
+		f, err = ln.File()
+	default:
+		err = fmt.Errorf("handoff: cannot take over a %T", ln)
 	}
-	// The dup in f shares the socket; the net.Listener's own fd is
-	// closed so that only f is registered with the poller.
-	_ = ln.Close()
 	if err != nil {
-		if l.unix != "" {
-			_ = os.Remove(l.unix)
-		}
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: err}
+	}
+	// File's dup shares O_NONBLOCK with ln, but make sure: accept4 runs
+	// in the runtime poller.
+	if err := unix.SetNonblock(int(fdOf(f)), true); err != nil {
+		_ = f.Close()
+		return nil, os.NewSyscallError("setnonblock", err)
 	}
 	l.f = f
 	if l.rc, err = f.SyscallConn(); err != nil {
-		l.close()
+		_ = f.Close()
 		return nil, err
 	}
 	return l, nil
+}
+
+// fdOf returns f's fd without f.Fd, which would make it blocking.
+func fdOf(f *os.File) uintptr {
+	var fd uintptr
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(x uintptr) { fd = x })
+	}
+	return fd
 }
 
 // close closes the listening socket and removes its path.

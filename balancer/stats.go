@@ -21,6 +21,10 @@ type Stats struct {
 	BogusIDs       uint64            // acks, close reports and returns for connections a worker did not own
 	StuckKills     uint64            // workers killed for not acking within HandoffTimeout
 	ListenErrors   uint64            // workers' listen requests that failed
+	Exits          map[string]uint64 // worker exits by reason: disconnect, code, signal
+	Workers        int               // workers not yet exited
+	Listening      int               // workers that can take connections now
+	Draining       bool              // Shutdown has begun
 }
 
 // WorkerStats are one worker's counters.
@@ -33,6 +37,9 @@ type WorkerStats struct {
 	Active     int    // handed to it and not yet closed
 	Unacked    int    // handed to it and not yet acknowledged
 	Restarts   int    // how many workers its slot had before it
+	Acked      uint64 // connections it acknowledged
+	Closed     uint64 // connections it reported closed
+	AckLatency Histogram
 }
 
 // Stats returns the master's counters.
@@ -51,12 +58,21 @@ func (b *Balancer) Stats() Stats {
 		BogusIDs:       b.stats.bogusIDs,
 		StuckKills:     b.stats.stuckKills,
 		ListenErrors:   b.stats.listenErrors,
+		Exits:          make(map[string]uint64, len(b.stats.exits)),
+		Workers:        len(b.workers),
+		Draining:       b.stopping,
+	}
+	for r, n := range b.stats.exits {
+		s.Exits[r] = n
 	}
 	for e, n := range b.stats.acceptErrors {
 		s.AcceptErrors[unix.ErrnoName(e)] += n
 	}
 	for _, w := range b.workers {
 		s.Dispatched += w.stats.dispatched
+		if w.state == StateListening && !w.broken {
+			s.Listening++
+		}
 	}
 	s.Dispatched += b.stats.deadDispatched
 	return s
@@ -75,6 +91,9 @@ func (w *Worker) Stats() WorkerStats {
 		Active:     len(w.conns),
 		Unacked:    w.unacked,
 		Restarts:   w.slot.restarts,
+		Acked:      w.stats.acked,
+		Closed:     w.stats.closed,
+		AckLatency: w.stats.ackLatency,
 	}
 }
 
@@ -91,6 +110,7 @@ type stats struct {
 	stuckKills     uint64
 	deadDispatched uint64 // dispatched to workers that have exited
 	listenErrors   uint64
+	exits          map[string]uint64
 }
 
 func (s *stats) acceptError(e syscall.Errno) {
@@ -105,4 +125,32 @@ type workerStats struct {
 	dispatched uint64
 	acked      uint64
 	closed     uint64
+	ackLatency Histogram
+}
+
+// AckLatencyBuckets are the upper bounds of Histogram's buckets.
+var AckLatencyBuckets = [...]time.Duration{
+	10 * time.Microsecond, 25 * time.Microsecond, 50 * time.Microsecond, 100 * time.Microsecond,
+	250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond,
+	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond, time.Second,
+}
+
+// Histogram counts handoff-to-ack latencies: Counts[i] is the number of
+// observations ≤ AckLatencyBuckets[i] and > the bound before it; the last
+// count is for those above every bound.
+type Histogram struct {
+	Counts [len(AckLatencyBuckets) + 1]uint64
+	Sum    time.Duration
+	Count  uint64
+}
+
+func (h *Histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(AckLatencyBuckets) && d > AckLatencyBuckets[i] {
+		i++
+	}
+	h.Counts[i]++
+	h.Sum += d
+	h.Count++
 }

@@ -59,6 +59,7 @@ const exitDrainTimeout = time.Second
 type connRec struct {
 	fd       int32 // the master's copy until acked, then -1
 	listener uint32
+	sent     int64 // when it was handed off, in ns since Balancer.epoch
 }
 
 // Worker is the master's handle on one worker process. Its methods are
@@ -320,6 +321,10 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		}
 	}
 	ev.Active = len(w.conns) - w.unacked
+	if b.stats.exits == nil {
+		b.stats.exits = make(map[string]uint64)
+	}
+	b.stats.exits[exitReason(ev)]++
 	b.stats.deadDispatched += w.stats.dispatched
 	clear(w.conns)
 	w.unacked = 0
@@ -419,4 +424,16 @@ func (w *Worker) Active() int {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
 	return len(w.conns)
+}
+
+// exitReason classifies an exit for Stats.Exits.
+func exitReason(ev ExitEvent) string {
+	switch {
+	case ev.ExitedAfterDisconnect:
+		return "disconnect"
+	case ev.Signal != nil:
+		return "signal"
+	default:
+		return "code"
+	}
 }
