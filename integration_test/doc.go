@@ -28,6 +28,7 @@
 //	4  TestRoundRobinExactVersusReusePort
 //	5  TestUnixSocketInNamespace
 //	6  TestWorkerKilledUnderLoad
+//	7  TestWorkersRunAsAnotherUser
 //
 // # Running
 //
