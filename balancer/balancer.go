@@ -402,7 +402,7 @@ func (b *Balancer) Start() error {
 	b.started = true
 	b.mu.Unlock()
 	for i := 0; i < b.opts.Workers; i++ {
-		if _, err := b.fork(&slot{}); err != nil {
+		if _, err := b.fork(&slot{}, false); err != nil {
 			return err
 		}
 	}
@@ -412,7 +412,7 @@ func (b *Balancer) Start() error {
 // Fork starts one more worker, with env added to its environment on top of
 // Options.Env. If it crashes it is restarted with the same env.
 func (b *Balancer) Fork(env ...string) (*Worker, error) {
-	return b.fork(&slot{env: env})
+	return b.fork(&slot{env: env}, false)
 }
 
 // Workers returns the workers that have not exited, by id.
@@ -521,7 +521,7 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 	if dead {
 		return nil // gone already; its slot restarts by itself
 	}
-	nw, err := b.fork(old.slot)
+	nw, err := b.fork(old.slot, true)
 	if err != nil {
 		return err
 	}
@@ -548,6 +548,9 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 		nw.abandon()
 		return fmt.Errorf("replacing worker %d: %w", old.id, err)
 	}
+	b.mu.Lock()
+	nw.probation = false
+	b.mu.Unlock()
 	old.Disconnect()
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -420,5 +422,43 @@ func TestReloadUnderLoadFailsNothing(t *testing.T) {
 		if olds[w.ID()] && w.State() != balancer.StateDisconnecting {
 			t.Errorf("old worker %d is still %v after reload", w.ID(), w.State())
 		}
+	}
+}
+
+func TestReloadAbortsWhenReplacementFails(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "bad-deploy")
+	c := startCluster(t, 2, balancer.Options{}, testworker.EnvFailIfExists+"="+marker)
+	c.waitListening(t, 2)
+	olds := c.b.Workers()
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := c.b.Reload(t.Context())
+	if !errors.Is(err, balancer.ErrReloadAborted) {
+		t.Fatalf("reload with a failing replacement: %v, want ErrReloadAborted", err)
+	}
+	// The old workers keep serving, and the failed replacement is not
+	// restarted.
+	time.Sleep(300 * time.Millisecond)
+	ws := c.b.Workers()
+	if len(ws) != 2 || ws[0] != olds[0] || ws[1] != olds[1] {
+		t.Fatalf("workers after an aborted reload: %v, want the old %v", ws, olds)
+	}
+	for _, w := range ws {
+		if w.State() != balancer.StateListening {
+			t.Errorf("old worker %d is %v", w.ID(), w.State())
+		}
+	}
+	client := newConnClient()
+	seen := map[int]bool{}
+	for i := 0; i < 4; i++ {
+		id, body := get(t, client, "http://"+c.addr+"/")
+		if body != "hello world\n" {
+			t.Fatalf("body %q", body)
+		}
+		seen[id] = true
+	}
+	if !seen[olds[0].ID()] || !seen[olds[1].ID()] {
+		t.Errorf("requests went to %v, want the old workers %d and %d", seen, olds[0].ID(), olds[1].ID())
 	}
 }

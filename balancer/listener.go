@@ -187,8 +187,10 @@ func (b *Balancer) acceptLoop(l *listener) {
 			b.log.Error().Err(err).Str("listener", l.bound.String()).Msg("listener failed")
 			return
 		}
+		if aerr == 0 || len(fds) > 0 {
+			backoff = 0 // progress: the next error starts the backoff afresh
+		}
 		if aerr == 0 {
-			backoff = 0
 			continue
 		}
 		b.mu.Lock()

@@ -2,7 +2,11 @@ package balancer_test
 
 import (
 	"context"
+	"os/signal"
+	"syscall"
+
 	"fmt"
+	"github.com/rs/zerolog"
 	"io"
 	"net"
 	"net/http"
@@ -24,6 +28,9 @@ var hostileBin string
 
 func TestMain(m *testing.M) {
 	testworker.Main()
+	if addr := os.Getenv(envChildMaster); addr != "" {
+		os.Exit(runChildMaster(addr))
+	}
 	dir, err := os.MkdirTemp("", "handoff-balancer-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -42,6 +49,38 @@ func TestMain(m *testing.M) {
 		goleak.VerifyTestMain(exitRecorder{m, &code})
 	}()
 	os.Exit(code)
+}
+
+// envChildMaster makes the test binary a master in its own process,
+// listening on the address it holds, with two workers: for tests that must
+// change the master's process, such as its fd limit.
+const envChildMaster = "HANDOFF_TEST_CHILD_MASTER"
+
+func runChildMaster(addr string) int {
+	_ = os.Unsetenv(envChildMaster)
+	b, err := balancer.New(balancer.Options{
+		Workers: 2,
+		Args:    []string{},
+		Env:     []string{testworker.EnvListen + "=tcp!" + addr},
+		Logger:  zerolog.New(os.Stderr),
+	})
+	if err == nil {
+		_, err = b.Listen("tcp", addr)
+	}
+	if err == nil {
+		err = b.Start()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child master:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	if err := b.Shutdown(context.Background()); err != nil {
+		return 1
+	}
+	return 0
 }
 
 // exitRecorder lets TestMain clean up after goleak's os.Exit would run.

@@ -2,7 +2,11 @@ package balancer_test
 
 import (
 	"context"
+	"os/exec"
+	"strings"
+
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -350,4 +354,110 @@ func TestUnixSocketListener(t *testing.T) {
 			t.Fatalf("over the unix socket: %q", body)
 		}
 	}
+}
+
+func TestAcceptBacksOffOnEMFILE(t *testing.T) {
+	// A master in its own process, so that its fd limit can be lowered.
+	addr := freeAddr(t)
+	var logs syncBuffer
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envChildMaster+"="+addr)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	client := newConnClient()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get("http://" + addr + "/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("child master never served: %v\n%s", err, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Leave the master a handful of spare fds: a burst of connections
+	// then runs it out while it holds their unacked fds.
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := uint64(len(ents) + 4)
+	if err := unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}, nil); err != nil {
+		t.Fatal(err)
+	}
+	const clients = 100
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		go func() {
+			resp, err := newConnClient().Get("http://" + addr + "/?delay=50ms")
+			if err == nil {
+				var body []byte
+				body, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil && string(body) != "hello world\n" {
+					err = fmt.Errorf("body %q", body)
+				}
+			}
+			errs <- err
+		}()
+	}
+	failed := 0
+	for i := 0; i < clients; i++ {
+		if err := <-errs; err != nil {
+			failed++
+			if failed < 3 {
+				t.Errorf("client %d: %v", i, err)
+			}
+		}
+	}
+	if failed > 0 {
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		time.Sleep(500 * time.Millisecond)
+		t.Fatalf("%d of %d clients failed; master log:\n%s", failed, clients, logs.String())
+	}
+	if !strings.Contains(logs.String(), "EMFILE") && !strings.Contains(logs.String(), "too many open files") {
+		t.Errorf("the master never ran out of fds (limit %d), so EMFILE was not tested; log:\n%s", limit, logs.String())
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

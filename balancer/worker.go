@@ -77,6 +77,7 @@ type Worker struct {
 	// Under Balancer.mu.
 	state         State
 	disconnecting bool // exits from now on are expected
+	probation     bool // a reload's replacement not yet listening: never restarted
 	listening     map[*listener]bool
 	conns         map[uint64]connRec
 	unacked       int
@@ -204,8 +205,9 @@ func (w *Worker) routable() bool {
 	return w.state < StateDisconnecting && !w.broken
 }
 
-// fork starts a worker process in s.
-func (b *Balancer) fork(s *slot) (*Worker, error) {
+// fork starts a worker process in s. A worker on probation is not
+// restarted if it dies before its probation is lifted.
+func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 	b.mu.Lock()
 	if b.stopping {
 		b.mu.Unlock()
@@ -249,6 +251,7 @@ func (b *Balancer) fork(s *slot) (*Worker, error) {
 		outIDs:    make([]uint64, 0, ipc.MaxConns),
 		outFDs:    make([]int, 0, ipc.MaxConns),
 		exited:    make(chan struct{}),
+		probation: probation,
 	}
 	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
 	b.mu.Lock()
@@ -332,7 +335,7 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		b.stats.redispatched += uint64(len(fds))
 		b.dispatchLocked(l, fds)
 	}
-	restart := !w.disconnecting && !b.stopping
+	restart := !w.disconnecting && !w.probation && !b.stopping
 	var delay time.Duration
 	if restart {
 		if uptime >= StableUptime {
@@ -399,7 +402,7 @@ func (b *Balancer) restart(s *slot) {
 	if stop {
 		return
 	}
-	if _, err := b.fork(s); err != nil && !errors.Is(err, ErrClosed) {
+	if _, err := b.fork(s, false); err != nil && !errors.Is(err, ErrClosed) {
 		b.log.Error().Err(err).Msg("restarting worker failed; retrying")
 		b.mu.Lock()
 		if !b.stopping {

@@ -38,6 +38,9 @@ const (
 	EnvListen   = "HANDOFF_TEST_LISTEN" // comma-separated network!address
 	EnvExitCode = "HANDOFF_TEST_EXIT_CODE"
 	EnvEcho     = "HANDOFF_TEST_ENV" // the name of a variable to send back at start
+	// EnvFailIfExists names a file: if it exists, the worker exits 1 at
+	// once, as a bad deploy would.
+	EnvFailIfExists = "HANDOFF_TEST_FAIL_IF_EXISTS"
 )
 
 // ListenResult is what mode "report" sends for each address.
@@ -114,6 +117,12 @@ func FormatAddrs(addrs ...[2]string) string {
 }
 
 func run() int {
+	if p := os.Getenv(EnvFailIfExists); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			fmt.Fprintln(os.Stderr, "testworker: failing on purpose:", p, "exists")
+			return 1
+		}
+	}
 	if name := os.Getenv(EnvEcho); name != "" {
 		_ = worker.Send(EnvValue{Kind: "env", Name: name, Value: os.Getenv(name), UID: os.Getuid()})
 	}
