@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// closeReportDelay is how long a close report may wait to be batched with
-// others. Least-loaded balancing sees a worker's load this late at most.
+// closeReportDelay is how long an ack or a close report may wait to be
+// batched with others. Least-loaded balancing sees a worker's load this
+// late at most, and the master holds each handed-off fd this much longer.
 const closeReportDelay = time.Millisecond
 
 // controlClient is the worker's end of the control socket. Its readLoop
@@ -94,9 +95,10 @@ func (c *controlClient) listen(network, address string) (net.Listener, error) {
 	return r.l, nil
 }
 
-// readLoop reads the control socket until the master goes away. Acks are
-// flushed whenever the socket has nothing more to read, so a burst of
-// Conns frames costs one Report.
+// readLoop reads the control socket until the master goes away. Acks
+// wait, like close reports, up to closeReportDelay to be batched: one
+// Report then carries every ack and close of that interval, which saves
+// the master a wakeup per connection.
 func (c *controlClient) readLoop() {
 	var m ipc.Message
 	pending := false
@@ -106,7 +108,7 @@ func (c *controlClient) readLoop() {
 		if pending {
 			fds, err = c.ctl.TryRead(&m)
 			if errors.Is(err, unix.EAGAIN) {
-				c.flushReport()
+				c.armReport()
 				pending = false
 				continue
 			}
@@ -221,6 +223,14 @@ func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
 func (c *controlClient) connClosed(id uint64) {
 	c.mu.Lock()
 	c.closed = append(c.closed, id)
+	c.mu.Unlock()
+	c.armReport()
+}
+
+// armReport makes sure pending acks and close reports go out within
+// closeReportDelay.
+func (c *controlClient) armReport() {
+	c.mu.Lock()
 	arm := !c.closeTimerArmed
 	c.closeTimerArmed = true
 	c.mu.Unlock()

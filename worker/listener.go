@@ -154,6 +154,9 @@ type TCPConn struct {
 
 // Close closes the connection and reports it to the master.
 func (c *TCPConn) Close() error {
+	// The master may still hold its copy of the fd until it reads our
+	// ack: shut down the write side so the FIN leaves now, from here.
+	_ = c.TCPConn.CloseWrite()
 	err := c.TCPConn.Close()
 	c.closer.report()
 	return err
@@ -171,6 +174,7 @@ type UnixConn struct {
 
 // Close closes the connection and reports it to the master.
 func (c *UnixConn) Close() error {
+	_ = c.UnixConn.CloseWrite() // as TCPConn.Close
 	err := c.UnixConn.Close()
 	c.closer.report()
 	return err
