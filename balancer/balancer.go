@@ -263,8 +263,9 @@ func (b *Balancer) Listen(network, address string) (net.Addr, error) {
 // listener finds or opens the listener for a request. The socket is
 // opened without holding b.mu, so a slow bind never stalls dispatch.
 func (b *Balancer) listener(network, address string) (*listener, error) {
+	resolved := resolve(network, address) // outside b.mu: it may ask DNS
 	b.mu.Lock()
-	l, err := b.lookupLocked(network, address)
+	l, err := b.lookupLocked(network, address, resolved)
 	b.mu.Unlock()
 	if l != nil || err != nil {
 		return l, err
@@ -273,15 +274,28 @@ func (b *Balancer) listener(network, address string) (*listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return b.register(network, address, l)
+	return b.register(network, address, resolved, l)
+}
+
+// resolve returns the TCP address a request names, for matching it with
+// an open listener, or nil.
+func resolve(network, address string) *net.TCPAddr {
+	if network == "unix" {
+		return nil
+	}
+	a, err := net.ResolveTCPAddr(network, address)
+	if err != nil || a.Port == 0 {
+		return nil
+	}
+	return a
 }
 
 // register starts accepting on l, unless another request opened the same
 // address meanwhile or the balancer is shutting down.
-func (b *Balancer) register(network, address string, l *listener) (*listener, error) {
+func (b *Balancer) register(network, address string, resolved *net.TCPAddr, l *listener) (*listener, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if other, err := b.lookupLocked(network, address); other != nil || err != nil {
+	if other, err := b.lookupLocked(network, address, resolved); other != nil || err != nil {
 		l.close()
 		return other, err
 	}
@@ -308,7 +322,7 @@ func (b *Balancer) Adopt(network, address string, ln net.Listener) (net.Addr, er
 	if err != nil {
 		return nil, err
 	}
-	r, err := b.register(network, address, l)
+	r, err := b.register(network, address, resolve(network, address), l)
 	if err != nil {
 		return nil, err
 	}
@@ -347,11 +361,11 @@ func (b *Balancer) WaitReady(ctx context.Context) error {
 
 // lookupLocked returns the open listener for a request, or an error if
 // no new one may be opened, or neither.
-func (b *Balancer) lookupLocked(network, address string) (*listener, error) {
+func (b *Balancer) lookupLocked(network, address string, resolved *net.TCPAddr) (*listener, error) {
 	if b.stopping {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: ErrClosed}
 	}
-	if l := b.findLocked(network, address); l != nil {
+	if l := b.findLocked(network, address, resolved); l != nil {
 		return l, nil
 	}
 	if len(b.listeners) >= maxListeners {
@@ -361,16 +375,12 @@ func (b *Balancer) lookupLocked(network, address string) (*listener, error) {
 }
 
 // findLocked matches a request with an open listener, by the address as
-// written or, for TCP with a fixed port, by the address it resolves to.
-func (b *Balancer) findLocked(network, address string) *listener {
+// written or, for TCP with a fixed port, by the address it resolved to.
+func (b *Balancer) findLocked(network, address string, a *net.TCPAddr) *listener {
 	if l := b.byKey[network+" "+address]; l != nil {
 		return l
 	}
-	if network == "unix" {
-		return nil
-	}
-	a, err := net.ResolveTCPAddr(network, address)
-	if err != nil || a.Port == 0 {
+	if a == nil {
 		return nil
 	}
 	for _, l := range b.listeners {

@@ -29,8 +29,18 @@ func (b *Balancer) accepted(l *listener, fds []int) {
 }
 
 // dispatchLocked gives every fd to a worker, or queues it. The master
-// keeps each fd until the worker acknowledges it.
+// keeps each fd until the worker acknowledges it. Fds whose send failed
+// are dispatched again; the worker that failed is excluded by then, so
+// this ends, at worst with every fd pending.
 func (b *Balancer) dispatchLocked(l *listener, fds []int) {
+	for len(fds) > 0 {
+		fds = b.dispatchOnceLocked(l, fds)
+	}
+}
+
+// dispatchOnceLocked assigns fds to workers in batches, sends every batch,
+// and returns the fds of the batches that could not be sent.
+func (b *Balancer) dispatchOnceLocked(l *listener, fds []int) (retry []int) {
 	now := time.Now()
 	l.touched = l.touched[:0]
 	for _, fd := range fds {
@@ -46,18 +56,13 @@ func (b *Balancer) dispatchLocked(l *listener, fds []int) {
 		w.outIDs = append(w.outIDs, b.nextConn)
 		w.outFDs = append(w.outFDs, fd)
 		if len(w.outIDs) == ipc.MaxConns {
-			if retry := b.flushLocked(l, w, now); retry != nil {
-				b.dispatchLocked(l, retry)
-			}
+			retry = append(retry, b.flushLocked(l, w, now)...)
 		}
 	}
-	var retry []int
 	for _, w := range l.touched {
 		retry = append(retry, b.flushLocked(l, w, now)...)
 	}
-	if retry != nil {
-		b.dispatchLocked(l, retry)
-	}
+	return retry
 }
 
 // pickLocked asks the listener's policy to choose among the workers that
@@ -197,10 +202,16 @@ func (b *Balancer) drainPendingLocked(l *listener) {
 	}
 }
 
+// dropPendingLocked closes l's queued connections, at Shutdown.
 func (b *Balancer) dropPendingLocked(l *listener) {
-	for _, fd := range l.pending.take() {
+	fds := l.pending.take()
+	for _, fd := range fds {
 		closeFD(fd)
 		b.pending--
+		b.stats.dropped++
+	}
+	if len(fds) > 0 {
+		b.log.Warn().Int("conns", len(fds)).Str("listener", l.bound.String()).Msg("shut down with connections no worker took; closed them")
 	}
 }
 
@@ -239,7 +250,14 @@ func (b *Balancer) readLoop(w *Worker) {
 	for {
 		fds, err := w.ctl.Read(&m)
 		if err != nil {
-			if isProtocolError(err) {
+			switch {
+			case errors.Is(err, ipc.ErrFDsLost):
+				// The master is at its fd limit: not the worker's fault.
+				if b.badLogLimit.allow() {
+					w.log.Error().Err(err).Msg("fds from a worker were lost: the master is out of fds")
+				}
+				continue
+			case isProtocolError(err):
 				b.misbehaved(w, err.Error())
 				continue
 			}
@@ -355,7 +373,7 @@ func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string)
 func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	bogus := 0
+	bogus, real := 0, 0
 	now := int64(time.Since(b.epoch))
 	for _, id := range acked {
 		rec, ok := w.conns[id]
@@ -364,6 +382,7 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 			continue
 		}
 		b.ackLocked(w, id, rec, now)
+		real++
 	}
 	for _, id := range closed {
 		rec, ok := w.conns[id]
@@ -373,6 +392,7 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 		}
 		if rec.fd >= 0 { // closed before its ack arrived: that is an ack
 			b.ackLocked(w, id, rec, now)
+			real++
 		}
 		delete(w.conns, id)
 		w.stats.closed++
@@ -383,7 +403,7 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 			w.log.Warn().Int("ids", bogus).Msg("worker reported connections it does not own; ignored")
 		}
 	}
-	if len(acked) > 0 {
+	if real > 0 { // progress; bogus ids do not keep a stuck worker alive
 		w.blockedUntil = time.Time{}
 		w.ackDeadline = time.Now().Add(b.opts.HandoffTimeout)
 	}

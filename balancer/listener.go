@@ -196,21 +196,22 @@ func (b *Balancer) acceptLoop(l *listener) {
 		b.mu.Lock()
 		b.stats.acceptError(aerr)
 		b.mu.Unlock()
-		switch aerr {
-		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			if b.acceptLogLimit.allow() {
-				b.log.Warn().Str("listener", l.bound.String()).Err(os.NewSyscallError("accept4", aerr)).
-					Dur("backoff", backoff).Msg("accept failed, out of fds or memory; backing off")
+		// Out of fds or memory: wait for some to be freed. Anything
+		// else (say EINVAL after someone shut the socket down) backs off
+		// the same way rather than spin.
+		backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+		if b.acceptLogLimit.allow() {
+			msg := "accept failed; backing off"
+			switch aerr {
+			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+				msg = "accept failed, out of fds or memory; backing off"
 			}
-			select {
-			case <-time.After(backoff):
-			case <-b.stopAccept:
-			}
-		default:
-			if b.acceptLogLimit.allow() {
-				b.log.Error().Str("listener", l.bound.String()).Err(os.NewSyscallError("accept4", aerr)).Msg("accept failed")
-			}
+			b.log.Warn().Str("listener", l.bound.String()).Err(os.NewSyscallError("accept4", aerr)).
+				Dur("backoff", backoff).Msg(msg)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-b.stopAccept:
 		}
 	}
 }

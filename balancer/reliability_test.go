@@ -461,3 +461,41 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestShutdownServesEveryConnectionAlreadyMade(t *testing.T) {
+	c := startCluster(t, 2, balancer.Options{})
+	c.waitListening(t, 2)
+	// Connections made before Shutdown, whether the master has accepted
+	// them yet or they wait in the backlog, must all be answered.
+	const n = 200
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dial(t, c.addr)
+		if _, err := fmt.Fprint(conns[i], "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- c.b.Shutdown(ctx)
+	}()
+	failed := 0
+	for i, conn := range conns {
+		_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, err := io.ReadAll(conn)
+		if err != nil || !strings.HasSuffix(string(b), "hello world\n") {
+			failed++
+			if failed <= 3 {
+				t.Errorf("connection %d made before Shutdown: %q, %v", i, b, err)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d connections made before Shutdown were not answered; stats %+v", failed, n, c.b.Stats())
+	}
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +51,10 @@ type slot struct {
 	restarts int         // workers that exited unexpectedly in this slot
 	restart  *time.Timer // under Balancer.mu
 }
+
+// listenersCloseTimeout bounds how long a disconnecting worker may take to
+// close its listeners before it gets SIGTERM anyway.
+const listenersCloseTimeout = 2 * time.Second
 
 // exitDrainTimeout bounds how long the master reads a dead worker's
 // control socket before closing it.
@@ -168,12 +173,24 @@ func (w *Worker) Disconnect() {
 	b.notifyLocked()
 	b.mu.Unlock()
 	w.log.Info().Msg("disconnecting worker")
-	b.wg.Add(1)
+	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()
 		// The frame goes after every Conns frame already sent, so the
-		// worker queues those first and returns what it cannot accept.
+		// worker queues those first, lets Accept take them, and then
+		// closes its listeners. A worker that does not read is stopped by
+		// the signals below, and the write ends when its socket closes.
 		_ = w.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil)
+	}()
+	go func() {
+		defer b.wg.Done()
+		// SIGTERM once its listeners are closed (each closing sends a
+		// Return frame), so that the program's own shutdown does not
+		// close connections still queued for Accept; at the latest after
+		// listenersCloseTimeout.
+		ctx, cancel := context.WithTimeout(context.Background(), listenersCloseTimeout)
+		_ = b.waitFor(ctx, func() bool { return len(w.listening) == 0 || w.state == StateDead })
+		cancel()
 		_ = w.Kill(syscall.SIGTERM)
 		t := time.NewTimer(b.opts.ShutdownTimeout)
 		defer t.Stop()
@@ -229,6 +246,10 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 	cmd.Stdout = b.opts.Stdout
 	cmd.Stderr = b.opts.Stderr
 	cmd.ExtraFiles = []*os.File{remote}
+	// If Stdout or Stderr is not an *os.File, Wait also waits for the
+	// copying; a grandchild holding the pipe must not delay the reaping
+	// (and the re-dispatch of what the worker never acked) for long.
+	cmd.WaitDelay = 2 * time.Second
 	// Own process group: a terminal's Ctrl-C reaches only the master,
 	// which then drains the workers itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
@@ -257,9 +278,19 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 	b.mu.Lock()
 	b.workers = append(b.workers, w)
 	b.stats.forked++
+	// Shutdown may have begun while the process started: it will not be
+	// in Shutdown's list, so it goes now. Shutdown waits for its exit.
+	late := b.stopping
+	if late {
+		w.disconnecting = true
+		w.state = StateDisconnecting
+	}
 	b.notifyLocked()
 	b.mu.Unlock()
 	w.log.Info().Msg("worker started")
+	if late {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+	}
 	b.events.push(ForkEvent{Worker: w})
 	readerDone := make(chan struct{})
 	b.wg.Add(2)

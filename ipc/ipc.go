@@ -82,6 +82,11 @@ var (
 	// ErrFDs is returned when a frame carries a different number of fds
 	// than its kind and body say. The fds were closed.
 	ErrFDs = errors.New("ipc: wrong number of fds for frame")
+	// ErrFDsLost is returned when the kernel dropped fds of a frame because
+	// the receiver was at its fd limit or its buffer was short
+	// (MSG_CTRUNC). The frame is dropped and the fds that did arrive were
+	// closed. It is not the peer's fault.
+	ErrFDsLost = errors.New("ipc: fds lost in transit (MSG_CTRUNC)")
 	// ErrFragment is returned for a frame that arrives between the
 	// fragments of a user message.
 	ErrFragment = errors.New("ipc: frame interleaved with a fragmented message")
@@ -406,9 +411,9 @@ func (c *Conn) read(m *Message, wait bool) ([]int, error) {
 			return nil, fmt.Errorf("%w: frame over %d bytes: %w", ErrMalformed, MaxFrame, err)
 		}
 		switch {
-		case errors.Is(err, scm.ErrTruncated):
-			return nil, fmt.Errorf("%w: frame over %d bytes", ErrMalformed, MaxFrame)
-		case errors.Is(err, scm.ErrControlTruncated), errors.Is(err, scm.ErrTooManyFDs), errors.Is(err, scm.ErrBadControl):
+		case errors.Is(err, scm.ErrControlTruncated):
+			return nil, fmt.Errorf("%w: %w", ErrFDsLost, err)
+		case errors.Is(err, scm.ErrTooManyFDs), errors.Is(err, scm.ErrBadControl):
 			return nil, fmt.Errorf("%w: %w", ErrFDs, err)
 		case err != nil:
 			return nil, err

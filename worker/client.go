@@ -19,6 +19,11 @@ import (
 // late at most, and the master holds each handed-off fd this much longer.
 const closeReportDelay = time.Millisecond
 
+// drainTimeout bounds how long a disconnecting worker waits for Accept to
+// take the connections already queued before it closes its listeners and
+// hands the rest back.
+const drainTimeout = 500 * time.Millisecond
+
 // controlClient is the worker's end of the control socket. Its readLoop
 // goroutine owns reading; writes are serialised by ipc.Conn.
 type controlClient struct {
@@ -129,15 +134,21 @@ func (c *controlClient) readLoop() {
 		case ipc.KindListenReply:
 			c.listenReply(&m)
 		case ipc.KindDisconnect:
-			c.closeListeners()
+			c.drainListeners()
 		case ipc.KindUser:
 			c.inbox.push(json.RawMessage(m.Payload))
+		default:
+			// A frame only workers send is ignored; a Return frame's
+			// fds are closed.
+			for _, fd := range fds {
+				_ = unix.Close(fd)
+			}
 		}
 	}
 }
 
 func isProtocolError(err error) bool {
-	for _, e := range []error{ipc.ErrMalformed, ipc.ErrVersion, ipc.ErrUnknownKind, ipc.ErrFDs, ipc.ErrFragment, ipc.ErrMessageTooLarge} {
+	for _, e := range []error{ipc.ErrFDsLost, ipc.ErrMalformed, ipc.ErrVersion, ipc.ErrUnknownKind, ipc.ErrFDs, ipc.ErrFragment, ipc.ErrMessageTooLarge} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -282,6 +293,22 @@ func (c *controlClient) listenerClosed(l *Listener, ids []uint64, fds []int) {
 	// A Return frame, even an empty one, tells the master this worker no
 	// longer listens there.
 	c.returnConns(l.id, ids, fds)
+}
+
+// drainListeners closes every listener once Accept has taken what is
+// queued on it (or after drainTimeout), in the background: the master asked
+// this worker to stop, and what it already handed over should be served,
+// not handed back. New connections stopped coming before the request.
+func (c *controlClient) drainListeners() {
+	c.mu.Lock()
+	ls := make([]*Listener, 0, len(c.listeners))
+	for _, l := range c.listeners {
+		ls = append(ls, l)
+	}
+	c.mu.Unlock()
+	for _, l := range ls {
+		go l.closeWhenDrained(drainTimeout)
+	}
 }
 
 func (c *controlClient) closeListeners() {

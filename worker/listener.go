@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -110,6 +111,21 @@ func (l *Listener) wrap(id uint64, fd int) (net.Conn, error) {
 		l.c.connClosed(id)
 		return nil, l.opError(unix.EPROTONOSUPPORT)
 	}
+}
+
+// closeWhenDrained closes l once its queue is empty, or after timeout.
+func (l *Listener) closeWhenDrained(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for {
+		l.mu.Lock()
+		empty := l.closed || l.head == len(l.ids)
+		l.mu.Unlock()
+		if empty || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = l.Close()
 }
 
 // Close stops the listener. Connections queued and not yet accepted go

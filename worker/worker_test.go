@@ -382,21 +382,53 @@ func TestDisconnectClosesListeners(t *testing.T) {
 	if err := recv(t, acceptErr, "the waiting Accept"); !isClosed(err) {
 		t.Errorf("Accept after Disconnect: %v, want net.ErrClosed", err)
 	}
+	// What was queued before the Disconnect is still served: Accept takes
+	// it during the drain, and only then does the listener close.
+	c, err := l1.Accept()
+	if err != nil {
+		t.Fatalf("Accept of the connection queued before Disconnect: %v", err)
+	}
+	_ = c.Close()
 	if c, err := l1.Accept(); !isClosed(err) {
-		t.Errorf("Accept after Disconnect: %v, %v; want net.ErrClosed", c, err)
+		t.Errorf("Accept after the drain: %v, %v; want net.ErrClosed", c, err)
 	}
 	r1, r2 := fm.takeReturn(t, l1.id), fm.takeReturn(t, l2.id)
 	defer closeFDs(r1.fds)
 	defer closeFDs(r2.fds)
-	if len(r1.ids) != 1 || r1.ids[0] != ids[0] || len(r1.fds) != 1 || len(r2.ids) != 0 {
-		t.Errorf("Return frames %v and %v, want [%d] and []", r1.ids, r2.ids, ids[0])
+	if len(r1.ids) != 0 || len(r2.ids) != 0 {
+		t.Errorf("Return frames %v and %v, want both empty", r1.ids, r2.ids)
 	}
+	_ = ids
 	// The worker is still connected: messages still flow.
 	if err := fm.ctl.WriteUser([]byte(`"still here"`)); err != nil {
 		t.Fatal(err)
 	}
 	if m := recv(t, fm.c.inbox.channel(), "a message after Disconnect"); string(m) != `"still here"` {
 		t.Errorf("message %q", m)
+	}
+}
+
+func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
+	t.Parallel()
+	ln := masterListener(t, "tcp")
+	fm := startMaster(t)
+	l := fm.listen(t, "tcp", ln.Addr().String())
+	_, fds := connectN(t, ln, 2)
+	ids, err := fm.handoff(l.id, fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fm.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody calls Accept: after the drain timeout they come back.
+	r := fm.takeReturn(t, l.id)
+	defer closeFDs(r.fds)
+	if len(r.ids) != 2 || r.ids[0] != ids[0] || r.ids[1] != ids[1] || len(r.fds) != 2 {
+		t.Errorf("Return frame %v with %d fds, want %v with 2", r.ids, len(r.fds), ids)
+	}
+	if c, err := l.Accept(); !isClosed(err) {
+		t.Errorf("Accept after the drain: %v, %v; want net.ErrClosed", c, err)
 	}
 }
 
