@@ -14,7 +14,8 @@ import (
 //
 // Callbacks were chosen over a channel so that a program that ignores
 // events loses nothing and blocks nothing: with OnEvent nil no event is
-// even queued.
+// even queued. Shutdown delivers every queued event before it returns, so
+// OnEvent must not wait for Shutdown itself: start it on a goroutine.
 type Event interface{ event() }
 
 // ForkEvent: a worker process was started.
