@@ -147,7 +147,11 @@ func (b *Balancer) acceptLoop(l *listener) {
 	final := false
 	accept := func(fd uintptr) bool {
 		for len(fds) < cap(fds) {
-			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+			// Accepted fds stay blocking: the master never reads them,
+			// and a blocking fd is not registered with the worker's
+			// poller by os.NewFile before net.FileConn makes its own
+			// non-blocking dup (two epoll_ctl calls saved per conn).
+			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
 			switch e {
 			case 0:
 				fds = append(fds, int(nfd))

@@ -182,7 +182,7 @@ func (c *Conn) doWrite(fd uintptr) bool {
 				return false
 			}
 		}
-		c.werr = os.NewSyscallError("sendmsg", e)
+		c.werr = syscallError("sendmsg", e)
 		return true
 	}
 }
@@ -281,7 +281,7 @@ func (c *Conn) doRead(fd uintptr) bool {
 				return false
 			}
 		}
-		c.rerr = os.NewSyscallError("recvmsg", e)
+		c.rerr = syscallError("recvmsg", e)
 		return true
 	}
 }
@@ -331,4 +331,21 @@ func closeAll(fds []int) {
 	for _, fd := range fds {
 		_ = unix.Close(fd)
 	}
+}
+
+// The EAGAIN errors of TryReadMsg and TryWriteMsg are made once: a
+// non-blocking reader meets them after every burst.
+var (
+	errReadAgain  = os.NewSyscallError("recvmsg", unix.EAGAIN)
+	errWriteAgain = os.NewSyscallError("sendmsg", unix.EAGAIN)
+)
+
+func syscallError(call string, e unix.Errno) error {
+	if e == unix.EAGAIN {
+		if call == "recvmsg" {
+			return errReadAgain
+		}
+		return errWriteAgain
+	}
+	return os.NewSyscallError(call, e)
 }
