@@ -44,16 +44,25 @@ func demoHandler(id int) http.Handler {
 	})
 }
 
+// demoDrainTimeout bounds the demo's drain; the master kills it after
+// --shutdown-timeout anyway.
+const demoDrainTimeout = maxDelay + 10*time.Second
+
+// serveExitWait is how long the demo, on SIGTERM, waits for the master's
+// Disconnect to close its listeners before it closes them itself.
+const serveExitWait = 500 * time.Millisecond
+
 // runDemoWorker serves the demo on every --listen address with an
-// unmodified http.Server, and drains on SIGTERM.
+// unmodified http.Server, and drains on SIGTERM without failing a request
+// (see httpDrain).
 func runDemoWorker(c *config) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	srv := &http.Server{Handler: demoHandler(worker.ID()), ReadHeaderTimeout: 10 * time.Second}
+	drain := newHTTPDrain(srv)
 	var lns []net.Listener
-	for _, a := range c.listen {
-		network, address, _ := splitListen(a)
-		ln, err := worker.Listen(network, address)
+	for _, s := range c.specs {
+		ln, err := worker.Listen(s.network, s.address)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "handoff demo worker %d: %v\n", worker.ID(), err)
 			for _, ln := range lns {
@@ -69,7 +78,7 @@ func runDemoWorker(c *config) int {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// net.ErrClosed: the master disconnected us; SIGTERM follows.
+			// net.ErrClosed: the master disconnected us, or we drain.
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				errs <- err
 			}
@@ -82,8 +91,21 @@ func runDemoWorker(c *config) int {
 		fmt.Fprintf(os.Stderr, "handoff demo worker %d: %v\n", worker.ID(), err)
 		code = 1
 	}
-	// Drain: the master kills us after --shutdown-timeout anyway.
-	_ = srv.Shutdown(context.Background())
+	// Under a master, SIGTERM comes after the master's Disconnect, which
+	// closes the listeners: Serve returns once Accept has handed out what
+	// was queued. Closing them ourselves first would send those
+	// connections back to a master that may have no worker left to take
+	// them. If the listeners stay open (SIGTERM from elsewhere), drain
+	// closes them.
+	served := make(chan struct{})
+	go func() { wg.Wait(); close(served) }()
+	select {
+	case <-served:
+	case <-time.After(serveExitWait):
+	}
+	if !drain.drain(lns, demoDrainTimeout) {
+		fmt.Fprintf(os.Stderr, "handoff demo worker %d: requests still running after %v; closed them\n", worker.ID(), demoDrainTimeout)
+	}
 	wg.Wait()
 	return code
 }

@@ -7,22 +7,27 @@
 //
 //	handoff [flags] [-- COMMAND [ARG...]]
 //
-// Signals: SIGHUP replaces every worker with no failed request; SIGTERM or
-// SIGINT drains the workers and exits 0; a second SIGINT or SIGTERM kills
-// them at once.
+// Signals: SIGHUP replaces every worker with no failed request; SIGUSR2
+// replaces the master itself and all its workers with the binary now on
+// disk, with no failed request either; SIGTERM or SIGINT drains the
+// workers (after --shutdown-delay) and exits 0; a second SIGINT or SIGTERM
+// kills them at once.
+//
+// For operations: --admin serves Prometheus metrics, a JSON list of the
+// workers and a health check; under systemd the master takes its sockets
+// from socket activation and reports its state with sd_notify. See
+// handoff.service and handoff.socket beside this file.
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
-	"os/signal"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
@@ -45,6 +50,11 @@ type config struct {
 	maxUnacked        int
 	reloadConcurrency int
 	user              string
+	admin             string
+	shutdownDelay     time.Duration
+	pidFile           string
+	upgradeTimeout    time.Duration
+	specs             []listenSpec // parsed listen
 	command           []string
 }
 
@@ -58,7 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("handoff", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var listen listFlag
-	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket (default "+defaultListen+")")
+	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
 	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "number of worker processes")
 	fs.StringVar(&c.policy, "policy", "round-robin", "dispatch policy: round-robin or least-loaded")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
@@ -69,6 +79,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxUnacked, "max-unacked", balancer.DefaultMaxUnacked, "handoffs a worker may have unacknowledged before it gets no more")
 	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP)")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
+	fs.StringVar(&c.admin, "admin", "", "serve GET /metrics (Prometheus), /workers (JSON) and /healthz on this HOST:PORT (default off); it has no authentication, so bind it to loopback, such as 127.0.0.1:9090")
+	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, turn /healthz to 503 at once and keep accepting this long before draining, so that an upstream load balancer stops sending first")
+	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
+	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `Usage: handoff [flags] [-- COMMAND [ARG...]]
 
@@ -78,8 +92,16 @@ COMMAND the workers run the built-in demo HTTP server ("hello world", header
 X-Worker-Id, ?delay=250ms to answer slowly). With one, every worker runs
 COMMAND, a program that uses github.com/handoff-go/handoff/worker.
 
-Signals: SIGHUP replaces every worker with no failed request; SIGTERM or
-SIGINT drains the workers and exits 0; a second one kills them at once.
+Signals: SIGHUP replaces every worker with no failed request; SIGUSR2
+upgrades the master itself: it starts the binary on disk, hands it the
+listening sockets, and drains and exits once the new one's workers listen;
+SIGTERM or SIGINT drains the workers (after --shutdown-delay) and exits 0; a
+second one kills them at once.
+
+Under systemd, sockets passed by socket activation (LISTEN_FDS) serve the
+--listen addresses they are bound to or, with --listen NAME=ADDR, the
+FileDescriptorName= NAME; the master reports READY=1, RELOADING=1 and
+STOPPING=1 to NOTIFY_SOCKET.
 
 Flags:
 `)
@@ -104,30 +126,27 @@ Flags:
 		return nil, errors.New("--shutdown-timeout and --handoff-timeout must be positive")
 	case c.maxPending < 1 || c.maxUnacked < 1 || c.reloadConcurrency < 1:
 		return nil, errors.New("--max-pending, --max-unacked and --reload-concurrency must be at least 1")
+	case c.shutdownDelay < 0:
+		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
+	case c.upgradeTimeout <= 0:
+		return nil, errors.New("--upgrade-timeout must be positive")
+	}
+	if c.admin != "" {
+		if _, _, err := net.SplitHostPort(c.admin); err != nil {
+			return nil, fmt.Errorf("--admin %q: want HOST:PORT, such as 127.0.0.1:9090", c.admin)
+		}
 	}
 	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
 		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.logLevel)
 	}
 	for _, a := range c.listen {
-		if _, _, err := splitListen(a); err != nil {
+		s, err := parseListen(a)
+		if err != nil {
 			return nil, err
 		}
+		c.specs = append(c.specs, s)
 	}
 	return c, nil
-}
-
-// splitListen turns a --listen value into a network and an address.
-func splitListen(a string) (network, address string, err error) {
-	if p, ok := strings.CutPrefix(a, "unix:"); ok {
-		if p == "" {
-			return "", "", errors.New("--listen unix: needs a path")
-		}
-		return "unix", p, nil
-	}
-	if !strings.Contains(a, ":") {
-		return "", "", fmt.Errorf("--listen %q: want HOST:PORT, :PORT or unix:PATH", a)
-	}
-	return "tcp", a, nil
 }
 
 func newLogger(c *config) zerolog.Logger {
@@ -160,87 +179,4 @@ func main() {
 		os.Exit(runDemoWorker(c))
 	}
 	os.Exit(runMaster(c))
-}
-
-func runMaster(c *config) int {
-	log := newLogger(c)
-	opts := balancer.Options{
-		Workers:           c.workers,
-		ShutdownTimeout:   c.shutdownTimeout,
-		HandoffTimeout:    c.handoffTimeout,
-		MaxPending:        c.maxPending,
-		MaxUnacked:        c.maxUnacked,
-		ReloadConcurrency: c.reloadConcurrency,
-		User:              c.user,
-		Logger:            log,
-	}
-	if c.policy == "least-loaded" {
-		opts.Policy = balancer.LeastLoaded
-	}
-	if len(c.command) > 0 {
-		opts.Path, opts.Args = c.command[0], c.command[1:]
-		if opts.Args == nil {
-			opts.Args = []string{}
-		}
-	}
-	// Catch signals before any worker exists, so none is missed.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
-
-	b, err := balancer.New(opts)
-	if err != nil {
-		log.Error().Err(err).Msg("cannot start")
-		return 1
-	}
-	fail := func(err error) int {
-		log.Error().Err(err).Msg("cannot start")
-		b.Kill()
-		_ = b.Shutdown(context.Background())
-		return 1
-	}
-	for _, a := range c.listen {
-		network, address, _ := splitListen(a)
-		if _, err := b.Listen(network, address); err != nil {
-			return fail(err)
-		}
-	}
-	if err := b.Start(); err != nil {
-		return fail(err)
-	}
-	log.Info().Int("workers", c.workers).Str("policy", c.policy).Strs("listen", c.listen).Msg("master running")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	shutdownErr := make(chan error, 1)
-	stopping := false
-	for {
-		select {
-		case err := <-shutdownErr:
-			if err != nil {
-				log.Error().Err(err).Msg("shutdown")
-				return 1
-			}
-			return 0
-		case sig := <-sigs:
-			switch {
-			case sig == syscall.SIGHUP && !stopping:
-				log.Info().Msg("SIGHUP: rolling restart")
-				go func() {
-					if err := b.Reload(ctx); err != nil {
-						log.Error().Err(err).Msg("rolling restart failed")
-					}
-				}()
-			case sig == syscall.SIGHUP:
-			case !stopping:
-				stopping = true
-				log.Info().Str("signal", sig.String()).Msg("draining workers; send again to stop at once")
-				cancel()
-				go func() { shutdownErr <- b.Shutdown(context.Background()) }()
-			default:
-				log.Warn().Str("signal", sig.String()).Msg("stopping at once")
-				b.Kill()
-			}
-		}
-	}
 }

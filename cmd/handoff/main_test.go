@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 )
 
@@ -80,6 +81,16 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "positive"},
+		{name: "operations", args: []string{"--admin", "127.0.0.1:9090", "--shutdown-delay", "5s", "--pid-file", "/run/h.pid", "--listen", "web=:80"}, check: func(c *config) error {
+			if c.admin != "127.0.0.1:9090" || c.shutdownDelay != 5*time.Second || c.pidFile != "/run/h.pid" || c.upgradeTimeout != DefaultUpgradeTimeout ||
+				len(c.specs) != 1 || c.specs[0].name != "web" || c.specs[0].address != ":80" {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{name: "admin without port", args: []string{"--admin", "localhost"}, wantErr: "--admin"},
+		{name: "negative shutdown delay", args: []string{"--shutdown-delay", "-1s"}, wantErr: "--shutdown-delay"},
+		{name: "zero upgrade timeout", args: []string{"--upgrade-timeout", "0s"}, wantErr: "--upgrade-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,7 +118,8 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "reload-concurrency", "user", "SIGHUP"} {
+	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "reload-concurrency", "user",
+		"admin", "loopback", "shutdown-delay", "pid-file", "upgrade-timeout", "SIGHUP", "SIGUSR2", "LISTEN_FDS", "FileDescriptorName"} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help does not mention %s:\n%s", f, out.String())
 		}
@@ -147,7 +159,7 @@ func TestDemoHandler(t *testing.T) {
 type master struct {
 	cmd  *exec.Cmd
 	addr string
-	out  *syncBuffer
+	out  interface{ String() string } // stdout and stderr
 	done chan error
 }
 
@@ -168,6 +180,15 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// fileLog is output written to a file, for a master whose output must
+// outlive it (its successor after SIGUSR2 inherits the file).
+type fileLog string
+
+func (f fileLog) String() string {
+	b, _ := os.ReadFile(string(f))
+	return string(b)
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -178,6 +199,19 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// listenLoopback listens on a free loopback port until the test ends.
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func discardLogger() zerolog.Logger { return zerolog.Nop() }
+
 // startMaster runs the CLI with args (plus --listen on a free loopback
 // port) and waits until it serves.
 func startMaster(t *testing.T, args ...string) *master {
@@ -187,9 +221,18 @@ func startMaster(t *testing.T, args ...string) *master {
 
 func startMasterAt(t *testing.T, addr string, args ...string) *master {
 	t.Helper()
-	m := &master{addr: addr, out: &syncBuffer{}, done: make(chan error, 1)}
-	m.cmd = exec.Command(handoffBin, append([]string{"--listen", m.addr, "--log-format", "json"}, args...)...)
-	m.cmd.Stdout, m.cmd.Stderr = m.out, m.out
+	cmd := exec.Command(handoffBin, append([]string{"--listen", addr, "--log-format", "json"}, args...)...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	return launch(t, cmd, addr, out)
+}
+
+// launch starts cmd, a handoff master whose JSON logs go to out, makes
+// sure it and its workers are killed when the test ends, and waits until
+// it serves HTTP on addr and all its workers listen.
+func launch(t *testing.T, cmd *exec.Cmd, addr string, out interface{ String() string }) *master {
+	t.Helper()
+	m := &master{cmd: cmd, addr: addr, out: out, done: make(chan error, 1)}
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -211,17 +254,23 @@ func startMasterAt(t *testing.T, addr string, args ...string) *master {
 		resp, err := client.Get("http://" + m.addr + "/")
 		if err == nil {
 			resp.Body.Close()
-			return m
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("master never served: %v\n%s", err, m.out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// It serves once one worker listens; tests want them all.
+	waitFor(t, "every worker to listen", func() bool { return strings.Contains(m.out.String(), `"message":"ready: workers listening"`) })
+	return m
 }
 
 // workerPIDs lists the master's child processes.
-func (m *master) workerPIDs() []int {
+func (m *master) workerPIDs() []int { return childPIDs(m.cmd.Process.Pid) }
+
+// childPIDs lists the processes whose parent is pid.
+func childPIDs(parent int) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {
@@ -229,7 +278,7 @@ func (m *master) workerPIDs() []int {
 		if err != nil {
 			continue
 		}
-		if ppid(pid) == m.cmd.Process.Pid {
+		if ppid(pid) == parent {
 			pids = append(pids, pid)
 		}
 	}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/handoff-go/handoff/balancer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// This file is the --admin HTTP server: GET /metrics (Prometheus text),
+// GET /workers (JSON) and GET /healthz. It has no authentication, so bind
+// it to loopback or to a private interface, never to a public address.
+
+// statsSource is what the admin server reads, at each request.
+type statsSource interface {
+	Stats() balancer.Stats
+	WorkerStats() []balancer.WorkerStats
+}
+
+// balancerSource reads a Balancer. Draining is also true from the moment
+// the master decided to stop, before --shutdown-delay ends and
+// Balancer.Shutdown begins, so that /healthz turns 503 at once.
+type balancerSource struct {
+	b        *balancer.Balancer
+	draining *atomic.Bool
+}
+
+func (s balancerSource) Stats() balancer.Stats {
+	st := s.b.Stats()
+	st.Draining = st.Draining || s.draining.Load()
+	return st
+}
+
+func (s balancerSource) WorkerStats() []balancer.WorkerStats {
+	ws := s.b.Workers()
+	out := make([]balancer.WorkerStats, len(ws))
+	for i, w := range ws {
+		out[i] = w.Stats()
+	}
+	return out
+}
+
+// adminHandler serves the admin endpoints from src.
+func adminHandler(src statsSource) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		newCollector(src),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /workers", func(w http.ResponseWriter, r *http.Request) {
+		serveWorkers(w, src.WorkerStats())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		serveHealth(w, src.Stats())
+	})
+	return mux
+}
+
+// workerJSON is one worker in GET /workers.
+type workerJSON struct {
+	ID         int       `json:"id"`
+	PID        int       `json:"pid"`
+	State      string    `json:"state"`
+	Active     int       `json:"active"`     // handed to it and not yet closed
+	Unacked    int       `json:"unacked"`    // handed to it and not yet acknowledged
+	Dispatched uint64    `json:"dispatched"` // handed to it in all
+	Started    time.Time `json:"started"`
+	Restarts   int       `json:"restarts"` // unexpected exits in its slot before it
+}
+
+func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
+	out := make([]workerJSON, len(ws))
+	for i, s := range ws {
+		out[i] = workerJSON{
+			ID:         s.ID,
+			PID:        s.PID,
+			State:      s.State.String(),
+			Active:     s.Active,
+			Unacked:    s.Unacked,
+			Dispatched: s.Dispatched,
+			Started:    s.Started.UTC(),
+			Restarts:   s.Restarts,
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+}
+
+// serveHealth answers 200 while at least one worker listens and the
+// master is not draining, and 503 otherwise, for a load balancer's checks.
+func serveHealth(w http.ResponseWriter, s balancer.Stats) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	switch {
+	case s.Draining:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintln(w, "draining")
+	case s.Listening == 0:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintln(w, "no worker listening")
+	default:
+		_, _ = fmt.Fprintf(w, "ok: %d of %d workers listening\n", s.Listening, s.Workers)
+	}
+}
+
+// adminServer is the running --admin server.
+type adminServer struct {
+	srv   *http.Server
+	ln    net.Listener
+	drain *httpDrain
+	done  chan struct{}
+	once  sync.Once
+}
+
+// adminDrainTimeout bounds how long stop waits for requests in progress.
+const adminDrainTimeout = 5 * time.Second
+
+// serveAdmin serves h on ln until stop. It owns ln.
+func serveAdmin(ln net.Listener, h http.Handler, log zerolog.Logger) *adminServer {
+	a := &adminServer{
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       time.Minute,
+		},
+		ln:   ln,
+		done: make(chan struct{}),
+	}
+	a.drain = newHTTPDrain(a.srv)
+	log.Info().Str("address", ln.Addr().String()).Msg("admin server: /metrics, /workers, /healthz")
+	go func() {
+		defer close(a.done)
+		err := a.srv.Serve(ln)
+		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.Error().Err(err).Msg("admin server failed")
+		}
+	}()
+	return a
+}
+
+// stop stops accepting and answers the requests already accepted, for up
+// to adminDrainTimeout, then closes the server (see httpDrain: a health
+// check that reached this master gets its answer). It may be called more
+// than once, and on a nil *adminServer.
+func (a *adminServer) stop() {
+	if a == nil {
+		return
+	}
+	a.once.Do(func() { a.drain.drain([]net.Listener{a.ln}, adminDrainTimeout) })
+	<-a.done
+}

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"strconv"
+
+	"github.com/handoff-go/handoff/balancer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector is a prometheus.Collector that reads the balancer's counters
+// at scrape time, so the balancer keeps no Prometheus state and the
+// dispatch path pays nothing for metrics. Every series is prefixed
+// handoff_; a worker's are labelled worker="<id>" and go away when it
+// exits.
+type collector struct {
+	src statsSource
+
+	accepted     *prometheus.Desc
+	acceptErrors *prometheus.Desc
+	dispatched   *prometheus.Desc
+	redispatched *prometheus.Desc
+	dropped      *prometheus.Desc
+	pending      *prometheus.Desc
+	forked       *prometheus.Desc
+	restarts     *prometheus.Desc
+	exits        *prometheus.Desc
+	kills        *prometheus.Desc
+	listenErrors *prometheus.Desc
+	workers      *prometheus.Desc
+	listening    *prometheus.Desc
+	draining     *prometheus.Desc
+
+	wInfo       *prometheus.Desc
+	wDispatched *prometheus.Desc
+	wActive     *prometheus.Desc
+	wUnacked    *prometheus.Desc
+	wAckLatency *prometheus.Desc
+	wRestarts   *prometheus.Desc
+	wStarted    *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*collector)(nil)
+
+func newCollector(src statsSource) *collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("handoff_"+name, help, labels, nil)
+	}
+	return &collector{
+		src:          src,
+		accepted:     d("connections_accepted_total", "Connections the master accepted."),
+		acceptErrors: d("accept_errors_total", "Failed accept4 calls, by errno.", "errno"),
+		dispatched:   d("connections_dispatched_total", "Handoffs sent to workers, re-dispatches included."),
+		redispatched: d("connections_redispatched_total", "Connections handed to another worker after the first one failed to take them."),
+		dropped:      d("connections_dropped_total", "Connections closed because the pending queue was full."),
+		pending:      d("pending_connections", "Accepted connections waiting for a worker (the pending queue)."),
+		forked:       d("workers_started_total", "Worker processes started."),
+		restarts:     d("worker_restarts_total", "Unexpected worker exits that were restarted."),
+		exits:        d("worker_exits_total", "Worker exits by reason: disconnect (asked to), code (exited on its own), signal (killed).", "reason"),
+		kills:        d("worker_kills_total", "Workers the master killed, by reason.", "reason"),
+		listenErrors: d("worker_listen_errors_total", "Workers' listen requests that failed."),
+		workers:      d("workers", "Worker processes that have not exited."),
+		listening:    d("workers_listening", "Workers that can take connections now."),
+		draining:     d("draining", "1 once the master has begun to shut down."),
+
+		wInfo:       d("worker_info", "Always 1, with the worker's pid and state.", "worker", "pid", "state"),
+		wDispatched: d("worker_connections_dispatched_total", "Connections handed to the worker.", "worker"),
+		wActive:     d("worker_connections_active", "Connections handed to the worker and not yet closed by it.", "worker"),
+		wUnacked:    d("worker_connections_unacked", "Connections handed to the worker and not yet acknowledged.", "worker"),
+		wAckLatency: d("worker_handoff_ack_seconds", "Time from handing a connection to the worker to its acknowledgement.", "worker"),
+		wRestarts:   d("worker_restarts", "Unexpected exits in the worker's slot before it was started.", "worker"),
+		wStarted:    d("worker_start_time_seconds", "When the worker was started, in seconds since the Unix epoch.", "worker"),
+	}
+}
+
+// Describe sends every series' description: the collector is checked.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.pending,
+		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining,
+		c.wInfo, c.wDispatched, c.wActive, c.wUnacked, c.wAckLatency, c.wRestarts, c.wStarted,
+	} {
+		ch <- d
+	}
+}
+
+// Collect reads the balancer's counters once per scrape.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter(c.accepted, s.Accepted)
+	for errno, n := range s.AcceptErrors {
+		counter(c.acceptErrors, n, errno)
+	}
+	counter(c.dispatched, s.Dispatched)
+	counter(c.redispatched, s.Redispatched)
+	counter(c.dropped, s.Dropped)
+	gauge(c.pending, float64(s.Pending))
+	counter(c.forked, s.Forked)
+	counter(c.restarts, s.Restarts)
+	for _, reason := range []string{"disconnect", "code", "signal"} {
+		counter(c.exits, s.Exits[reason], reason) // zero series too, for rate()
+	}
+	for reason, n := range s.Exits {
+		if reason != "disconnect" && reason != "code" && reason != "signal" {
+			counter(c.exits, n, reason)
+		}
+	}
+	counter(c.kills, s.ProtocolErrors, "protocol_error")
+	counter(c.kills, s.StuckKills, "handoff_timeout")
+	counter(c.listenErrors, s.ListenErrors)
+	gauge(c.workers, float64(s.Workers))
+	gauge(c.listening, float64(s.Listening))
+	draining := 0.0
+	if s.Draining {
+		draining = 1
+	}
+	gauge(c.draining, draining)
+
+	for _, w := range c.src.WorkerStats() {
+		id := strconv.Itoa(w.ID)
+		gauge(c.wInfo, 1, id, strconv.Itoa(w.PID), w.State.String())
+		counter(c.wDispatched, w.Dispatched, id)
+		gauge(c.wActive, float64(w.Active), id)
+		gauge(c.wUnacked, float64(w.Unacked), id)
+		gauge(c.wRestarts, float64(w.Restarts), id)
+		gauge(c.wStarted, float64(w.Started.UnixNano())/1e9, id)
+		count, sum, buckets := ackHistogram(w.AckLatency)
+		ch <- prometheus.MustNewConstHistogram(c.wAckLatency, count, sum, buckets, id)
+	}
+}
+
+// ackHistogram turns a balancer.Histogram into Prometheus's form:
+// cumulative counts by upper bound in seconds; +Inf is the total count.
+func ackHistogram(h balancer.Histogram) (count uint64, sum float64, buckets map[float64]uint64) {
+	buckets = make(map[float64]uint64, len(balancer.AckLatencyBuckets))
+	var cum uint64
+	for i, bound := range balancer.AckLatencyBuckets {
+		cum += h.Counts[i]
+		buckets[bound.Seconds()] = cum
+	}
+	return h.Count, h.Sum.Seconds(), buckets
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+)
+
+// This file is the zero-downtime upgrade of the master itself, done by
+// github.com/cloudflare/tableflip. On SIGUSR2 the running master starts
+// its own binary again (the file on disk now, so a new version), with the
+// same arguments and environment, and hands it every listening socket:
+// those of --listen and --admin. The new master takes them with
+// balancer.Adopt, starts its workers, and once they listen calls
+// Upgrader.Ready. The old master's Upgrader.Exit then fires: it stops
+// accepting, drains its workers and exits 0. Both masters accept on the
+// same sockets meanwhile, so no connection finds a closed port; each one
+// hands what it accepts to its own workers.
+
+// DefaultUpgradeTimeout is how long a new master has to get its workers
+// listening before the old master kills it and keeps serving.
+const DefaultUpgradeTimeout = tableflip.DefaultUpgradeTimeout
+
+// tableflipParentEnv is the variable tableflip sets for a new master (its
+// unexported sentinelEnvVar). Workers must not inherit it: a worker
+// program that used tableflip itself would think fds 3 and 4 were a
+// parent master's pipes, and fd 3 is the worker's control socket.
+const tableflipParentEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
+
+// newUpgrader makes this process's only tableflip.Upgrader. In a master
+// started by an upgrade it holds the sockets the old one handed over.
+// tableflip writes pidFile, if set, each time a master becomes ready.
+func newUpgrader(pidFile string, timeout time.Duration) (*tableflip.Upgrader, error) {
+	upg, err := tableflip.New(tableflip.Options{PIDFile: pidFile, UpgradeTimeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	if upg.HasParent() {
+		// tableflip's pipes to the old master are fds 3 and 4, inherited
+		// without close-on-exec; keep them out of the workers. tableflip
+		// itself sets close-on-exec on the sockets, from fd 5 on.
+		syscall.CloseOnExec(3)
+		syscall.CloseOnExec(4)
+	}
+	_ = os.Unsetenv(tableflipParentEnv)
+	return upg, nil
+}
+
+// stopUpgrader ends upg when the last master stops without an upgrade:
+// tableflip closes its copies of the sockets and removes the paths of the
+// Unix sockets it opened (not those of systemd). Exit is closed when that
+// is done.
+func stopUpgrader(upg *tableflip.Upgrader) {
+	upg.Stop()
+	select {
+	case <-upg.Exit():
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// removePIDFile removes the pid file if it still names this process: after
+// an upgrade it names the new master, which keeps it.
+func removePIDFile(path string) {
+	if path == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		_ = os.Remove(path)
+	}
+}
