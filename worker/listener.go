@@ -22,6 +22,7 @@ type Listener struct {
 	ids    []uint64 // queued conns, in arrival order
 	fds    []int
 	head   int
+	taking int // conns taken off the queue by Accept and not yet returned
 	closed bool
 	ready  chan struct{} // a token while the queue may be non-empty
 	done   chan struct{} // closed by Close
@@ -73,6 +74,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 		if l.head < len(l.ids) {
 			id, fd := l.ids[l.head], l.fds[l.head]
 			l.head++
+			l.taking++
 			more := l.head < len(l.ids)
 			l.mu.Unlock()
 			if more {
@@ -81,7 +83,11 @@ func (l *Listener) Accept() (net.Conn, error) {
 				default:
 				}
 			}
-			return l.wrap(id, fd)
+			c, err := l.wrap(id, fd)
+			l.mu.Lock()
+			l.taking--
+			l.mu.Unlock()
+			return c, err
 		}
 		l.mu.Unlock()
 		select {
@@ -113,14 +119,29 @@ func (l *Listener) wrap(id uint64, fd int) (net.Conn, error) {
 	}
 }
 
-// closeWhenDrained closes l once its queue is empty, or after timeout.
+// drainGrace is how long a listener's queue must stay empty, with no
+// Accept in progress, before a disconnecting worker closes it: time for
+// the caller of Accept (http.Server.Serve) to start tracking the last
+// conn, so that its Shutdown waits for it.
+const drainGrace = 50 * time.Millisecond
+
+// closeWhenDrained closes l once Accept has taken and returned everything
+// queued, or after timeout.
 func (l *Listener) closeWhenDrained(timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
+	var emptySince time.Time
 	for {
 		l.mu.Lock()
-		empty := l.closed || l.head == len(l.ids)
+		empty := l.closed || (l.head == len(l.ids) && l.taking == 0)
 		l.mu.Unlock()
-		if empty || time.Now().After(deadline) {
+		now := time.Now()
+		switch {
+		case !empty:
+			emptySince = time.Time{}
+		case emptySince.IsZero():
+			emptySince = now
+		}
+		if (empty && now.Sub(emptySince) >= drainGrace) || now.After(deadline) {
 			break
 		}
 		time.Sleep(time.Millisecond)

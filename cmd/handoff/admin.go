@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -123,7 +124,7 @@ func serveHealth(w http.ResponseWriter, s balancer.Stats) {
 type adminServer struct {
 	srv   *http.Server
 	ln    net.Listener
-	drain *httpDrain
+	drain *httpdrain.Drain
 	done  chan struct{}
 	once  sync.Once
 }
@@ -142,7 +143,7 @@ func serveAdmin(ln net.Listener, h http.Handler, log zerolog.Logger) *adminServe
 		ln:   ln,
 		done: make(chan struct{}),
 	}
-	a.drain = newHTTPDrain(a.srv)
+	a.drain = httpdrain.New(a.srv)
 	log.Info().Str("address", ln.Addr().String()).Msg("admin server: /metrics, /workers, /healthz")
 	go func() {
 		defer close(a.done)
@@ -155,13 +156,13 @@ func serveAdmin(ln net.Listener, h http.Handler, log zerolog.Logger) *adminServe
 }
 
 // stop stops accepting and answers the requests already accepted, for up
-// to adminDrainTimeout, then closes the server (see httpDrain: a health
+// to adminDrainTimeout, then closes the server (see httpdrain.Drain: a health
 // check that reached this master gets its answer). It may be called more
 // than once, and on a nil *adminServer.
 func (a *adminServer) stop() {
 	if a == nil {
 		return
 	}
-	a.once.Do(func() { a.drain.drain([]net.Listener{a.ln}, adminDrainTimeout) })
+	a.once.Do(func() { a.drain.Close([]net.Listener{a.ln}, adminDrainTimeout) })
 	<-a.done
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
 )
 
@@ -54,12 +55,12 @@ const serveExitWait = 500 * time.Millisecond
 
 // runDemoWorker serves the demo on every --listen address with an
 // unmodified http.Server, and drains on SIGTERM without failing a request
-// (see httpDrain).
+// (see httpdrain.Drain).
 func runDemoWorker(c *config) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	srv := &http.Server{Handler: demoHandler(worker.ID()), ReadHeaderTimeout: 10 * time.Second}
-	drain := newHTTPDrain(srv)
+	drain := httpdrain.New(srv)
 	var lns []net.Listener
 	for _, s := range c.specs {
 		ln, err := worker.Listen(s.network, s.address)
@@ -103,7 +104,7 @@ func runDemoWorker(c *config) int {
 	case <-served:
 	case <-time.After(serveExitWait):
 	}
-	if !drain.drain(lns, demoDrainTimeout) {
+	if !drain.Close(lns, demoDrainTimeout) {
 		fmt.Fprintf(os.Stderr, "handoff demo worker %d: requests still running after %v; closed them\n", worker.ID(), demoDrainTimeout)
 	}
 	wg.Wait()

@@ -7,12 +7,13 @@
 // socket and environment: so a slot restarted after the misbehaviour comes
 // back good, and one binary can serve as every worker of a balancer.
 //
-// After misbehaving it tells the master it no longer listens (an empty
-// Return frame), hands back any connection it is sent, and stays alive
-// until killed or the master goes away.
+// Only the modes noack-exit and stuck listen, on the first address of
+// HANDOFF_TEST_LISTEN (network!address), and so take connections; the
+// others misbehave without any. After misbehaving it tells the master it
+// does not listen (an empty Return frame), hands back any connection it is
+// sent, and stays alive until killed or the master goes away.
 //
-// Modes (after hello and a listen on the first address of
-// HANDOFF_TEST_LISTEN, network!address):
+// Modes:
 //
 //	noack-exit   read Conns frames, never ack, exit 3 after the first
 //	stuck        stop reading the control socket; sleep

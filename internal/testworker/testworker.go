@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
 )
 
@@ -147,6 +148,10 @@ func serve(report bool) int {
 	defer stop()
 	go echo()
 	srv := &http.Server{Handler: Handler()}
+	// Not srv.Shutdown: it closes, unanswered, a connection whose request
+	// it reads after it began (see httpdrain).
+	drain := httpdrain.New(srv)
+	var lns []net.Listener
 	var wg sync.WaitGroup
 	for _, a := range Addrs() {
 		ln, err := worker.Listen(a[0], a[1])
@@ -166,6 +171,7 @@ func serve(report bool) int {
 			fmt.Fprintln(os.Stderr, "testworker:", err)
 			return 1
 		}
+		lns = append(lns, ln)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -173,7 +179,7 @@ func serve(report bool) int {
 		}()
 	}
 	<-ctx.Done()
-	_ = srv.Shutdown(context.Background())
+	drain.Close(lns, time.Minute)
 	wg.Wait()
 	return 0
 }

@@ -1,4 +1,7 @@
-package main
+// Package httpdrain drains an http.Server without failing a request: the
+// way a handoff worker (the demo worker, the admin server, the test
+// worker) stops serving.
+package httpdrain
 
 import (
 	"net"
@@ -7,7 +10,7 @@ import (
 	"time"
 )
 
-// httpDrain drains an http.Server without failing a request.
+// Drain drains an http.Server without failing a request.
 //
 // http.Server.Shutdown is not enough for a process that is handed new
 // connections up to the moment it drains: once Shutdown has begun, a
@@ -18,15 +21,15 @@ import (
 // turn keep-alives off (which closes the idle connections, whose clients
 // do retry), let every other connection finish its request and close, and
 // only then Close the server.
-type httpDrain struct {
+type Drain struct {
 	srv  *http.Server
 	open atomic.Int64 // connections not yet closed or hijacked
 }
 
-// newHTTPDrain tracks srv's connections through its ConnState hook; it
+// New tracks srv's connections through its ConnState hook; it
 // must be called before srv serves.
-func newHTTPDrain(srv *http.Server) *httpDrain {
-	d := &httpDrain{srv: srv}
+func New(srv *http.Server) *Drain {
+	d := &Drain{srv: srv}
 	prev := srv.ConnState
 	srv.ConnState = func(c net.Conn, s http.ConnState) {
 		switch s {
@@ -42,10 +45,10 @@ func newHTTPDrain(srv *http.Server) *httpDrain {
 	return d
 }
 
-// drain closes lns (closing one twice is harmless), waits up to timeout
+// Close closes lns (closing one twice is harmless), waits up to timeout
 // for the connections in progress to finish, and closes the server. It
 // reports whether every connection finished in time.
-func (d *httpDrain) drain(lns []net.Listener, timeout time.Duration) bool {
+func (d *Drain) Close(lns []net.Listener, timeout time.Duration) bool {
 	for _, ln := range lns {
 		_ = ln.Close()
 	}
