@@ -31,9 +31,14 @@
 //
 // # Lifecycle
 //
-// When the master asks a worker to disconnect, every Listener closes (so
-// Accept returns net.ErrClosed) and the master then sends SIGTERM: the
-// usual signal.NotifyContext + http.Server.Shutdown path drains the worker.
+// When the master asks a worker to disconnect, every Listener closes once
+// Accept has taken and returned what was already handed over (plus 50ms;
+// at most 500ms, then the rest goes back to the master), so Accept returns
+// net.ErrClosed; the master then sends SIGTERM: the usual
+// signal.NotifyContext + http.Server.Shutdown path drains the worker. Note
+// that net/http's Shutdown closes, unanswered, a connection whose first
+// request it reads after Shutdown began; the README shows a drain that
+// waits for such connections instead.
 // When the master dies, even by SIGKILL, the control socket reads EOF: the
 // worker closes its listeners and sends itself SIGTERM, within a
 // millisecond and without polling.
