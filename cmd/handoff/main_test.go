@@ -533,3 +533,46 @@ func TestCLIRunsCommandAsWorkers(t *testing.T) {
 		t.Errorf("got %q %v", line, resp.Header)
 	}
 }
+
+func TestCLISecondSigintStopsAtOnce(t *testing.T) {
+	m := startMaster(t, "--workers", "2", "--shutdown-timeout", "1m")
+	pids := m.workerPIDs()
+	// A slow request keeps the drain going for as long as it lasts.
+	slow := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := client.Get("http://" + m.addr + "/?delay=20s")
+		if err == nil {
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := m.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-m.done:
+		m.done <- err
+		t.Fatalf("master exited after one SIGINT with a request in flight: %v", err)
+	default:
+	}
+	if err := m.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-m.done:
+		m.done <- err // for Cleanup
+	case <-time.After(5 * time.Second):
+		t.Fatal("master still running 5s after a second SIGINT")
+	}
+	for _, p := range pids {
+		if alive(p) {
+			t.Errorf("worker %d still alive after the second SIGINT", p)
+		}
+	}
+	if err := <-slow; err == nil {
+		t.Error("the slow request completed, so the stop was not at once")
+	}
+}
