@@ -1,0 +1,626 @@
+package balancer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
+	"golang.org/x/sys/unix"
+)
+
+// The input of FuzzMasterControl is a sequence of ops, each
+//
+//	h      1 byte
+//	n      2 bytes, little-endian
+//	frame  n bytes, cut short at the end of the input
+//
+// The frame is written raw, as one message from the worker, with h&3 fds
+// attached (3 means none). Bits 2-3 and 4-5 of h choose each fd (see
+// fdKind). An empty frame is skipped: no worker sends one, and it reads
+// as end of stream. With bit 7 set the op is a connect instead: once the
+// master has read every frame before, a client connects to one of its
+// listeners, frame[0] choosing which, and the test waits until the master
+// has accepted and dispatched the conn, to this worker if it can take it.
+// worker's FuzzWorkerControl reads the same format, but for bit 7.
+const maxFuzzOps = 256
+
+// fdKind is what an fd attached to a fuzzed frame refers to.
+type fdKind uint8
+
+const (
+	fdPipe fdKind = iota // the write end of a pipe, checked for EOF
+	fdTCP                // a connected loopback TCP socket
+	fdUnix               // a connected Unix stream socket
+)
+
+const opConnect = 0x80
+
+type fuzzOp struct {
+	h     byte
+	frame []byte
+}
+
+// kinds returns what each fd of the op's frame is.
+func (op fuzzOp) kinds() []fdKind {
+	n := int(op.h&3) % 3
+	k := make([]fdKind, n)
+	for i := range k {
+		k[i] = fdKind(op.h>>(2+2*i)&3) % 3
+	}
+	return k
+}
+
+func parseOps(in []byte) []fuzzOp {
+	var ops []fuzzOp
+	for len(in) >= 3 && len(ops) < maxFuzzOps {
+		h, n := in[0], int(binary.LittleEndian.Uint16(in[1:3]))
+		in = in[3:]
+		n = min(n, len(in))
+		ops = append(ops, fuzzOp{h: h, frame: in[:n]})
+		in = in[n:]
+	}
+	return ops
+}
+
+// fuzzInput encodes ops for f.Add.
+func fuzzInput(ops ...fuzzOp) []byte {
+	var b []byte
+	for _, op := range ops {
+		b = append(b, op.h)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(op.frame)))
+		b = append(b, op.frame...)
+	}
+	return b
+}
+
+// withFDs is an op sending frame with fds of the given kinds, at most 2.
+func withFDs(frame []byte, kinds ...fdKind) fuzzOp {
+	h := byte(len(kinds))
+	for i, k := range kinds {
+		h |= byte(k) << (2 + 2*i)
+	}
+	return fuzzOp{h: h, frame: frame}
+}
+
+// connectOp connects a client to the master's listener i, counting from 0
+// in the order they were opened.
+func connectOp(i byte) fuzzOp { return fuzzOp{h: opConnect, frame: []byte{i}} }
+
+// fdSource holds the sockets whose fds fuzzed frames carry, for the whole
+// fuzz run. Every frame carries its own copy, which the receiver owns.
+type fdSource struct {
+	tcp  int // the server end of a loopback TCP connection
+	unix int // one end of a Unix stream socketpair
+}
+
+func newFDSource(f *testing.F) *fdSource {
+	f.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		f.Fatal(err)
+	}
+	_ = client.(*net.TCPConn).SetLinger(0)
+	server, err := ln.Accept()
+	if err != nil {
+		_ = client.Close()
+		f.Fatal(err)
+	}
+	// File dups the fd; File's own fd stays blocking, which no one minds
+	// here: it is only ever sent.
+	sf, err := server.(*net.TCPConn).File()
+	_ = server.Close()
+	if err != nil {
+		_ = client.Close()
+		f.Fatal(err)
+	}
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		_ = client.Close()
+		_ = sf.Close()
+		f.Fatal(err)
+	}
+	f.Cleanup(func() {
+		_ = client.Close()
+		_ = sf.Close()
+		_ = unix.Close(sp[0])
+		_ = unix.Close(sp[1])
+	})
+	return &fdSource{tcp: int(fdOf(sf)), unix: sp[0]}
+}
+
+// fds returns the fds to attach to op's frame; pipe is this input's pipe.
+// The caller keeps ownership: the kernel gives the receiver copies.
+func (s *fdSource) fds(op fuzzOp, pipe int) []int {
+	var fds []int
+	for _, k := range op.kinds() {
+		switch k {
+		case fdTCP:
+			fds = append(fds, s.tcp)
+		case fdUnix:
+			fds = append(fds, s.unix)
+		default:
+			fds = append(fds, pipe)
+		}
+	}
+	return fds
+}
+
+// fuzzPipe is a pipe whose write end goes out with fuzzed frames: once
+// every copy is closed, the empty pipe reads EOF instead of EAGAIN.
+type fuzzPipe struct{ r, w int }
+
+func newFuzzPipe(t *testing.T) *fuzzPipe {
+	t.Helper()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatalf("pipe2: %v", err)
+	}
+	fp := &fuzzPipe{r: p[0], w: p[1]}
+	t.Cleanup(func() { fp.closeW(); fp.closeR() })
+	return fp
+}
+
+func (p *fuzzPipe) closeW() {
+	if p.w >= 0 {
+		_ = unix.Close(p.w)
+		p.w = -1
+	}
+}
+
+func (p *fuzzPipe) closeR() {
+	if p.r >= 0 {
+		_ = unix.Close(p.r)
+		p.r = -1
+	}
+}
+
+// assertNoWriters checks that no copy of the write end is left open, in
+// this process or in flight.
+func (p *fuzzPipe) assertNoWriters(t *testing.T) {
+	t.Helper()
+	var b [1]byte
+	n, err := unix.Read(p.r, b[:])
+	switch {
+	case err == nil && n == 0:
+	case err == unix.EAGAIN:
+		t.Errorf("a copy of the pipe's write end is still open: an fd was leaked")
+	default:
+		t.Errorf("read pipe: n=%d err=%v", n, err)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// fuzzWait bounds every wait for the master in FuzzMasterControl.
+const fuzzWait = 10 * time.Second
+
+// fuzzMaster is a balancer with one worker built by hand, as fork builds
+// one, whose process is a harmless "sleep 60" and whose control socket's
+// other end is the test's: the test plays the worker. A new balancer and
+// process for each input keep inputs apart; the exec costs well under a
+// millisecond.
+type fuzzMaster struct {
+	b    *Balancer
+	w    *Worker
+	peer *scm.Conn // the worker's end, written raw
+
+	peerDone chan struct{} // closed when read returns
+	mu       sync.Mutex
+	replied  chan struct{} // a token after each ListenReply
+	answered uint32        // the highest sync request answered
+	held     []int         // fds of the Conns frames the master sent
+	bad      []error       // frames the master got wrong
+	syncs    uint32
+	clients  []net.Conn
+}
+
+// startFuzzMaster starts a balancer and its worker. The worker is on
+// probation, as a reload's replacement is, so its death is never
+// followed by a restart, which would fork the test binary.
+func startFuzzMaster(t *testing.T) *fuzzMaster {
+	t.Helper()
+	b, err := New(Options{OnEvent: func(Event) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm := &fuzzMaster{b: b, peerDone: make(chan struct{}), replied: make(chan struct{}, 1)}
+	t.Cleanup(func() { fm.stop(t) })
+
+	ctl, remote, err := ipc.Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = ctl.Close()
+		_ = remote.Close()
+		t.Fatal(err)
+	}
+	fd, err := unix.FcntlInt(fdOf(remote), unix.F_DUPFD_CLOEXEC, 0)
+	_ = remote.Close()
+	if err == nil {
+		fm.peer, err = scm.NewConn(fd) // takes ownership of fd
+	}
+	if err != nil {
+		_ = ctl.Close()
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatal(err)
+	}
+	go fm.read()
+	b.mu.Lock()
+	b.nextID++
+	id := b.nextID
+	b.mu.Unlock()
+	w := &Worker{
+		b:         b,
+		id:        id,
+		pid:       cmd.Process.Pid,
+		slot:      &slot{},
+		cmd:       cmd,
+		ctl:       ctl,
+		born:      time.Now(),
+		listening: make(map[*listener]bool),
+		conns:     make(map[uint64]connRec),
+		outIDs:    make([]uint64, 0, ipc.MaxConns),
+		outFDs:    make([]int, 0, ipc.MaxConns),
+		exited:    make(chan struct{}),
+		probation: true,
+	}
+	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
+	fm.w = w
+	b.mu.Lock()
+	b.workers = append(b.workers, w)
+	b.stats.forked++
+	b.notifyLocked()
+	b.mu.Unlock()
+	b.events.push(ForkEvent{Worker: w})
+	readerDone := make(chan struct{})
+	b.wg.Add(2)
+	go func() {
+		defer b.wg.Done()
+		defer close(readerDone)
+		b.readLoop(w)
+	}()
+	go func() {
+		defer b.wg.Done()
+		b.waitExit(w, readerDone)
+	}()
+	return fm
+}
+
+// read plays the worker's reader: it keeps the fds the master hands off
+// until the end, as a worker that never accepts them would.
+func (fm *fuzzMaster) read() {
+	defer close(fm.peerDone)
+	c := ipc.NewConn(fm.peer)
+	var m ipc.Message
+	for {
+		fds, err := c.Read(&m)
+		if err != nil {
+			if isProtocolError(err) || errors.Is(err, ipc.ErrFDsLost) {
+				fm.mu.Lock()
+				fm.bad = append(fm.bad, err)
+				fm.mu.Unlock()
+				continue
+			}
+			return
+		}
+		fm.mu.Lock()
+		fm.held = append(fm.held, fds...)
+		switch m.Kind {
+		case ipc.KindConns, ipc.KindDisconnect, ipc.KindUser:
+		case ipc.KindListenReply:
+			if m.Req >= syncReqs {
+				fm.answered = max(fm.answered, m.Req)
+			}
+			select {
+			case fm.replied <- struct{}{}:
+			default:
+			}
+		default:
+			fm.bad = append(fm.bad, fmt.Errorf("the master sent a %s frame", m.Kind))
+		}
+		fm.mu.Unlock()
+	}
+}
+
+// write sends one raw frame. It fails once the master has closed its end,
+// after the worker died: the frame is then lost, as it would be.
+func (fm *fuzzMaster) write(frame []byte, fds []int) {
+	_ = fm.peer.WriteMsg(frame, fds)
+}
+
+// syncReqs is the first Listen request id of sync.
+const syncReqs = 0xfff00000
+
+// sync waits until the master has read every frame written so far: a
+// Listen for a network that does not exist is answered at once, in order.
+func (fm *fuzzMaster) sync(t *testing.T) {
+	t.Helper()
+	fm.syncs++
+	req := syncReqs + fm.syncs
+	fm.write(ipc.AppendListen(nil, req, "fuzz-sync", ""), nil)
+	timeout := time.After(fuzzWait)
+	for {
+		fm.mu.Lock()
+		done := fm.answered >= req
+		fm.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-fm.replied:
+		case <-fm.peerDone:
+			return // the master closed its end: the worker is dead
+		case <-timeout:
+			t.Fatalf("the master did not answer Listen request %#x", req)
+		}
+	}
+}
+
+// connect connects a client to the master's listener i (mod their
+// number), if it has any, and waits until the master has accepted the
+// conn: dispatched it, queued it or closed it.
+func (fm *fuzzMaster) connect(t *testing.T, i int) {
+	t.Helper()
+	fm.sync(t)
+	b := fm.b
+	b.mu.Lock()
+	ls := append([]*listener(nil), b.listeners...)
+	accepted := b.stats.accepted
+	b.mu.Unlock()
+	if len(ls) == 0 {
+		return
+	}
+	l := ls[i%len(ls)]
+	network := "tcp"
+	if l.network == "unix" {
+		network = "unix"
+	}
+	c, err := net.DialTimeout(network, l.bound.String(), fuzzWait)
+	if err != nil {
+		return // bound, but not to be reached: 0.0.0.0 or a multicast address
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0) // no TIME_WAIT: fuzzing makes many
+	}
+	fm.clients = append(fm.clients, c)
+	deadline := time.Now().Add(fuzzWait)
+	for {
+		b.mu.Lock()
+		done := b.stats.accepted > accepted
+		b.mu.Unlock()
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the master did not accept a conn on %s", l.bound)
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// stop ends the worker as a crash would: its process dies and its end of
+// the control socket closes. Then the balancer shuts down, which reaps the
+// process, and stop closes what the test held. It is safe to call twice.
+func (fm *fuzzMaster) stop(t *testing.T) {
+	t.Helper()
+	if fm.w != nil {
+		_ = fm.w.Kill(syscall.SIGKILL)
+	}
+	if fm.peer != nil {
+		_ = fm.peer.Close()
+		select {
+		case <-fm.peerDone:
+		case <-time.After(fuzzWait):
+			t.Errorf("the worker's reader did not end")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), fuzzWait)
+	defer cancel()
+	if err := fm.b.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	fm.mu.Lock()
+	defer fm.mu.Unlock()
+	for _, fd := range fm.held {
+		closeFD(fd)
+	}
+	fm.held = nil
+	for _, c := range fm.clients {
+		_ = c.Close()
+	}
+	fm.clients = nil
+	if len(fm.bad) > 0 {
+		t.Errorf("the master broke the protocol: %v", fm.bad)
+		fm.bad = nil
+	}
+}
+
+// checkGoroutines waits until no more goroutines run than the n before
+// the input. It counts rather than calling goleak, whose stack parsing
+// would feed the fuzzer coverage that varies from run to run.
+func checkGoroutines(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(fuzzWait)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Errorf("%d goroutines before the input, %d after:\n%s", n, runtime.NumGoroutine(), buf)
+			return
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// tameListen rewrites a Listen frame whose address would make the master
+// bind a fixed port, create a socket file outside dir or look a name up
+// in the DNS: fuzzing must not disturb the host. Such an address becomes
+// one on an ephemeral port, or in dir; every other frame is left as is.
+func tameListen(frame []byte, dir string) []byte {
+	var m ipc.Message
+	if ipc.Decode(frame, &m) != nil || m.Kind != ipc.KindListen {
+		return frame
+	}
+	addr := m.Address
+	switch m.Network {
+	case "unix":
+		if addr != "" && !strings.HasPrefix(addr, "@") { // not abstract
+			addr = filepath.Join(dir, strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(addr))), 36))
+		}
+	case "", "tcp", "tcp4", "tcp6":
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			break // refused before any lookup
+		}
+		if _, err := netip.ParseAddr(host); err != nil && host != "" {
+			host = "127.0.0.1"
+		}
+		if n, err := strconv.ParseUint(port, 10, 64); port != "" && (err != nil || n <= 65535) {
+			port = "0" // an invalid number is kept: it fails at once
+		}
+		addr = net.JoinHostPort(host, port)
+	}
+	if addr == m.Address {
+		return frame
+	}
+	return ipc.AppendListen(nil, m.Req, m.Network, addr)
+}
+
+// masterSeeds are valid frame sequences, one per case the master
+// handles, and the junk a hostile worker might send.
+func masterSeeds() [][]byte {
+	hello := withFDs(ipc.AppendHello(nil, 1))
+	listen := func(req uint32, network, address string) fuzzOp {
+		return withFDs(ipc.AppendListen(nil, req, network, address))
+	}
+	report := func(acked, closed []uint64, kinds ...fdKind) fuzzOp {
+		return withFDs(ipc.AppendReport(nil, acked, closed), kinds...)
+	}
+	ret := func(lid uint32, ids []uint64, kinds ...fdKind) fuzzOp {
+		return withFDs(ipc.AppendConns(nil, true, lid, ids), kinds...)
+	}
+	user := func(flags uint16, payload string) fuzzOp {
+		return withFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
+	}
+	return [][]byte{
+		// A worker's life: hello, listen, take conns, ack them, close
+		// one, send a message, stop listening and return the other.
+		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(0),
+			report([]uint64{1, 2}, nil), report(nil, []uint64{1}), user(0, `{"requests":1}`),
+			ret(1, []uint64{2}, fdTCP), report(nil, []uint64{2}), connectOp(0)),
+		// Two listeners, one shared by two requests; conns closed before
+		// their ack; an unlisten with nothing to return.
+		fuzzInput(hello, listen(1, "unix", "/run/handoff.sock"), listen(2, "tcp", "127.0.0.1:0"),
+			listen(3, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(1), report(nil, []uint64{1, 2}),
+			ret(2, nil), connectOp(1), ret(1, []uint64{3}, fdUnix), connectOp(0)),
+		// Unacked conns go to no one when the worker dies.
+		fuzzInput(hello, listen(1, "tcp4", "127.0.0.1:0"), connectOp(0), connectOp(0), connectOp(0),
+			report([]uint64{2}, nil)),
+		// Nonsense listens.
+		fuzzInput(listen(1, "udp", ":53"), listen(2, "tcp", "no-port"), listen(3, "tcp", "127.0.0.1:99999"),
+			listen(4, "unix", "@handoff-fuzz"), listen(5, "tcp", "host.invalid:80"), listen(6, "", ":0"),
+			listen(7, "tcp6", "[::1]:0"), listen(8, "unix", ""), listen(9, "tcp", "[fe80::1%lo]:0"),
+			listen(10, "tcp", "1.2.3.4:0"), connectOp(1), connectOp(2)),
+		// Reports and returns of conns the worker does not own.
+		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), report([]uint64{5}, []uint64{6}),
+			ret(9, []uint64{7}, fdTCP), ret(1, []uint64{1, 1}, fdPipe, fdPipe), ret(0, []uint64{1}, fdUnix),
+			report([]uint64{1, 1}, []uint64{1, 1})),
+		// Protocol errors: the worker is killed, and its frames after
+		// that are read until it is gone.
+		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), user(0, "not json"),
+			report([]uint64{1}, nil), connectOp(0), hello),
+		fuzzInput(withFDs(ipc.AppendConns(nil, false, 1, []uint64{1}), fdPipe),
+			withFDs(ipc.AppendListenReply(nil, 1, 1, 0, "x", "", "")), withFDs(ipc.AppendDisconnect(nil), fdTCP),
+			report([]uint64{1}, nil, fdPipe), ret(1, []uint64{1}), ret(1, nil, fdUnix, fdPipe)),
+		// Fragmented messages, whole and interrupted.
+		fuzzInput(hello, user(ipc.FlagMore, `{"a":`), user(ipc.FlagMore, `"b"`), user(0, `}`),
+			user(ipc.FlagMore, `{"a":`), hello, user(0, `1}`)),
+		// Junk.
+		fuzzInput(withFDs([]byte{ipc.Version + 1, byte(ipc.KindReport), 0, 0}, fdPipe),
+			withFDs([]byte{ipc.Version, 200, 0, 0}, fdTCP, fdUnix), withFDs([]byte{ipc.Version}),
+			withFDs([]byte{ipc.Version, byte(ipc.KindListen), 0, 0, 1}),
+			withFDs(append(ipc.AppendReport(nil, []uint64{1}, nil), 0), fdPipe)),
+		{0x02, 0xff, 0xff, ipc.Version, byte(ipc.KindReturn)},
+		{},
+	}
+}
+
+// FuzzMasterControl writes the input's frames, with real fds attached, to
+// the master's readLoop for a worker, and connects clients to the master's
+// listeners where the input says, so that acks, close reports and returns
+// can name real conns. Then the worker's end closes and the balancer shuts
+// down. The master must not panic, must stay within the protocol, and
+// must leave no fd and no goroutine behind: the pipe reading EOF proves
+// that every copy of it the master received was closed, and the open fd
+// count and the number of goroutines, before and after each input, cover
+// the rest. Each input gets a balancer and a worker process of its own.
+func FuzzMasterControl(f *testing.F) {
+	for _, seed := range masterSeeds() {
+		f.Add(seed)
+	}
+	src := newFDSource(f)
+	dir, err := os.MkdirTemp("", "handoff-fuzz")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = os.RemoveAll(dir) })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ops := parseOps(in)
+		goroutines := runtime.NumGoroutine()
+		before := openFDs(t)
+		p := newFuzzPipe(t)
+		fm := startFuzzMaster(t)
+		for _, op := range ops {
+			switch {
+			case op.h&opConnect != 0:
+				i := 0
+				if len(op.frame) > 0 {
+					i = int(op.frame[0])
+				}
+				fm.connect(t, i)
+			case len(op.frame) > 0:
+				fm.write(tameListen(op.frame, dir), src.fds(op, p.w))
+			}
+		}
+		p.closeW()
+		fm.stop(t)
+		p.assertNoWriters(t)
+		p.closeR()
+		if after := openFDs(t); after != before {
+			t.Errorf("open fds: %d before, %d after", before, after)
+		}
+		checkGoroutines(t, goroutines)
+	})
+}
