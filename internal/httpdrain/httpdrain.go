@@ -58,6 +58,11 @@ func (d *Drain) Close(lns []net.Listener, timeout time.Duration) bool {
 	for d.open.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(wait)
 		wait = min(2*wait, 100*time.Millisecond)
+		// Again and again, as Shutdown does: this also closes connections
+		// that never sent a request once they are 5s old (an HTTP client
+		// may dial one that it then leaves idle), which would otherwise
+		// hold the drain until the timeout.
+		d.srv.SetKeepAlivesEnabled(false)
 	}
 	done := d.open.Load() <= 0
 	_ = d.srv.Close()
