@@ -187,7 +187,7 @@ type cluster struct {
 
 // startCluster runs a balancer with one TCP listener on loopback and
 // n workers in the given test mode; opts may set anything else.
-func startCluster(t *testing.T, n int, opts balancer.Options, env ...string) *cluster {
+func startCluster(t testing.TB, n int, opts balancer.Options, env ...string) *cluster {
 	t.Helper()
 	c := &cluster{events: newEventLog()}
 	opts.Workers = n
@@ -228,7 +228,7 @@ func startCluster(t *testing.T, n int, opts balancer.Options, env ...string) *cl
 }
 
 // waitListening waits until n workers are listening.
-func (c *cluster) waitListening(t *testing.T, n int) {
+func (c *cluster) waitListening(t testing.TB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
