@@ -462,3 +462,62 @@ func TestReloadAbortsWhenReplacementFails(t *testing.T) {
 		t.Errorf("requests went to %v, want the old workers %d and %d", seen, olds[0].ID(), olds[1].ID())
 	}
 }
+
+func TestBroadcastReachesEveryWorker(t *testing.T) {
+	c := startCluster(t, 3, balancer.Options{})
+	c.waitListening(t, 3)
+	if err := c.b.Broadcast(map[string]string{"cmd": "ping"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range c.b.Workers() {
+		c.events.wait(t, fmt.Sprintf("worker %d's echo", w.ID()), func(ev balancer.Event) bool {
+			e, ok := ev.(balancer.MessageEvent)
+			return ok && e.Worker == w && string(e.Payload) == `{"cmd":"ping"}`
+		})
+	}
+}
+
+func TestReloadConcurrencyReplacesSeveralAtOnce(t *testing.T) {
+	c := startCluster(t, 4, balancer.Options{ReloadConcurrency: 2})
+	c.waitListening(t, 4)
+	olds := map[*balancer.Worker]bool{}
+	for _, w := range c.b.Workers() {
+		olds[w] = true
+	}
+	if err := c.b.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Two replacements run at once: the second is forked before the first
+	// listens. (With concurrency 1 it is forked only after.)
+	forks, firstListening, secondFork := 0, -1, -1
+	for i, ev := range c.events.snapshot() {
+		switch e := ev.(type) {
+		case balancer.ForkEvent:
+			if !olds[e.Worker] {
+				forks++
+				if forks == 2 {
+					secondFork = i
+				}
+			}
+		case balancer.ListeningEvent:
+			if !olds[e.Worker] && firstListening < 0 {
+				firstListening = i
+			}
+		}
+	}
+	if forks != 4 {
+		t.Errorf("%d replacements forked, want 4", forks)
+	}
+	if secondFork < 0 || firstListening < 0 || secondFork > firstListening {
+		t.Errorf("second replacement forked at event %d, first listening at %d: not concurrent", secondFork, firstListening)
+	}
+	c.waitListening(t, 4)
+	for _, w := range c.b.Workers() {
+		if olds[w] && w.State() != balancer.StateDisconnecting {
+			t.Errorf("old worker %d is %v after the reload", w.ID(), w.State())
+		}
+	}
+	if _, body := get(t, newConnClient(), "http://"+c.addr+"/"); body != "hello world\n" {
+		t.Errorf("after the reload: %q", body)
+	}
+}
