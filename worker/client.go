@@ -14,10 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// closeReportDelay is how long an ack or a close report may wait to be
+// reportDelay is how long an ack or a close report may wait to be
 // batched with others. Least-loaded balancing sees a worker's load this
 // late at most, and the master holds each handed-off fd this much longer.
-const closeReportDelay = time.Millisecond
+const reportDelay = time.Millisecond
 
 // drainTimeout bounds how long a disconnecting worker waits for Accept to
 // take the connections already queued before it closes its listeners and
@@ -39,12 +39,12 @@ type controlClient struct {
 
 	// Report state, under mu; sendMu serialises the senders of reports
 	// and returns, and guards the send buffers.
-	acked, closed   []uint64
-	closeTimerArmed bool
-	closeTimer      *time.Timer
-	sendMu          sync.Mutex
-	sendAcked       []uint64
-	sendClosed      []uint64
+	acked, closed    []uint64
+	reportTimerArmed bool
+	reportTimer      *time.Timer
+	sendMu           sync.Mutex
+	sendAcked        []uint64
+	sendClosed       []uint64
 }
 
 type listenRequest struct {
@@ -65,8 +65,8 @@ func newControlClient(id int, ctl *ipc.Conn) *controlClient {
 		requests:  make(map[uint32]listenRequest),
 		listeners: make(map[uint32]*Listener),
 	}
-	c.closeTimer = time.AfterFunc(time.Hour, c.closeTimerFired)
-	c.closeTimer.Stop()
+	c.reportTimer = time.AfterFunc(time.Hour, c.reportTimerFired)
+	c.reportTimer.Stop()
 	return c
 }
 
@@ -101,7 +101,7 @@ func (c *controlClient) listen(network, address string) (net.Listener, error) {
 }
 
 // readLoop reads the control socket until the master goes away. Acks
-// wait, like close reports, up to closeReportDelay to be batched: one
+// wait, like close reports, up to reportDelay to be batched: one
 // Report then carries every ack and close of that interval, which saves
 // the master a wakeup per connection.
 func (c *controlClient) readLoop() {
@@ -230,7 +230,7 @@ func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
 }
 
 // connClosed records that a handed-off conn was closed; the report goes
-// out within closeReportDelay, batched with others.
+// out within reportDelay, batched with others.
 func (c *controlClient) connClosed(id uint64) {
 	c.mu.Lock()
 	c.closed = append(c.closed, id)
@@ -239,20 +239,20 @@ func (c *controlClient) connClosed(id uint64) {
 }
 
 // armReport makes sure pending acks and close reports go out within
-// closeReportDelay.
+// reportDelay.
 func (c *controlClient) armReport() {
 	c.mu.Lock()
-	arm := !c.closeTimerArmed
-	c.closeTimerArmed = true
+	arm := !c.reportTimerArmed
+	c.reportTimerArmed = true
 	c.mu.Unlock()
 	if arm {
-		c.closeTimer.Reset(closeReportDelay)
+		c.reportTimer.Reset(reportDelay)
 	}
 }
 
-func (c *controlClient) closeTimerFired() {
+func (c *controlClient) reportTimerFired() {
 	c.mu.Lock()
-	c.closeTimerArmed = false
+	c.reportTimerArmed = false
 	c.mu.Unlock()
 	c.flushReport()
 }

@@ -283,7 +283,7 @@ func TestCloseIsReportedOnce(t *testing.T) {
 		_ = c.Close() // a second Close must not be reported again
 	}
 	fm.waitClosed(t, ids)
-	time.Sleep(10 * closeReportDelay) // room for a wrong second report
+	time.Sleep(10 * reportDelay) // room for a wrong second report
 	fm.barrier(t)
 	fm.mu.Lock()
 	for _, id := range ids {
