@@ -257,7 +257,7 @@ func (b *Balancer) readLoop(w *Worker) {
 					w.log.Error().Err(err).Msg("fds from a worker were lost: the master is out of fds")
 				}
 				continue
-			case isProtocolError(err):
+			case ipc.IsProtocolError(err):
 				b.misbehaved(w, err.Error())
 				continue
 			}
@@ -285,15 +285,6 @@ func (b *Balancer) readLoop(w *Worker) {
 			b.misbehaved(w, "unexpected frame kind "+m.Kind.String())
 		}
 	}
-}
-
-func isProtocolError(err error) bool {
-	for _, e := range []error{ipc.ErrMalformed, ipc.ErrVersion, ipc.ErrUnknownKind, ipc.ErrFDs, ipc.ErrFragment, ipc.ErrMessageTooLarge} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 // misbehaved kills a worker that broke the protocol.

@@ -327,7 +327,7 @@ func (fm *fuzzMaster) read() {
 	for {
 		fds, err := c.Read(&m)
 		if err != nil {
-			if isProtocolError(err) || errors.Is(err, ipc.ErrFDsLost) {
+			if ipc.IsProtocolError(err) || errors.Is(err, ipc.ErrFDsLost) {
 				fm.mu.Lock()
 				fm.bad = append(fm.bad, err)
 				fm.mu.Unlock()

@@ -95,6 +95,18 @@ var (
 	ErrBusy = errors.New("ipc: connection busy")
 )
 
+// IsProtocolError reports whether err from Conn.Read means the peer broke
+// the protocol (the frame was dropped, its fds closed, and the connection
+// can still be read). ErrFDsLost is not one: the receiver ran out of fds.
+func IsProtocolError(err error) bool {
+	for _, e := range []error{ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment, ErrMessageTooLarge} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Message is a decoded frame. Decode reuses its slices, so one Message kept
 // across reads makes decoding allocation-free; Payload and the id slices
 // are valid until the next Decode into it.

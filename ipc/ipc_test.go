@@ -1179,3 +1179,21 @@ func TestAllocs(t *testing.T) {
 		})
 	}
 }
+
+func TestIsProtocolError(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{name: "malformed", err: fmt.Errorf("x: %w", ipc.ErrMalformed), want: true},
+		{name: "fds", err: ipc.ErrFDs, want: true},
+		{name: "too large", err: ipc.ErrMessageTooLarge, want: true},
+		{name: "fds lost", err: ipc.ErrFDsLost},
+		{name: "eof", err: io.EOF},
+	} {
+		if got := ipc.IsProtocolError(tt.err); got != tt.want {
+			t.Errorf("%s: IsProtocolError = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -121,7 +121,7 @@ func (c *controlClient) readLoop() {
 			fds, err = c.ctl.Read(&m)
 		}
 		if err != nil {
-			if isProtocolError(err) {
+			if ipc.IsProtocolError(err) || errors.Is(err, ipc.ErrFDsLost) {
 				continue // a frame we cannot use; its fds were closed
 			}
 			c.masterGone()
@@ -145,15 +145,6 @@ func (c *controlClient) readLoop() {
 			}
 		}
 	}
-}
-
-func isProtocolError(err error) bool {
-	for _, e := range []error{ipc.ErrFDsLost, ipc.ErrMalformed, ipc.ErrVersion, ipc.ErrUnknownKind, ipc.ErrFDs, ipc.ErrFragment, ipc.ErrMessageTooLarge} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *controlClient) listenReply(m *ipc.Message) {

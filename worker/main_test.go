@@ -146,7 +146,7 @@ func (fm *fakeMaster) read() {
 	var m ipc.Message
 	for {
 		fds, err := fm.ctl.Read(&m)
-		if err != nil && isProtocolError(err) {
+		if err != nil && (ipc.IsProtocolError(err) || errors.Is(err, ipc.ErrFDsLost)) {
 			fm.update(func() { fm.badFrames = append(fm.badFrames, err) })
 			continue
 		}
