@@ -173,14 +173,33 @@ func (l *Listener) opError(err error) error {
 	return &net.OpError{Op: "accept", Net: l.network, Addr: l.addr, Err: err}
 }
 
-// closer reports a conn's first Close to the master.
+// closer closes a handed-off conn once and reports it to the master.
+//
+// The master may still hold its copy of the fd until it reads the ack, so
+// the write side is shut down first and the FIN leaves at once, from here.
+// That makes the peer see EOF before the fd is closed, so the first Close
+// holds a sync.Once that a concurrent second Close waits on: the Close that
+// caused the EOF is the one that succeeds, as with a plain net.Conn.
 type closer struct {
 	c    *controlClient
 	id   uint64
 	once sync.Once
+	err  error
 }
 
-func (c *closer) report() { c.once.Do(func() { c.c.connClosed(c.id) }) }
+func (c *closer) close(shutWrite, close func() error, nc net.Conn) error {
+	first := false
+	c.once.Do(func() {
+		first = true
+		_ = shutWrite()
+		c.err = close()
+		c.c.connClosed(c.id)
+	})
+	if !first {
+		return &net.OpError{Op: "close", Net: nc.LocalAddr().Network(), Source: nc.LocalAddr(), Addr: nc.RemoteAddr(), Err: net.ErrClosed}
+	}
+	return c.err
+}
 
 // TCPConn is a handed-off TCP connection: the real *net.TCPConn, whose
 // Close also tells the master the connection is gone.
@@ -191,12 +210,7 @@ type TCPConn struct {
 
 // Close closes the connection and reports it to the master.
 func (c *TCPConn) Close() error {
-	// The master may still hold its copy of the fd until it reads our
-	// ack: shut down the write side so the FIN leaves now, from here.
-	_ = c.TCPConn.CloseWrite()
-	err := c.TCPConn.Close()
-	c.closer.report()
-	return err
+	return c.closer.close(c.TCPConn.CloseWrite, c.TCPConn.Close, c.TCPConn)
 }
 
 // NetConn returns the inner *net.TCPConn. Closing it directly is not
@@ -211,10 +225,7 @@ type UnixConn struct {
 
 // Close closes the connection and reports it to the master.
 func (c *UnixConn) Close() error {
-	_ = c.UnixConn.CloseWrite() // as TCPConn.Close
-	err := c.UnixConn.Close()
-	c.closer.report()
-	return err
+	return c.closer.close(c.UnixConn.CloseWrite, c.UnixConn.Close, c.UnixConn)
 }
 
 // NetConn returns the inner *net.UnixConn; see TCPConn.NetConn.
