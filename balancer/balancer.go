@@ -581,9 +581,6 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 	b.stopping = true
 	b.cancelRestartsLocked()
 	ls := b.listeners
-	for _, l := range ls {
-		l.stopping = true
-	}
 	b.notifyLocked()
 	b.mu.Unlock()
 	b.log.Info().Msg("shutting down: closing listeners, draining workers")

@@ -117,6 +117,7 @@ func (b *Balancer) flushLocked(l *listener, w *Worker, now time.Time) []int {
 		}
 		w.unacked += len(ids)
 		w.stats.dispatched += uint64(len(ids))
+		b.stats.dispatched += uint64(len(ids))
 		return nil
 	}
 	switch {
@@ -144,7 +145,7 @@ func (b *Balancer) flushLocked(l *listener, w *Worker, now time.Time) []int {
 // pendLocked queues fd until a worker can take it, or closes it past
 // Options.MaxPending.
 func (b *Balancer) pendLocked(l *listener, fd int) {
-	if l.stopping && len(l.workers) == 0 && b.stopping && len(b.workers) == 0 {
+	if b.stopping && len(b.workers) == 0 {
 		closeFD(fd)
 		return
 	}
@@ -365,7 +366,8 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bogus, real := 0, 0
-	now := int64(time.Since(b.epoch))
+	t := time.Now()
+	now := int64(t.Sub(b.epoch))
 	for _, id := range acked {
 		rec, ok := w.conns[id]
 		if !ok || rec.fd < 0 {
@@ -396,7 +398,7 @@ func (b *Balancer) report(w *Worker, acked, closed []uint64) {
 	}
 	if real > 0 { // progress; bogus ids do not keep a stuck worker alive
 		w.blockedUntil = time.Time{}
-		w.ackDeadline = time.Now().Add(b.opts.HandoffTimeout)
+		w.ackDeadline = t.Add(b.opts.HandoffTimeout)
 	}
 	if b.pending > 0 {
 		for l := range w.listening {

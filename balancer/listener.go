@@ -42,8 +42,7 @@ type listener struct {
 	touched []*Worker
 	pending fdQueue
 
-	stopping bool // under Balancer.mu
-	done     chan struct{}
+	done chan struct{}
 }
 
 // openListener binds like net.Listen, so its errors are net.Listen's, and

@@ -48,6 +48,7 @@ func (b *Balancer) Stats() Stats {
 	defer b.mu.Unlock()
 	s := Stats{
 		Accepted:       b.stats.accepted,
+		Dispatched:     b.stats.dispatched,
 		AcceptErrors:   make(map[string]uint64, len(b.stats.acceptErrors)),
 		Redispatched:   b.stats.redispatched,
 		Dropped:        b.stats.dropped,
@@ -69,12 +70,10 @@ func (b *Balancer) Stats() Stats {
 		s.AcceptErrors[unix.ErrnoName(e)] += n
 	}
 	for _, w := range b.workers {
-		s.Dispatched += w.stats.dispatched
 		if w.state == StateListening && !w.broken {
 			s.Listening++
 		}
 	}
-	s.Dispatched += b.stats.deadDispatched
 	return s
 }
 
@@ -108,7 +107,7 @@ type stats struct {
 	protocolErrors uint64
 	bogusIDs       uint64
 	stuckKills     uint64
-	deadDispatched uint64 // dispatched to workers that have exited
+	dispatched     uint64
 	listenErrors   uint64
 	exits          map[string]uint64
 }

@@ -359,7 +359,6 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		b.stats.exits = make(map[string]uint64)
 	}
 	b.stats.exits[exitReason(ev)]++
-	b.stats.deadDispatched += w.stats.dispatched
 	clear(w.conns)
 	w.unacked = 0
 	for l, fds := range redo {
