@@ -106,20 +106,8 @@ func (c *controlClient) listen(network, address string) (net.Listener, error) {
 // the master a wakeup per connection.
 func (c *controlClient) readLoop() {
 	var m ipc.Message
-	pending := false
 	for {
-		var fds []int
-		var err error
-		if pending {
-			fds, err = c.ctl.TryRead(&m)
-			if errors.Is(err, unix.EAGAIN) {
-				c.armReport()
-				pending = false
-				continue
-			}
-		} else {
-			fds, err = c.ctl.Read(&m)
-		}
+		fds, err := c.ctl.Read(&m)
 		if err != nil {
 			if ipc.IsProtocolError(err) || errors.Is(err, ipc.ErrFDsLost) {
 				continue // a frame we cannot use; its fds were closed
@@ -130,7 +118,6 @@ func (c *controlClient) readLoop() {
 		switch m.Kind {
 		case ipc.KindConns:
 			c.receiveConns(m.Listener, m.IDs, fds)
-			pending = true
 		case ipc.KindListenReply:
 			c.listenReply(&m)
 		case ipc.KindDisconnect:
@@ -194,10 +181,15 @@ func (c *controlClient) receiveConns(id uint32, ids []uint64, fds []int) {
 	c.mu.Lock()
 	l := c.listeners[id]
 	ok := l != nil && l.enqueue(ids, fds)
+	arm := false
 	if ok {
 		c.acked = append(c.acked, ids...)
+		arm = c.armReportLocked()
 	}
 	c.mu.Unlock()
+	if arm {
+		c.reportTimer.Reset(reportDelay)
+	}
 	if !ok {
 		c.returnConns(id, ids, fds)
 	}
@@ -225,20 +217,20 @@ func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
 func (c *controlClient) connClosed(id uint64) {
 	c.mu.Lock()
 	c.closed = append(c.closed, id)
-	c.mu.Unlock()
-	c.armReport()
-}
-
-// armReport makes sure pending acks and close reports go out within
-// reportDelay.
-func (c *controlClient) armReport() {
-	c.mu.Lock()
-	arm := !c.reportTimerArmed
-	c.reportTimerArmed = true
+	arm := c.armReportLocked()
 	c.mu.Unlock()
 	if arm {
 		c.reportTimer.Reset(reportDelay)
 	}
+}
+
+// armReportLocked marks the report timer armed, under c.mu, and reports
+// whether the caller must start it: pending acks and close reports then go
+// out within reportDelay.
+func (c *controlClient) armReportLocked() bool {
+	arm := !c.reportTimerArmed
+	c.reportTimerArmed = true
+	return arm
 }
 
 func (c *controlClient) reportTimerFired() {
