@@ -30,8 +30,8 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 			defer remote.Close()
 		}
 		defer ctl.Close()
-		w := &Worker{b: b, id: i + 1, ctl: ctl, conns: map[uint64]connRec{}, listening: map[*listener]bool{l: true},
-			outIDs: make([]uint64, 0, ipc.MaxConns), outFDs: make([]int, 0, ipc.MaxConns), exited: make(chan struct{})}
+		w := b.newWorker(i+1, &slot{}, nil, ctl)
+		w.listening[l] = true
 		for j := 0; j < load; j++ {
 			w.conns[uint64(1<<40+i<<20+j)] = connRec{fd: -1, listener: 1}
 		}

@@ -281,22 +281,8 @@ func startFuzzMaster(t *testing.T) *fuzzMaster {
 	b.nextID++
 	id := b.nextID
 	b.mu.Unlock()
-	w := &Worker{
-		b:         b,
-		id:        id,
-		pid:       cmd.Process.Pid,
-		slot:      &slot{},
-		cmd:       cmd,
-		ctl:       ctl,
-		born:      time.Now(),
-		listening: make(map[*listener]bool),
-		conns:     make(map[uint64]connRec),
-		outIDs:    make([]uint64, 0, ipc.MaxConns),
-		outFDs:    make([]int, 0, ipc.MaxConns),
-		exited:    make(chan struct{}),
-		probation: true,
-	}
-	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
+	w := b.newWorker(id, &slot{}, cmd, ctl)
+	w.probation = true
 	fm.w = w
 	b.mu.Lock()
 	b.workers = append(b.workers, w)

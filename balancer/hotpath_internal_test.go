@@ -49,8 +49,9 @@ func newHotPath(tb testing.TB) *hotPath {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		w := &Worker{b: b, id: i + 1, ctl: ipc.NewConn(sc), conns: map[uint64]connRec{}, listening: map[*listener]bool{h.l: true},
-			outIDs: make([]uint64, 0, ipc.MaxConns), outFDs: make([]int, 0, ipc.MaxConns), exited: make(chan struct{}), state: StateListening}
+		w := b.newWorker(i+1, &slot{}, nil, ipc.NewConn(sc))
+		w.listening[h.l] = true
+		w.state = StateListening
 		h.ws = append(h.ws, w)
 		h.peers = append(h.peers, peer)
 		h.l.workers = append(h.l.workers, w)

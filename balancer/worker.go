@@ -259,22 +259,8 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 		_ = ctl.Close()
 		return nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
 	}
-	w := &Worker{
-		b:         b,
-		id:        id,
-		pid:       cmd.Process.Pid,
-		slot:      s,
-		cmd:       cmd,
-		ctl:       ctl,
-		born:      time.Now(),
-		listening: make(map[*listener]bool),
-		conns:     make(map[uint64]connRec),
-		outIDs:    make([]uint64, 0, ipc.MaxConns),
-		outFDs:    make([]int, 0, ipc.MaxConns),
-		exited:    make(chan struct{}),
-		probation: probation,
-	}
-	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
+	w := b.newWorker(id, s, cmd, ctl)
+	w.probation = probation
 	b.mu.Lock()
 	b.workers = append(b.workers, w)
 	b.stats.forked++
@@ -304,6 +290,28 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 		b.waitExit(w, readerDone)
 	}()
 	return w, nil
+}
+
+// newWorker makes the master's record of a started worker process.
+func (b *Balancer) newWorker(id int, s *slot, cmd *exec.Cmd, ctl *ipc.Conn) *Worker {
+	w := &Worker{
+		b:         b,
+		id:        id,
+		slot:      s,
+		cmd:       cmd,
+		ctl:       ctl,
+		born:      time.Now(),
+		listening: make(map[*listener]bool),
+		conns:     make(map[uint64]connRec),
+		outIDs:    make([]uint64, 0, ipc.MaxConns),
+		outFDs:    make([]int, 0, ipc.MaxConns),
+		exited:    make(chan struct{}),
+	}
+	if cmd != nil && cmd.Process != nil {
+		w.pid = cmd.Process.Pid
+	}
+	w.log = b.log.With().Int("worker", id).Int("pid", w.pid).Logger()
+	return w
 }
 
 // waitExit reaps the worker, and only once it is certainly dead hands
