@@ -60,6 +60,11 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 		return nil, err
 	}
 	rep := newReport(c, servers, gen.name(), env.node)
+	env.perfStat, rep.PerfStatNote = choosePerfStat(ctx, c.perfStat)
+	if rep.PerfStatNote != "" {
+		fmt.Fprintf(os.Stderr, "handoff-bench: not counting syscalls and context switches: %s\n", rep.PerfStatNote)
+	}
+	perfFailed := false
 	total := len(c.workloads) * c.rounds * len(servers)
 	n := 0
 	for _, wl := range c.workloads {
@@ -69,6 +74,10 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 				pr := newProgress(os.Stderr, fmt.Sprintf("[%d/%d] %s %s", n, total, wl, name), c.warmup+c.duration)
 				run, err := measure(ctx, c, reg, env, gen, name, wl, round)
 				pr.done(run)
+				if run.PerfStatError != "" && !perfFailed {
+					perfFailed = true
+					fmt.Fprintf(os.Stderr, "handoff-bench: perf stat failed, so this run has no syscall counts (the report lists every such run): %s\n", run.PerfStatError)
+				}
 				if err != nil && ctx.Err() != nil {
 					return rep, ctx.Err()
 				}
@@ -77,6 +86,22 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 		}
 	}
 	return rep, nil
+}
+
+// choosePerfStat returns perf's path if syscalls are to be counted, or
+// why they are not.
+func choosePerfStat(ctx context.Context, want bool) (path, note string) {
+	if !want {
+		return "", "-perf-stat=false"
+	}
+	path, err := exec.LookPath("perf")
+	if err != nil {
+		return "", "perf is not on PATH"
+	}
+	if err := probePerfStat(ctx, path); err != nil {
+		return "", err.Error()
+	}
+	return path, ""
 }
 
 // interleave rotates the server order by round, so each server runs early
@@ -121,7 +146,8 @@ func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen 
 		s.stop()
 		reg.remove(s)
 	}()
-	spec := loadSpec{workload: wl, port: s.port, duration: c.warmup, conns: c.conns, threads: c.threads, burn: c.burn, burnFrac: c.burnFrac}
+	spec := newLoadSpec(c, wl, s.port)
+	spec.duration = c.warmup
 	if c.warmup > 0 {
 		if _, err := gen.run(ctx, spec); err != nil {
 			return fail(fmt.Errorf("warmup: %w", err))
@@ -133,7 +159,27 @@ func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen 
 		_ = syscall.Kill(s.master.pid(), syscall.SIGUSR1)
 	}
 	stopPerf := startPerf(c, s, before, tag)
+	var window *perfWindow
+	if env.perfStat != "" {
+		masterPID := 0
+		if s.master != nil {
+			masterPID = s.master.pid()
+		}
+		var perr error
+		if window, perr = startPerfWindow(env.perfStat, env.tmp, tag, masterPID, before.workerPIDs()); perr != nil {
+			run.PerfStatError = perr.Error()
+		}
+	}
 	res, err := gen.run(ctx, spec)
+	var counted *perfUsage
+	if window != nil {
+		master, workers, perr := window.stop()
+		if perr != nil {
+			run.PerfStatError = perr.Error()
+		} else {
+			counted = &perfUsage{master: master, workers: workers}
+		}
+	}
 	stopPerf()
 	after := takeSnapshot(ctx, s)
 	if runEnv.profile != "" && s.master != nil {
@@ -144,6 +190,7 @@ func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen 
 		return fail(err)
 	}
 	run.fill(res, diffSnapshots(before, after), s.master != nil)
+	run.fillPerf(counted)
 	if len(after.served) < s.workers {
 		run.Error = fmt.Sprintf("%d of %d workers answered the stats query after the run", len(after.served), s.workers)
 	}
@@ -160,7 +207,7 @@ func startPerf(c *config, s *server, snap snapshot, tag string) func() {
 	if s.master != nil {
 		pids = append(pids, fmt.Sprint(s.master.pid()))
 	}
-	for pid := range snap.served {
+	for _, pid := range snap.workerPIDs() {
 		pids = append(pids, fmt.Sprint(pid))
 	}
 	out := filepath.Join(c.out, "perf", tag+".data")

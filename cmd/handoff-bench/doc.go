@@ -20,7 +20,9 @@
 // the bench and from the load generator.
 //
 // Workloads: keep-alive; new-conn (a new connection per request, wrk's
-// -H "Connection: close"); skewed (half the connections keep alive, half
+// -H "Connection: close"); new-conn-c1 and new-conn-c4 (the same with 1
+// and 4 client connections, so that batching cannot hide the master's
+// wakeups); skewed (half the connections keep alive, half
 // send Connection: close, and a tenth of all requests burn -burn of CPU).
 // The load comes from wrk when it is on PATH and otherwise from a built-in
 // Go generator; one generator serves every server of a run. Within each
@@ -32,7 +34,10 @@
 // worker process serves its request count on a Unix socket of its own in a
 // per-run directory; the bench reads the counts, and the worker pids, from
 // there before and after the measured run, and reads utime+stime from
-// /proc/PID/stat at the same moments.
+// /proc/PID/stat at the same moments. With perf on PATH it also counts
+// syscalls and context switches over exactly the measured run, with one
+// perf stat on the master and one on those worker pids (perfstat.go):
+// each is a child the bench started, stopped by SIGINT to its pid.
 //
 // Output, in -out: results.md (the table, the ratios against issue 6's
 // targets, and a description of the machine and the load), results.json,

@@ -21,7 +21,19 @@ import (
 )
 
 // The workloads, in the order they run.
-var allWorkloads = []string{"keep-alive", "new-conn", "skewed"}
+var allWorkloads = []string{"keep-alive", "new-conn", "new-conn-c1", "new-conn-c4", "skewed"}
+
+// lowConcurrency are the new-connection workloads with a fixed number of
+// client connections, on one wrk thread, whatever -connections says: so
+// few connections arrive at once that a master cannot batch its accepts
+// and sends, and each connection pays for a wakeup.
+var lowConcurrency = map[string]int{"new-conn-c1": 1, "new-conn-c4": 4}
+
+// newConn says whether every request of a workload carries Connection:
+// close, so that each request is a new connection.
+func newConn(workload string) bool {
+	return workload == "new-conn" || lowConcurrency[workload] > 0
+}
 
 // requestTimeout is how long a request may take before it counts as a
 // timeout, in both generators (wrk's default).
@@ -42,19 +54,26 @@ type loadSpec struct {
 	burnFrac float64
 }
 
+// newLoadSpec is the load of workload wl against port, for the measured
+// duration.
+func newLoadSpec(c *config, wl string, port int) loadSpec {
+	s := loadSpec{workload: wl, port: port, duration: c.duration, conns: c.conns, threads: c.threads, burn: c.burn, burnFrac: c.burnFrac}
+	if n := lowConcurrency[wl]; n > 0 {
+		s.conns, s.threads = n, 1
+	}
+	return s
+}
+
 // burnPath is the path a burning request asks for.
 func (s loadSpec) burnPath() string { return "/?burn=" + s.burn.String() }
 
 // closeConn says whether connection (or wrk thread) i of a workload sends
 // Connection: close. In the skewed workload every other one does.
 func (s loadSpec) closeConn(i int) bool {
-	switch s.workload {
-	case "new-conn":
+	if newConn(s.workload) {
 		return true
-	case "skewed":
-		return i%2 == 1
 	}
-	return false
+	return s.workload == "skewed" && i%2 == 1
 }
 
 // loadResult is what the client saw.
@@ -132,7 +151,7 @@ func wrkArgs(spec loadSpec, script string) []string {
 	}
 	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(max(spec.conns, threads)),
 		"-d", strconv.Itoa(max(secs, 1)) + "s", "-T", strconv.Itoa(int(requestTimeout.Seconds())) + "s", "-s", script}
-	if spec.workload == "new-conn" {
+	if newConn(spec.workload) {
 		args = append(args, "-H", "Connection: close")
 	}
 	return append(args, "http://127.0.0.1:"+strconv.Itoa(spec.port)+"/")

@@ -129,6 +129,10 @@ func TestWrkArgs(t *testing.T) {
 			[]string{"-t", "1", "-c", "8", "-d", "2s", "-T", "2s", "-s", "x.lua", "-H", "Connection: close", "http://127.0.0.1:1/"}},
 		{"skewed needs two threads", loadSpec{workload: "skewed", port: 1, duration: time.Second, conns: 1, threads: 1},
 			[]string{"-t", "2", "-c", "2", "-d", "1s", "-T", "2s", "-s", "x.lua", "http://127.0.0.1:1/"}},
+		{"new-conn-c1", newLoadSpec(&config{duration: 3 * time.Second, conns: 64, threads: 2}, "new-conn-c1", 9),
+			[]string{"-t", "1", "-c", "1", "-d", "3s", "-T", "2s", "-s", "x.lua", "-H", "Connection: close", "http://127.0.0.1:9/"}},
+		{"new-conn-c4", newLoadSpec(&config{duration: 3 * time.Second, conns: 64, threads: 2}, "new-conn-c4", 9),
+			[]string{"-t", "1", "-c", "4", "-d", "3s", "-T", "2s", "-s", "x.lua", "-H", "Connection: close", "http://127.0.0.1:9/"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -147,6 +151,8 @@ func TestCloseConn(t *testing.T) {
 	}{
 		{"keep-alive", []bool{false, false, false, false}},
 		{"new-conn", []bool{true, true, true, true}},
+		{"new-conn-c1", []bool{true}},
+		{"new-conn-c4", []bool{true, true, true, true}},
 		{"skewed", []bool{false, true, false, true}},
 	} {
 		s := loadSpec{workload: tc.workload}
@@ -154,6 +160,31 @@ func TestCloseConn(t *testing.T) {
 			if got := s.closeConn(i); got != w {
 				t.Errorf("%s: closeConn(%d) = %v, want %v", tc.workload, i, got, w)
 			}
+		}
+	}
+}
+
+func TestNewLoadSpec(t *testing.T) {
+	t.Parallel()
+	c := &config{duration: 5 * time.Second, conns: 64, threads: 2, burn: 3 * time.Millisecond, burnFrac: 0.1}
+	for _, tc := range []struct {
+		workload       string
+		conns, threads int
+	}{
+		{"keep-alive", 64, 2},
+		{"new-conn", 64, 2},
+		{"new-conn-c1", 1, 1},
+		{"new-conn-c4", 4, 1},
+		{"skewed", 64, 2},
+	} {
+		s := newLoadSpec(c, tc.workload, 8080)
+		if s.conns != tc.conns || s.threads != tc.threads || s.port != 8080 || s.duration != c.duration || s.burn != c.burn || s.burnFrac != c.burnFrac || s.workload != tc.workload {
+			t.Errorf("newLoadSpec(%s) = %+v, want %d connections on %d threads", tc.workload, s, tc.conns, tc.threads)
+		}
+	}
+	for _, wl := range allWorkloads {
+		if want := strings.HasPrefix(wl, "new-conn"); newConn(wl) != want {
+			t.Errorf("newConn(%s) = %v, want %v", wl, !want, want)
 		}
 	}
 }

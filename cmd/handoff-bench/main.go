@@ -53,6 +53,7 @@ type config struct {
 	loadgen     string // auto, wrk or go
 	profileDir  string // master CPU profiles, "" for none
 	perf        bool   // perf record the server processes
+	perfStat    bool   // count syscalls and context switches with perf stat, if perf is on PATH
 	masterProcs int    // GOMAXPROCS of the handoff master, 0 for Go's default
 	replot      string // a results.json to render again, without running
 
@@ -86,6 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.replot, "replot", "", "render the table, chart and JSON again from this results.json into -out, without running anything")
 	fs.IntVar(&c.masterProcs, "master-gomaxprocs", 0, "GOMAXPROCS of the handoff master process; 0 leaves Go's default (the CPU count)")
 	fs.BoolVar(&c.perf, "perf", false, "perf record -g the server processes during each measured run, into -out/perf/")
+	fs.BoolVar(&c.perfStat, "perf-stat", true, "count the servers' syscalls and context switches with perf stat during each measured run, if perf is on PATH")
 
 	fs.StringVar(&c.role, "role", "", "internal: run as a server process (single, reuseport, master, worker)")
 	fs.IntVar(&c.port, "port", 0, "internal: the port a server role listens on, on 127.0.0.1")

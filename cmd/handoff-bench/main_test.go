@@ -23,15 +23,20 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.duration != defaultDuration || c.out != defaultOut || !slices.Equal(c.servers, allServers) || !slices.Equal(c.workloads, allWorkloads) {
+	if c.duration != defaultDuration || c.out != defaultOut || !slices.Equal(c.servers, allServers) || !slices.Equal(c.workloads, allWorkloads) || !c.perfStat {
 		t.Errorf("defaults: %+v", c)
 	}
-	c, err = parseFlags([]string{"-servers", "handoff-ll, reuseport", "-workloads", "skewed", "-duration", "5s"}, io.Discard)
+	for _, want := range []string{"new-conn-c1", "new-conn-c4"} {
+		if !slices.Contains(c.workloads, want) {
+			t.Errorf("default workloads %q lack %s", c.workloads, want)
+		}
+	}
+	c, err = parseFlags([]string{"-servers", "handoff-ll, reuseport", "-workloads", "skewed,new-conn-c1", "-duration", "5s", "-perf-stat=false"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(c.servers, []string{"reuseport", "handoff-ll"}) || !slices.Equal(c.workloads, []string{"skewed"}) || c.duration != 5*time.Second {
-		t.Errorf("filters: servers %q workloads %q duration %s", c.servers, c.workloads, c.duration)
+	if !slices.Equal(c.servers, []string{"reuseport", "handoff-ll"}) || !slices.Equal(c.workloads, []string{"new-conn-c1", "skewed"}) || c.duration != 5*time.Second || c.perfStat {
+		t.Errorf("filters: servers %q workloads %q duration %s perf-stat %v", c.servers, c.workloads, c.duration, c.perfStat)
 	}
 	// A role skips the bench's checks.
 	if c, err = parseFlags([]string{"-role=worker", "-port=1"}, io.Discard); err != nil || c.role != "worker" || c.port != 1 {

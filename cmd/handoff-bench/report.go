@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -40,6 +41,15 @@ type runResult struct {
 	MasterCSReq  float64        `json:"master_ctx_switches_per_req"`
 	WorkersCSReq float64        `json:"workers_ctx_switches_per_req"`
 
+	// perf stat's counts over the measured run, and the same per request
+	// the workers served. Nil (absent) when not counted: no perf, perf
+	// failed (PerfStatError says why), or no master to count.
+	PerfMaster    *perfCounts `json:"perf_master,omitempty"`
+	PerfWorkers   *perfCounts `json:"perf_workers,omitempty"`
+	SyscallsReq   perReq      `json:"perf_syscalls_per_req"`
+	CtxswReq      perReq      `json:"perf_ctx_switches_per_req"`
+	PerfStatError string      `json:"perf_stat_error,omitempty"`
+
 	Profile string `json:"master_cpuprofile,omitempty"`
 	Error   string `json:"error,omitempty"`
 }
@@ -62,6 +72,57 @@ func (r *runResult) fill(res loadResult, u usage, hasMaster bool) {
 		r.MasterCSReq = float64(u.masterCS) / n
 		r.WorkersCSReq = float64(u.workerCS) / n
 	}
+}
+
+// perfUsage is what the two perf stats of a run counted.
+type perfUsage struct {
+	master  *perfCounts // nil for a server without a master
+	workers perfCounts
+}
+
+// perReq is a count per request of the master, of the workers, and of
+// both. A nil field was not measured, which is not the same as zero.
+type perReq struct {
+	Master  *float64 `json:"master,omitempty"`
+	Workers *float64 `json:"workers,omitempty"`
+	Total   *float64 `json:"total,omitempty"`
+}
+
+// perRequest divides the master's and workers' counts by n requests. The
+// total needs the master's count if the server has a master.
+func perRequest(master *uint64, workers uint64, hasMaster bool, n uint64) perReq {
+	var p perReq
+	if n == 0 {
+		return p
+	}
+	w := float64(workers) / float64(n)
+	p.Workers = &w
+	switch {
+	case !hasMaster:
+		p.Total = &w
+	case master != nil:
+		m := float64(*master) / float64(n)
+		t := m + w
+		p.Master, p.Total = &m, &t
+	}
+	return p
+}
+
+// fillPerf sets the perf stat fields; fill must have run. counted is nil
+// when perf stat did not count.
+func (r *runResult) fillPerf(counted *perfUsage) {
+	if counted == nil {
+		return
+	}
+	w := counted.workers
+	r.PerfMaster, r.PerfWorkers = counted.master, &w
+	var mSys, mCS *uint64
+	if m := counted.master; m != nil {
+		mSys, mCS = &m.Syscalls, &m.ContextSwitches
+	}
+	hasMaster := r.HasMaster || counted.master != nil
+	r.SyscallsReq = perRequest(mSys, w.Syscalls, hasMaster, r.Served)
+	r.CtxswReq = perRequest(mCS, w.ContextSwitches, hasMaster, r.Served)
 }
 
 func (r runResult) ok() bool { return r.Error == "" || r.Load.Requests > 0 }
@@ -100,6 +161,8 @@ type report struct {
 	Config  benchConfig `json:"config"`
 	Runs    []runResult `json:"runs"`
 	Targets []target    `json:"targets,omitempty"`
+	// PerfStatNote says why no run counted syscalls ("" if they did).
+	PerfStatNote string `json:"perf_stat_note,omitempty"`
 }
 
 func newReport(c *config, servers []string, gen, node string) *report {
@@ -204,19 +267,36 @@ func fmtCPU(v float64, show bool) string {
 	return fmt.Sprintf("%.1f", v)
 }
 
+// fmtPerReq formats a count per request; "–" if it was not measured.
+func fmtPerReq(v *float64, prec int) string {
+	if v == nil {
+		return "–"
+	}
+	return strconv.FormatFloat(*v, 'f', prec, 64)
+}
+
+// tableColumns are the table's headings after server and workload.
+var tableColumns = []string{"req/s", "p50", "p99", "split max/min", "failed",
+	"CPU µs/req master", "CPU µs/req workers", "CPU µs/req total",
+	"syscalls/req master", "syscalls/req workers", "syscalls/req total",
+	"ctxsw/req master", "ctxsw/req workers", "ctxsw/req total"}
+
 // markdownTable renders the result rows.
 func markdownTable(rows []runResult) string {
 	var b strings.Builder
-	b.WriteString("| server | workload | req/s | p50 | p99 | split max/min | failed | CPU µs/req master | CPU µs/req workers | CPU µs/req total |\n")
-	b.WriteString("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| server | workload | " + strings.Join(tableColumns, " | ") + " |\n")
+	b.WriteString("| --- | --- |" + strings.Repeat(" ---: |", len(tableColumns)) + "\n")
 	for _, r := range rows {
 		if !r.ok() {
-			fmt.Fprintf(&b, "| %s | %s | failed: %s | | | | | | | |\n", r.Server, r.Workload, strings.ReplaceAll(r.Error, "|", "/"))
+			fmt.Fprintf(&b, "| %s | %s | failed: %s |%s\n", r.Server, r.Workload, strings.ReplaceAll(r.Error, "|", "/"),
+				strings.Repeat(" |", len(tableColumns)-1))
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %d | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Server, r.Workload, r.ReqPerSec, fmtLatency(r.Load.P50), fmtLatency(r.Load.P99), fmtSplit(r), r.Failed,
-			fmtCPU(r.MasterUsReq, r.HasMaster), fmtCPU(r.WorkersUsReq, r.Served > 0), fmtCPU(r.TotalUsReq, r.Served > 0))
+			fmtCPU(r.MasterUsReq, r.HasMaster), fmtCPU(r.WorkersUsReq, r.Served > 0), fmtCPU(r.TotalUsReq, r.Served > 0),
+			fmtPerReq(r.SyscallsReq.Master, 1), fmtPerReq(r.SyscallsReq.Workers, 1), fmtPerReq(r.SyscallsReq.Total, 1),
+			fmtPerReq(r.CtxswReq.Master, 2), fmtPerReq(r.CtxswReq.Workers, 2), fmtPerReq(r.CtxswReq.Total, 2))
 	}
 	return b.String()
 }
@@ -231,55 +311,83 @@ type target struct {
 	Unit     string  `json:"unit"` // "x" or "%"
 }
 
-// computeTargets computes issue 6's ratios from the table rows. A target
-// whose runs are missing is reported as not measured.
+// computeTargets computes issue 6's ratios from the table rows. A
+// target whose runs or numbers are missing is reported as not measured.
 func computeTargets(rows []runResult) []target {
 	var ts []target
-	ratio := func(name, goal string, num, den float64, okNum, okDen bool, pass func(float64) bool) {
+	// ratio is num ÷ den; nil inputs (a missing run or an uncounted
+	// number) leave the target not measured.
+	ratio := func(name, goal string, num, den *float64, pass func(float64) bool) {
 		t := target{Name: name, Goal: goal, Unit: "x"}
-		if okNum && okDen && den > 0 {
-			t.Value, t.Measured = num/den, true
+		if num != nil && den != nil && *den > 0 {
+			t.Value, t.Measured = *num / *den, true
 			t.Pass = pass(t.Value)
 		}
 		ts = append(ts, t)
 	}
 	atLeast := func(x float64) func(float64) bool { return func(v float64) bool { return v >= x } }
 	atMost := func(x float64) func(float64) bool { return func(v float64) bool { return v <= x } }
+	// get reads one number of a row, nil if the row is missing.
+	get := func(server, workload string, value func(runResult) *float64) *float64 {
+		r, ok := findRow(rows, server, workload)
+		if !ok {
+			return nil
+		}
+		return value(r)
+	}
+	val := func(f func(runResult) float64) func(runResult) *float64 {
+		return func(r runResult) *float64 { v := f(r); return &v }
+	}
+	rps := val(func(r runResult) float64 { return r.ReqPerSec })
+	p50 := val(func(r runResult) float64 { return float64(r.Load.P50) })
+	p99 := val(func(r runResult) float64 { return float64(r.Load.P99) })
+	cpu := func(r runResult) *float64 {
+		if r.Served == 0 {
+			return nil
+		}
+		return &r.TotalUsReq
+	}
+	syscalls := func(r runResult) *float64 { return r.SyscallsReq.Total }
+	ctxsw := func(r runResult) *float64 { return r.CtxswReq.Total }
 
-	rp, okRP := findRow(rows, "reuseport", "new-conn")
-	rr, okRR := findRow(rows, "handoff-rr", "new-conn")
-	ll, okLL := findRow(rows, "handoff-ll", "new-conn")
-	ratio("new-conn req/s: handoff-rr ÷ reuseport", "≥ 0.95×", rr.ReqPerSec, rp.ReqPerSec, okRR, okRP, atLeast(0.95))
-	ratio("new-conn req/s: handoff-ll ÷ reuseport", "≥ 0.95×", ll.ReqPerSec, rp.ReqPerSec, okLL, okRP, atLeast(0.95))
-
-	krp, okKRP := findRow(rows, "reuseport", "keep-alive")
-	krr, okKRR := findRow(rows, "handoff-rr", "keep-alive")
-	ratio("keep-alive req/s: handoff-rr ÷ reuseport", "≥ 0.98×", krr.ReqPerSec, krp.ReqPerSec, okKRR, okKRP, atLeast(0.98))
-
-	nrr, okNRR := findRow(rows, "node-rr", "new-conn")
-	ratio("new-conn req/s: handoff-rr ÷ node-rr", "≥ 2.5×", rr.ReqPerSec, nrr.ReqPerSec, okRR, okNRR, atLeast(2.5))
-
-	ratio("new-conn CPU/conn: handoff-rr total ÷ reuseport total", "≤ 1.1×", rr.TotalUsReq, rp.TotalUsReq, okRR, okRP, atMost(1.1))
+	ratio("new-conn req/s: handoff-rr ÷ reuseport", "≥ 0.95×",
+		get("handoff-rr", "new-conn", rps), get("reuseport", "new-conn", rps), atLeast(0.95))
+	ratio("new-conn req/s: handoff-ll ÷ reuseport", "≥ 0.95×",
+		get("handoff-ll", "new-conn", rps), get("reuseport", "new-conn", rps), atLeast(0.95))
+	ratio("new-conn-c4 req/s: handoff-rr ÷ reuseport", "≥ 0.9×",
+		get("handoff-rr", "new-conn-c4", rps), get("reuseport", "new-conn-c4", rps), atLeast(0.9))
+	ratio("new-conn-c1 p50: handoff-rr ÷ reuseport", "≤ 1.3×",
+		get("handoff-rr", "new-conn-c1", p50), get("reuseport", "new-conn-c1", p50), atMost(1.3))
+	ratio("new-conn CPU/conn: handoff-rr total ÷ reuseport total", "≤ 1.05×",
+		get("handoff-rr", "new-conn", cpu), get("reuseport", "new-conn", cpu), atMost(1.05))
 	share := target{Name: "new-conn CPU/conn: handoff-rr master share of its total", Goal: "≤ 10%", Unit: "%"}
-	if okRR && rr.TotalUsReq > 0 {
+	if rr, ok := findRow(rows, "handoff-rr", "new-conn"); ok && rr.Served > 0 && rr.TotalUsReq > 0 {
 		share.Value, share.Measured = 100*rr.MasterUsReq/rr.TotalUsReq, true
 		share.Pass = share.Value <= 10
 	}
 	ts = append(ts, share)
-
-	srp, okSRP := findRow(rows, "reuseport", "skewed")
-	srr, okSRR := findRow(rows, "handoff-rr", "skewed")
-	sll, okSLL := findRow(rows, "handoff-ll", "skewed")
-	ratio("skewed p99: handoff-ll ÷ reuseport", "≤ 0.7×", float64(sll.Load.P99), float64(srp.Load.P99), okSLL, okSRP, atMost(0.7))
-	ratio("skewed p99: handoff-ll ÷ handoff-rr", "< 1×", float64(sll.Load.P99), float64(srr.Load.P99), okSLL, okSRR, func(v float64) bool { return v < 1 })
+	ratio("new-conn syscalls/conn: handoff-rr total ÷ reuseport total", "≤ 1.0×",
+		get("handoff-rr", "new-conn", syscalls), get("reuseport", "new-conn", syscalls), atMost(1.0))
+	ratio("new-conn context switches/conn: handoff-rr total ÷ reuseport total", "≤ 1.1×",
+		get("handoff-rr", "new-conn", ctxsw), get("reuseport", "new-conn", ctxsw), atMost(1.1))
+	ratio("keep-alive req/s: handoff-rr ÷ reuseport", "≥ 0.98×",
+		get("handoff-rr", "keep-alive", rps), get("reuseport", "keep-alive", rps), atLeast(0.98))
+	ratio("new-conn req/s: handoff-rr ÷ node-rr", "≥ 2.5×",
+		get("handoff-rr", "new-conn", rps), get("node-rr", "new-conn", rps), atLeast(2.5))
+	ratio("skewed p99: handoff-ll ÷ reuseport", "≤ 0.7×",
+		get("handoff-ll", "skewed", p99), get("reuseport", "skewed", p99), atMost(0.7))
+	ratio("skewed p99: handoff-ll ÷ handoff-rr", "< 1×",
+		get("handoff-ll", "skewed", p99), get("handoff-rr", "skewed", p99), func(v float64) bool { return v < 1 })
 	return ts
 }
 
+// targetsTable renders the targets; one not measured is "n/a", neither
+// pass nor FAIL.
 func targetsTable(ts []target) string {
 	var b strings.Builder
 	b.WriteString("| target | measured | goal | result |\n| --- | ---: | --- | --- |\n")
 	for _, t := range ts {
-		val, res := "not run", "–"
+		val, res := "–", "n/a"
 		if t.Measured {
 			if t.Unit == "%" {
 				val = fmt.Sprintf("%.1f%%", t.Value)
@@ -322,6 +430,8 @@ func (rep *report) markdown(chart string) string {
 	b.WriteString("\n")
 	b.WriteString("- **keep-alive**: every connection stays open for the whole run; GET / answers \"hello world\\n\".\n")
 	b.WriteString("- **new-conn**: every request carries `Connection: close`, so each request is a new TCP connection (accept, handoff, close).\n")
+	b.WriteString("- **new-conn-c1**, **new-conn-c4**: the same with only 1 and 4 client connections (one wrk thread), " +
+		"so connections arrive one or a few at a time and a master cannot batch its accepts and sends: each connection pays for its wakeup.\n")
 	fmt.Fprintf(&b, "- **skewed**: half the client connections (every other %s) keep alive, the other half send `Connection: close` on every request; "+
 		"each request asks for `%s` (the handler spins the CPU that long) with probability %g, else GET /. "+
 		"Keep-alive connections complete many more requests than closing ones, so most requests are keep-alive: ",
@@ -337,12 +447,41 @@ func (rep *report) markdown(chart string) string {
 	b.WriteString("- **split max/min**: requests served by the busiest worker ÷ by the idlest, counted by the workers themselves.\n")
 	b.WriteString("- **CPU µs/req**: utime+stime from /proc/PID/stat (10 ms ticks) over the measured run, ÷ requests the workers served. " +
 		"For new-conn that is per connection. master is the handoff master (or the Node.js primary), workers the serving processes; the load generator is not counted.\n")
+	b.WriteString(perfStatNote(rep.PerfStatNote, rows))
 	b.WriteString("- **failed**: wrk's connect, read, write and timeout errors plus answers with status ≥ 400.\n\n")
 	rep.Targets = computeTargets(rows)
 	b.WriteString("## Issue 6 targets, as ratios within this run\n\n")
 	b.WriteString(targetsTable(rep.Targets))
 	if chart != "" {
 		fmt.Fprintf(&b, "\n![throughput and p99 per server and workload](%s)\n", chart)
+	}
+	return b.String()
+}
+
+// perfStatNote describes the syscall and context switch columns and, once
+// for each reason, why some are empty.
+func perfStatNote(note string, rows []runResult) string {
+	var b strings.Builder
+	b.WriteString("- **syscalls/req**, **ctxsw/req**: `perf stat -e raw_syscalls:sys_enter,context-switches`, one on the master's pid and one on the workers' pids together, " +
+		"counting from just before the load starts to just after it ends, ÷ requests the workers served (for new-conn* per connection). " +
+		"Counting syscalls slows every syscall on the machine a little, for every server alike. \"–\" is not measured, never zero.")
+	if note != "" {
+		fmt.Fprintf(&b, " **Not counted in this run: %s.**", strings.TrimSuffix(note, "."))
+	}
+	b.WriteString("\n")
+	var reasons []string
+	runs := map[string][]string{}
+	for _, r := range rows {
+		if r.PerfStatError == "" {
+			continue
+		}
+		if _, ok := runs[r.PerfStatError]; !ok {
+			reasons = append(reasons, r.PerfStatError)
+		}
+		runs[r.PerfStatError] = append(runs[r.PerfStatError], r.Workload+" "+r.Server)
+	}
+	for _, why := range reasons {
+		fmt.Fprintf(&b, "  - perf stat failed for %s: %s\n", strings.Join(runs[why], ", "), strings.ReplaceAll(why, "|", "/"))
 	}
 	return b.String()
 }
@@ -466,6 +605,7 @@ func (p *progress) done(r runResult) {
 		fmt.Fprintf(p.w, "%s%s: FAILED: %s\n", prefix, p.label, r.Error)
 		return
 	}
-	fmt.Fprintf(p.w, "%s%s: %.0f req/s, p99 %s, failed %d, CPU µs/req %.1f+%.1f, context switches/req %.2f+%.2f\n", prefix, p.label,
-		r.ReqPerSec, fmtLatency(r.Load.P99), r.Failed, r.MasterUsReq, r.WorkersUsReq, r.MasterCSReq, r.WorkersCSReq)
+	fmt.Fprintf(p.w, "%s%s: %.0f req/s, p99 %s, failed %d, CPU µs/req %.1f+%.1f, context switches/req %.2f+%.2f, syscalls/req %s+%s\n", prefix, p.label,
+		r.ReqPerSec, fmtLatency(r.Load.P99), r.Failed, r.MasterUsReq, r.WorkersUsReq, r.MasterCSReq, r.WorkersCSReq,
+		fmtPerReq(r.SyscallsReq.Master, 1), fmtPerReq(r.SyscallsReq.Workers, 1))
 }

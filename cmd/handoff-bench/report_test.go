@@ -32,35 +32,105 @@ func TestMarkdownTable(t *testing.T) {
 		{Server: "node-rr", Workload: "new-conn", Error: "node-rr: not ready | oops"},
 	}
 	rows[4].Load.Requests = 0
+	// perf counted handoff-rr's master and workers, and reuseport's
+	// workers; a zero is shown, not taken for missing.
+	rows[0].fillPerf(&perfUsage{workers: perfCounts{Syscalls: 24000, ContextSwitches: 1500}})
+	rows[1].fillPerf(&perfUsage{master: &perfCounts{Syscalls: 3000, ContextSwitches: 0}, workers: perfCounts{Syscalls: 20000, ContextSwitches: 2000}})
 	got := markdownTable(rows)
-	want := `| server | workload | req/s | p50 | p99 | split max/min | failed | CPU µs/req master | CPU µs/req workers | CPU µs/req total |
-| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
-| reuseport | new-conn | 9000 | 17.39ms | 69.57ms | 1.50 | 0 | – | 41.4 | 41.4 |
-| handoff-rr | new-conn | 8551 | 225µs | 900µs | 1.00 | 0 | 17.3 | 52.1 | 69.4 |
-| single | keep-alive | 77026 | 500.00ms | 2.00s | – | 0 | – | 13.6 | 13.6 |
-| handoff-ll | skewed | 10 | 250µs | 1.00ms | ∞ | 0 | 1.0 | 2.0 | 3.0 |
-| node-rr | new-conn | failed: node-rr: not ready / oops | | | | | | | |
+	want := `| server | workload | req/s | p50 | p99 | split max/min | failed | CPU µs/req master | CPU µs/req workers | CPU µs/req total | syscalls/req master | syscalls/req workers | syscalls/req total | ctxsw/req master | ctxsw/req workers | ctxsw/req total |
+| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| reuseport | new-conn | 9000 | 17.39ms | 69.57ms | 1.50 | 0 | – | 41.4 | 41.4 | – | 24.0 | 24.0 | – | 1.50 | 1.50 |
+| handoff-rr | new-conn | 8551 | 225µs | 900µs | 1.00 | 0 | 17.3 | 52.1 | 69.4 | 3.0 | 20.0 | 23.0 | 0.00 | 2.00 | 2.00 |
+| single | keep-alive | 77026 | 500.00ms | 2.00s | – | 0 | – | 13.6 | 13.6 | – | – | – | – | – | – |
+| handoff-ll | skewed | 10 | 250µs | 1.00ms | ∞ | 0 | 1.0 | 2.0 | 3.0 | – | – | – | – | – | – |
+| node-rr | new-conn | failed: node-rr: not ready / oops | | | | | | | | | | | | | |
 `
 	if got != want {
 		t.Errorf("markdownTable:\n%s\nwant:\n%s", got, want)
 	}
+	for i, line := range strings.Split(strings.TrimSpace(got), "\n") {
+		if n := strings.Count(line, "|"); n != len(tableColumns)+3 {
+			t.Errorf("table line %d has %d |, want %d: %s", i, n, len(tableColumns)+3, line)
+		}
+	}
 }
 
-func TestComputeTargets(t *testing.T) {
+func TestFillPerf(t *testing.T) {
 	t.Parallel()
+	f := func(v float64) *float64 { return &v }
+	for _, tc := range []struct {
+		name      string
+		hasMaster bool
+		served    uint64
+		counted   *perfUsage
+		sys, cs   perReq
+	}{
+		{"not counted", true, 1000, nil, perReq{}, perReq{}},
+		{"no requests", false, 0, &perfUsage{workers: perfCounts{Syscalls: 5}}, perReq{}, perReq{}},
+		{"workers only", false, 1000, &perfUsage{workers: perfCounts{Syscalls: 20000, ContextSwitches: 500}},
+			perReq{Workers: f(20), Total: f(20)}, perReq{Workers: f(0.5), Total: f(0.5)}},
+		{"master and workers", true, 1000, &perfUsage{master: &perfCounts{Syscalls: 4000, ContextSwitches: 0}, workers: perfCounts{Syscalls: 20000, ContextSwitches: 500}},
+			perReq{Master: f(4), Workers: f(20), Total: f(24)}, perReq{Master: f(0), Workers: f(0.5), Total: f(0.5)}},
+		{"master not counted", true, 1000, &perfUsage{workers: perfCounts{Syscalls: 20000}},
+			perReq{Workers: f(20)}, perReq{Workers: f(0)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := runResult{HasMaster: tc.hasMaster, Served: tc.served}
+			r.fillPerf(tc.counted)
+			eq := func(what string, got, want *float64) {
+				t.Helper()
+				switch {
+				case (got == nil) != (want == nil):
+					t.Errorf("%s = %v, want %v", what, fmtPerReq(got, 3), fmtPerReq(want, 3))
+				case got != nil && (*got < *want-1e-9 || *got > *want+1e-9):
+					t.Errorf("%s = %g, want %g", what, *got, *want)
+				}
+			}
+			eq("syscalls master", r.SyscallsReq.Master, tc.sys.Master)
+			eq("syscalls workers", r.SyscallsReq.Workers, tc.sys.Workers)
+			eq("syscalls total", r.SyscallsReq.Total, tc.sys.Total)
+			eq("ctxsw master", r.CtxswReq.Master, tc.cs.Master)
+			eq("ctxsw workers", r.CtxswReq.Workers, tc.cs.Workers)
+			eq("ctxsw total", r.CtxswReq.Total, tc.cs.Total)
+			if (tc.counted == nil) != (r.PerfWorkers == nil) {
+				t.Errorf("PerfWorkers = %+v with counts %+v", r.PerfWorkers, tc.counted)
+			}
+		})
+	}
+}
+
+// targetRows are a run of every server the targets compare, with
+// syscalls and context switches counted.
+func targetRows() []runResult {
 	rows := []runResult{
 		row("reuseport", "new-conn", 10000, 10*time.Millisecond, 0, 40),
 		row("handoff-rr", "new-conn", 9600, 10*time.Millisecond, 4, 40),
 		row("handoff-ll", "new-conn", 9000, 10*time.Millisecond, 4, 40),
 		row("node-rr", "new-conn", 3000, 10*time.Millisecond, 90, 300),
+		row("reuseport", "new-conn-c4", 5000, 400*time.Microsecond, 0, 50),
+		row("handoff-rr", "new-conn-c4", 4400, 600*time.Microsecond, 10, 50),
+		row("reuseport", "new-conn-c1", 2000, 400*time.Microsecond, 0, 50),
+		row("handoff-rr", "new-conn-c1", 1500, 600*time.Microsecond, 10, 50),
 		row("reuseport", "keep-alive", 80000, time.Millisecond, 0, 14),
 		row("handoff-rr", "keep-alive", 78000, time.Millisecond, 0, 14),
 		row("reuseport", "skewed", 5000, 100*time.Millisecond, 0, 300),
 		row("handoff-rr", "skewed", 5000, 90*time.Millisecond, 10, 300),
 		row("handoff-ll", "skewed", 5000, 60*time.Millisecond, 10, 300),
 	}
+	rows[0].fillPerf(&perfUsage{workers: perfCounts{Syscalls: 20000, ContextSwitches: 1000}})
+	rows[1].fillPerf(&perfUsage{master: &perfCounts{Syscalls: 3000, ContextSwitches: 200}, workers: perfCounts{Syscalls: 18000, ContextSwitches: 1000}})
+	return rows
+}
+
+func TestComputeTargets(t *testing.T) {
+	t.Parallel()
+	rows := targetRows()
 	got := map[string]target{}
 	for _, tg := range computeTargets(rows) {
+		if _, dup := got[tg.Name]; dup {
+			t.Errorf("target %q twice", tg.Name)
+		}
 		got[tg.Name] = tg
 	}
 	for _, tc := range []struct {
@@ -70,10 +140,14 @@ func TestComputeTargets(t *testing.T) {
 	}{
 		{"new-conn req/s: handoff-rr ÷ reuseport", 0.96, true},
 		{"new-conn req/s: handoff-ll ÷ reuseport", 0.90, false},
+		{"new-conn-c4 req/s: handoff-rr ÷ reuseport", 0.88, false},
+		{"new-conn-c1 p50: handoff-rr ÷ reuseport", 1.5, false},
 		{"keep-alive req/s: handoff-rr ÷ reuseport", 0.975, false},
 		{"new-conn req/s: handoff-rr ÷ node-rr", 3.2, true},
-		{"new-conn CPU/conn: handoff-rr total ÷ reuseport total", 1.1, true},
+		{"new-conn CPU/conn: handoff-rr total ÷ reuseport total", 1.1, false},
 		{"new-conn CPU/conn: handoff-rr master share of its total", 100 * 4.0 / 44, true},
+		{"new-conn syscalls/conn: handoff-rr total ÷ reuseport total", 21.0 / 20, false},
+		{"new-conn context switches/conn: handoff-rr total ÷ reuseport total", 1.2, false},
 		{"skewed p99: handoff-ll ÷ reuseport", 0.6, true},
 		{"skewed p99: handoff-ll ÷ handoff-rr", 60.0 / 90, true},
 	} {
@@ -82,8 +156,21 @@ func TestComputeTargets(t *testing.T) {
 			t.Errorf("no target %q", tc.name)
 			continue
 		}
+		delete(got, tc.name)
 		if !tg.Measured || tg.Value < tc.value-1e-9 || tg.Value > tc.value+1e-9 || tg.Pass != tc.pass {
 			t.Errorf("%s: got value %g pass %v measured %v, want %g pass %v", tc.name, tg.Value, tg.Pass, tg.Measured, tc.value, tc.pass)
+		}
+	}
+	for name := range got {
+		t.Errorf("unexpected target %q", name)
+	}
+
+	// A goal exactly met passes.
+	edge := targetRows()
+	edge[1].ReqPerSec = 9500
+	for _, tg := range computeTargets(edge) {
+		if tg.Name == "new-conn req/s: handoff-rr ÷ reuseport" && !tg.Pass {
+			t.Errorf("%s = %g does not pass ≥ 0.95×", tg.Name, tg.Value)
 		}
 	}
 
@@ -93,9 +180,44 @@ func TestComputeTargets(t *testing.T) {
 			t.Errorf("%s measured without a reuseport run", tg.Name)
 		}
 	}
-	table := targetsTable(computeTargets(nil))
-	if strings.Count(table, "not run") != 8 {
+	// Without perf, the syscall and context switch targets are n/a and
+	// nothing else changes.
+	noPerf := targetRows()
+	for i := range noPerf {
+		noPerf[i].SyscallsReq, noPerf[i].CtxswReq = perReq{}, perReq{}
+	}
+	for _, tg := range computeTargets(noPerf) {
+		perfTarget := strings.Contains(tg.Name, "syscalls") || strings.Contains(tg.Name, "context switches")
+		if tg.Measured == perfTarget {
+			t.Errorf("without perf: %s measured = %v", tg.Name, tg.Measured)
+		}
+	}
+	table := targetsTable(computeTargets(noPerf))
+	if strings.Count(table, "| n/a |") != 2 {
+		t.Errorf("targets table without perf:\n%s", table)
+	}
+	table = targetsTable(computeTargets(nil))
+	if strings.Count(table, "| – |") != len(computeTargets(nil)) || strings.Contains(table, "FAIL") || strings.Contains(table, "pass") {
 		t.Errorf("targets table without runs:\n%s", table)
+	}
+}
+
+func TestPerfStatNote(t *testing.T) {
+	t.Parallel()
+	rows := targetRows()
+	if note := perfStatNote("", rows); strings.Contains(note, "Not counted") || strings.Contains(note, "failed") {
+		t.Errorf("note with every run counted:\n%s", note)
+	}
+	note := perfStatNote("perf is not on PATH", nil)
+	if strings.Count(note, "perf is not on PATH") != 1 {
+		t.Errorf("note without perf:\n%s", note)
+	}
+	rows[0].PerfStatError = "workers: perf stat: boom"
+	rows[4].PerfStatError = "workers: perf stat: boom"
+	rows[5].PerfStatError = "master: other"
+	note = perfStatNote("", rows)
+	if strings.Count(note, "boom") != 1 || strings.Count(note, "other") != 1 || !strings.Contains(note, "new-conn reuseport, new-conn-c4 reuseport: workers") {
+		t.Errorf("note with failed runs, each reason once:\n%s", note)
 	}
 }
 
@@ -130,6 +252,7 @@ func TestWriteOutputs(t *testing.T) {
 			row("handoff-rr", "skewed", 900, 80*time.Millisecond, 4, 40, 5, 5),
 		},
 	}
+	rep.Runs[1].fillPerf(&perfUsage{master: &perfCounts{Syscalls: 3000, ContextSwitches: 7}, workers: perfCounts{Syscalls: 20000, ContextSwitches: 9}})
 	var out strings.Builder
 	if err := writeOutputs(c, rep, &out); err != nil {
 		t.Fatal(err)
@@ -154,6 +277,13 @@ func TestWriteOutputs(t *testing.T) {
 	}
 	if len(back.Runs) != 3 || back.Runs[1].Load.P99 != 10*time.Millisecond || len(back.Targets) == 0 {
 		t.Errorf("results.json read back: %+v", back)
+	}
+	// Counted numbers come back, zeros included; uncounted ones stay nil.
+	if got := back.Runs[1]; got.SyscallsReq.Total == nil || *got.SyscallsReq.Total != 23 || got.CtxswReq.Master == nil || got.PerfMaster == nil || got.PerfMaster.ContextSwitches != 7 {
+		t.Errorf("perf counts read back: %+v %+v %+v", got.SyscallsReq, got.CtxswReq, got.PerfMaster)
+	}
+	if got := back.Runs[0]; got.SyscallsReq.Workers != nil || got.PerfWorkers != nil {
+		t.Errorf("uncounted run read back with counts: %+v", got.SyscallsReq)
 	}
 	var raw map[string]any
 	b, _ := os.ReadFile(filepath.Join(dir, "extra.json"))

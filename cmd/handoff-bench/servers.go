@@ -111,6 +111,7 @@ type serverEnv struct {
 	tmp         string // per-bench temporary directory
 	logs        string // directory for the servers' stderr
 	profile     string // master CPU profile path for this run, "" for none
+	perfStat    string // perf's path, to count syscalls with perf stat; "" for not counting
 	masterProcs int    // the master's GOMAXPROCS, 0 for Go's default
 }
 

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -141,6 +143,14 @@ func takeSnapshot(ctx context.Context, s *server) snapshot {
 		snap.masterCS = readCtxSwitches(s.master.pid())
 	}
 	return snap
+}
+
+// workerPIDs are the workers that answered, in increasing order: the
+// processes whose CPU the snapshot read.
+func (s snapshot) workerPIDs() []int {
+	pids := slices.Collect(maps.Keys(s.served))
+	slices.Sort(pids)
+	return pids
 }
 
 // queryStats asks one stats socket.
