@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
 	"github.com/rs/zerolog"
 )
 
@@ -23,7 +25,8 @@ const (
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultHandoffTimeout    = 5 * time.Second
 	DefaultReloadTimeout     = time.Minute
-	DefaultMaxUnacked        = 1024
+	DefaultMaxUnread         = 1024
+	DefaultKeepAlive         = 15 * time.Second
 	DefaultMaxPending        = 4096
 	DefaultReloadConcurrency = 1
 )
@@ -83,9 +86,10 @@ type Options struct {
 	// ShutdownTimeout is how long a disconnecting worker may drain after
 	// SIGTERM before SIGKILL; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
-	// HandoffTimeout is how long a worker may hold handed-off connections
-	// without acknowledging any before it is killed and they go to other
-	// workers; 0 means DefaultHandoffTimeout.
+	// HandoffTimeout is how long a worker that has stopped reading its
+	// connections (its unread ones were already taken back and served
+	// elsewhere, within milliseconds) may also leave the master's pings
+	// unanswered before it is killed; 0 means DefaultHandoffTimeout.
 	HandoffTimeout time.Duration
 	// ReloadTimeout bounds how long Reload waits for one replacement to
 	// listen; 0 means DefaultReloadTimeout.
@@ -93,14 +97,27 @@ type Options struct {
 	// ReloadConcurrency is how many workers Reload replaces at once; 0
 	// means 1.
 	ReloadConcurrency int
-	// MaxUnacked bounds the handoffs a worker has not yet acknowledged. A
-	// worker at the bound gets no more until it acks; 0 means
-	// DefaultMaxUnacked.
-	MaxUnacked int
+	// MaxUnread bounds the handoffs waiting, unread, in a worker's
+	// sockets. A worker at the bound gets no more until it reads; 0 means
+	// DefaultMaxUnread.
+	MaxUnread int
 	// MaxPending bounds the accepted connections waiting for a worker when
 	// none can take them. Past it the newest are closed; 0 means
 	// DefaultMaxPending.
 	MaxPending int
+
+	// KeepAlive is the TCP keep-alive idle time and probe interval set on
+	// every TCP listener, which accepted connections inherit (with 9
+	// probes), as net.ListenConfig.KeepAlive does for Go's own accept; 0
+	// means DefaultKeepAlive, negative turns keep-alive off. TCP_NODELAY
+	// is always set, as Go sets it on every TCP connection.
+	KeepAlive time.Duration
+	// TCPUserTimeout, if positive, sets TCP_USER_TIMEOUT on every TCP
+	// listener, and so on every connection accepted there: how long sent
+	// data may stay unacknowledged before the kernel drops the connection.
+	// Libraries that set it per connection (grpc-go) cannot on a handed-off
+	// one unless it is a *net.TCPConn; set it here instead.
+	TCPUserTimeout time.Duration
 
 	// Logger receives the balancer's logs; the zero value is silent.
 	Logger zerolog.Logger
@@ -132,8 +149,14 @@ type Balancer struct {
 	pendTimer  *time.Timer
 	pendArmed  bool
 	pendDelay  time.Duration
+	stallTimer *time.Timer
+	stallArmed bool
+	closed     bool          // Shutdown has finished: timers do nothing
+	orphans    []*link       // links of gone workers still holding connections
+	sentFDs    []int         // the master's copies of fds just sent, to close
+	pingBuf    []byte        // the ping frame
+	room       scm.Room      // the master's own fd room, for reclaiming
 	changed    chan struct{} // closed and replaced on every state change
-	epoch      time.Time
 
 	stopAccept     chan struct{}
 	acceptLogLimit rateLimit
@@ -144,8 +167,6 @@ type Balancer struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 	done         chan struct{}
-	watchdogDone chan struct{}
-	watchdogStop chan struct{}
 	wg           sync.WaitGroup // worker goroutines and restart timers
 
 	stats stats
@@ -172,8 +193,11 @@ func New(opts Options) (*Balancer, error) {
 	if opts.ReloadConcurrency <= 0 {
 		opts.ReloadConcurrency = DefaultReloadConcurrency
 	}
-	if opts.MaxUnacked <= 0 {
-		opts.MaxUnacked = DefaultMaxUnacked
+	if opts.MaxUnread <= 0 {
+		opts.MaxUnread = DefaultMaxUnread
+	}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = DefaultKeepAlive
 	}
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
@@ -185,21 +209,20 @@ func New(opts Options) (*Balancer, error) {
 		opts.Stderr = os.Stderr
 	}
 	b := &Balancer{
+		pingBuf:        ipc.AppendPing(nil),
 		opts:           opts,
 		log:            opts.Logger,
 		path:           opts.Path,
 		args:           opts.Args,
 		byKey:          make(map[string]*listener),
 		restarting:     make(map[*slot]bool),
-		watchdogStop:   make(chan struct{}),
 		changed:        make(chan struct{}),
-		epoch:          time.Now(),
+		sentFDs:        make([]int, 0, acceptBatch),
 		stopAccept:     make(chan struct{}),
 		acceptLogLimit: rateLimit{every: time.Second},
 		dropLogLimit:   rateLimit{every: time.Second},
 		badLogLimit:    rateLimit{every: time.Second},
 		done:           make(chan struct{}),
-		watchdogDone:   make(chan struct{}),
 	}
 	if b.path == "" {
 		exe, err := os.Executable()
@@ -220,8 +243,9 @@ func New(opts Options) (*Balancer, error) {
 	}
 	b.pendTimer = time.AfterFunc(time.Hour, b.retryPending)
 	b.pendTimer.Stop()
+	b.stallTimer = time.AfterFunc(time.Hour, b.checkStalls)
+	b.stallTimer.Stop()
 	b.events = newEventQueue(opts.OnEvent)
-	go b.watchdog()
 	return b, nil
 }
 
@@ -299,6 +323,10 @@ func (b *Balancer) register(network, address string, resolved *net.TCPAddr, l *l
 		l.close()
 		return other, err
 	}
+	if err := l.setOptions(b.opts); err != nil {
+		l.close()
+		return nil, err
+	}
 	l.id = uint32(len(b.listeners) + 1)
 	l.policy = b.opts.Policy()
 	b.listeners = append(b.listeners, l)
@@ -343,7 +371,7 @@ func (b *Balancer) WaitReady(ctx context.Context) error {
 		n := 0
 		for _, w := range b.workers {
 			switch {
-			case w.state == StateListening && !w.broken:
+			case w.routableLocked():
 				n++
 			case w.state < StateListening:
 				return false
@@ -523,8 +551,8 @@ func (b *Balancer) Reload(ctx context.Context) error {
 func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 	b.mu.Lock()
 	dead := old.state >= StateDisconnecting
-	want := make([]*listener, 0, len(old.listening))
-	for l := range old.listening {
+	want := make([]*listener, 0, len(old.links))
+	for l := range old.links {
 		want = append(want, l)
 	}
 	b.mu.Unlock()
@@ -545,7 +573,7 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 			return false
 		}
 		for _, l := range want {
-			if !nw.listening[l] {
+			if nw.links[l] == nil {
 				return false
 			}
 		}
@@ -603,14 +631,18 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 	b.cancelRestartsLocked()
 	b.mu.Unlock()
 	b.wg.Wait()
-	close(b.watchdogStop)
 	b.mu.Lock()
 	for _, l := range ls {
 		b.dropPendingLocked(l)
 	}
+	for _, k := range b.orphans {
+		k.close() // no worker is left to serve what they hold
+	}
+	b.orphans = nil
+	b.closed = true
 	b.mu.Unlock()
 	b.pendTimer.Stop()
-	<-b.watchdogDone
+	b.stallTimer.Stop()
 	b.events.close()
 	b.log.Info().Msg("shut down")
 	return err

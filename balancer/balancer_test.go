@@ -43,11 +43,16 @@ func TestRoundRobinIsExactAndLeaksNoFD(t *testing.T) {
 	if len(counts) != 3 {
 		t.Fatalf("requests went to %d workers, want 3: %v", len(counts), counts)
 	}
+	// The rotation is exact, but for connections taken back from a worker
+	// found not reading (a stall: on a loaded machine a worker can go
+	// unscheduled for longer than the stall check), which go to the next.
+	moved := int(c.b.Stats().Reclaimed)
 	for id, k := range counts {
-		if k != n/3 {
-			t.Errorf("worker %d served %d of %d new connections, want exactly %d: %v", id, k, n, n/3, counts)
+		if d := k - n/3; d > moved || -d > moved {
+			t.Errorf("worker %d served %d of %d new connections, want %d (±%d reclaimed): %v", id, k, n, n/3, moved, counts)
 		}
 	}
+	t.Logf("split %v, %d reclaimed", counts, moved)
 	c.waitIdle(t)
 	if after := fdCount(t); after != before {
 		t.Errorf("master has %d fds after %d handoffs, %d before", after, n, before)

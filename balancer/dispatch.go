@@ -9,58 +9,62 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sys/unix"
 )
 
 // This file is the per-connection path of the master:
-// accept (listener.go) → accepted → choose (pickLocked) → send
-// (flushLocked) → ack and close (report) — and what happens when a step
-// fails: the pending queue and re-dispatch.
+// accept (listener.go) → accepted → choose (pickLocked) → send and close
+// (flushLocked) — and its failure half: the pending queue, and reclaim
+// (reclaimLocked), which takes back from a worker's end of its conns
+// socket what the worker never read, and dispatches it again.
 
-// How long a worker whose control socket is full gets no new connections.
+// How long a worker whose conns socket is full gets no new connections.
 const blockedFor = 5 * time.Millisecond
 
-// accepted dispatches a batch of freshly accepted fds.
-func (b *Balancer) accepted(l *listener, fds []int) {
+// accepted dispatches a batch of freshly accepted connections.
+func (b *Balancer) accepted(l *listener, hs []ipc.Handoff) {
 	b.mu.Lock()
-	b.stats.accepted += uint64(len(fds))
-	b.dispatchLocked(l, fds)
+	b.stats.accepted += uint64(len(hs))
+	b.dispatchLocked(l, hs)
 	b.mu.Unlock()
 }
 
-// dispatchLocked gives every fd to a worker, or queues it. The master
-// keeps each fd until the worker acknowledges it. Fds whose send failed
+// dispatchLocked gives every connection to a worker, or queues it. The
+// master's copies of the fds sent are closed once every send is done,
+// in one close_range per run of numbers. Connections whose send failed
 // are dispatched again; the worker that failed is excluded by then, so
-// this ends, at worst with every fd pending.
-func (b *Balancer) dispatchLocked(l *listener, fds []int) {
-	for len(fds) > 0 {
-		fds = b.dispatchOnceLocked(l, fds)
+// this ends, at worst with every connection pending.
+func (b *Balancer) dispatchLocked(l *listener, hs []ipc.Handoff) {
+	for len(hs) > 0 {
+		hs = b.dispatchOnceLocked(l, hs)
 	}
+	scm.CloseFDs(b.sentFDs)
+	b.sentFDs = b.sentFDs[:0]
 }
 
-// dispatchOnceLocked assigns fds to workers in batches, sends every batch,
-// and returns the fds of the batches that could not be sent.
-func (b *Balancer) dispatchOnceLocked(l *listener, fds []int) (retry []int) {
+// dispatchOnceLocked assigns connections to workers in batches, sends
+// every batch, and returns those of the batches that could not be sent.
+func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ipc.Handoff) {
 	now := time.Now()
 	l.touched = l.touched[:0]
-	for _, fd := range fds {
+	for i := range hs {
 		w := b.pickLocked(l, now)
 		if w == nil {
-			b.pendLocked(l, fd)
+			b.pendLocked(l, hs[i])
 			continue
 		}
-		if len(w.outIDs) == 0 {
-			l.touched = append(l.touched, w)
+		k := w.links[l]
+		if len(k.out) == 0 {
+			l.touched = append(l.touched, k)
 		}
-		b.nextConn++
-		w.outIDs = append(w.outIDs, b.nextConn)
-		w.outFDs = append(w.outFDs, fd)
-		if len(w.outIDs) == ipc.MaxConns {
-			retry = append(retry, b.flushLocked(l, w, now)...)
+		k.out = append(k.out, hs[i])
+		if len(k.out) >= w.frameFDs() {
+			retry = append(retry, b.flushLocked(k, now)...)
 		}
 	}
-	for _, w := range l.touched {
-		retry = append(retry, b.flushLocked(l, w, now)...)
+	for _, k := range l.touched {
+		retry = append(retry, b.flushLocked(k, now)...)
 	}
 	return retry
 }
@@ -71,10 +75,10 @@ func (b *Balancer) pickLocked(l *listener, now time.Time) *Worker {
 	l.loads = l.loads[:0]
 	var only *Worker
 	for _, w := range l.workers {
-		if w.unacked+len(w.outIDs) >= b.opts.MaxUnacked || now.Before(w.blockedUntil) {
+		if w.unreadLocked()+len(w.links[l].out) >= b.opts.MaxUnread || now.Before(w.blockedUntil) {
 			continue
 		}
-		l.loads = append(l.loads, WorkerLoad{ID: w.id, Active: len(w.conns) + len(w.outIDs)})
+		l.loads = append(l.loads, WorkerLoad{ID: w.id, Active: w.activeLocked()})
 		only = w
 	}
 	switch len(l.loads) {
@@ -97,60 +101,54 @@ func (b *Balancer) pickLocked(l *listener, now time.Time) *Worker {
 	return nil
 }
 
-// flushLocked sends w's batch in one frame. On failure the worker is
-// blocked for a moment (or for good, if its socket is broken) and the fds
-// are returned for re-dispatch: nothing is dropped.
-func (b *Balancer) flushLocked(l *listener, w *Worker, now time.Time) []int {
-	ids, fds := w.outIDs, w.outFDs
-	w.outIDs, w.outFDs = w.outIDs[:0], w.outFDs[:0]
-	if len(ids) == 0 {
+// flushLocked sends k's batch in one frame, and queues the master's copies
+// of its fds to be closed. On failure the worker is blocked for a moment
+// (or for good, if its socket is broken) and the connections are returned
+// for re-dispatch: nothing is dropped.
+func (b *Balancer) flushLocked(k *link, now time.Time) []ipc.Handoff {
+	hs := k.out
+	k.out = k.out[:0]
+	if len(hs) == 0 {
 		return nil
 	}
-	err := w.ctl.TryWriteConns(l.id, ids, fds)
+	w := k.w
+	err := k.send.TrySend(k.l.id, hs)
 	if err == nil {
-		if w.unacked == 0 {
-			w.ackDeadline = now.Add(b.opts.HandoffTimeout)
+		for i := range hs {
+			b.sentFDs = append(b.sentFDs, int(hs[i].FD))
 		}
-		sent := int64(now.Sub(b.epoch))
-		for i, id := range ids {
-			w.conns[id] = connRec{fd: int32(fds[i]), listener: l.id, sent: sent}
-		}
-		w.unacked += len(ids)
-		w.stats.dispatched += uint64(len(ids))
-		b.stats.dispatched += uint64(len(ids))
+		w.sent += uint64(len(hs))
+		b.stats.dispatched += uint64(len(hs))
+		b.armStallCheckLocked()
 		return nil
 	}
 	switch {
-	case errors.Is(err, ipc.ErrBusy), errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ETOOMANYREFS):
+		// Full, or too many fds in flight for this user: try others.
 		w.blockedUntil = now.Add(blockedFor)
 		b.armPendingLocked()
 	default:
-		// EPIPE, ECONNRESET, ETOOMANYREFS...: no more for this worker.
-		// A broken socket means it is dying; its exit does the rest.
-		if errors.Is(err, unix.ETOOMANYREFS) {
-			w.blockedUntil = now.Add(blockedFor)
-			b.armPendingLocked()
-		} else {
-			w.broken = true
-			b.unrouteLocked(w)
-		}
-		if b.badLogLimit.allow() {
-			w.log.Warn().Err(err).Int("conns", len(fds)).Msg("handoff failed; re-dispatching")
-		}
+		// EPIPE, ECONNRESET...: the worker closed its end; it is dying
+		// or stopped listening, and its exit or Return does the rest.
+		w.broken = true
+		b.routeLocked(w)
 	}
-	b.stats.redispatched += uint64(len(fds))
-	return append([]int(nil), fds...)
+	if b.badLogLimit.allow() {
+		w.log.Warn().Err(err).Int("conns", len(hs)).Msg("handoff failed; re-dispatching")
+	}
+	b.stats.redispatched += uint64(len(hs))
+	return append([]ipc.Handoff(nil), hs...)
 }
 
-// pendLocked queues fd until a worker can take it, or closes it past
+// pendLocked queues h until a worker can take it, or closes it past
 // Options.MaxPending.
-func (b *Balancer) pendLocked(l *listener, fd int) {
+func (b *Balancer) pendLocked(l *listener, h ipc.Handoff) {
 	if b.stopping && len(b.workers) == 0 {
-		closeFD(fd)
+		closeFD(int(h.FD))
 		return
 	}
 	if b.pending >= b.opts.MaxPending {
-		closeFD(fd)
+		closeFD(int(h.FD))
 		b.stats.dropped++
 		if b.dropLogLimit.allow() {
 			b.log.Error().Int("max_pending", b.opts.MaxPending).Uint64("dropped_total", b.stats.dropped).
@@ -158,13 +156,13 @@ func (b *Balancer) pendLocked(l *listener, fd int) {
 		}
 		return
 	}
-	l.pending.push(fd)
+	l.pending.push(h)
 	b.pending++
 	b.armPendingLocked()
 }
 
 // armPendingLocked makes sure pending connections are retried soon even if
-// no ack or new worker comes to trigger it.
+// no new worker comes to trigger it.
 func (b *Balancer) armPendingLocked() {
 	if b.pendArmed {
 		return
@@ -178,6 +176,7 @@ func (b *Balancer) retryPending() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pendArmed = false
+	b.reclaimOrphansLocked()
 	if b.pending == 0 {
 		b.pendDelay = 0
 		return
@@ -185,7 +184,7 @@ func (b *Balancer) retryPending() {
 	for _, l := range b.listeners {
 		b.drainPendingLocked(l)
 	}
-	if b.pending > 0 {
+	if b.pending > 0 || len(b.orphans) > 0 {
 		b.armPendingLocked()
 	}
 }
@@ -195,9 +194,9 @@ func (b *Balancer) drainPendingLocked(l *listener) {
 	if l.pending.len() == 0 || len(l.workers) == 0 {
 		return
 	}
-	fds := l.pending.take()
-	b.pending -= len(fds)
-	b.dispatchLocked(l, fds)
+	hs := l.pending.take()
+	b.pending -= len(hs)
+	b.dispatchLocked(l, hs)
 	if b.pending == 0 {
 		b.pendDelay = 0
 	}
@@ -205,21 +204,29 @@ func (b *Balancer) drainPendingLocked(l *listener) {
 
 // dropPendingLocked closes l's queued connections, at Shutdown.
 func (b *Balancer) dropPendingLocked(l *listener) {
-	fds := l.pending.take()
-	for _, fd := range fds {
-		closeFD(fd)
+	hs := l.pending.take()
+	for _, h := range hs {
+		closeFD(int(h.FD))
 		b.pending--
 		b.stats.dropped++
 	}
-	if len(fds) > 0 {
-		b.log.Warn().Int("conns", len(fds)).Str("listener", l.bound.String()).Msg("shut down with connections no worker took; closed them")
+	if len(hs) > 0 {
+		b.log.Warn().Int("conns", len(hs)).Str("listener", l.bound.String()).Msg("shut down with connections no worker took; closed them")
 	}
 }
 
-// unrouteLocked stops routing new connections to w.
-func (b *Balancer) unrouteLocked(w *Worker) {
-	for l := range w.listening {
-		l.removeWorker(w)
+// routeLocked makes w a candidate on each of its listeners if it can take
+// connections now, and takes it out of every candidate list otherwise.
+// It is the one place that decides; call it after any change that
+// routable depends on.
+func (b *Balancer) routeLocked(w *Worker) {
+	ok := w.routableLocked()
+	for l := range w.links {
+		if ok {
+			l.addWorker(w)
+		} else {
+			l.removeWorker(w)
+		}
 	}
 }
 
@@ -232,10 +239,14 @@ func (l *listener) removeWorker(w *Worker) {
 	}
 }
 
-// addWorker adds w to l's workers, keeping them in id order.
+// addWorker adds w to l's workers, keeping them in id order; a worker
+// already there stays once.
 func (l *listener) addWorker(w *Worker) {
 	i := len(l.workers)
-	for i > 0 && l.workers[i-1].id > w.id {
+	for i > 0 && l.workers[i-1].id >= w.id {
+		if l.workers[i-1] == w {
+			return
+		}
 		i--
 	}
 	l.workers = append(l.workers, nil)
@@ -243,9 +254,83 @@ func (l *listener) addWorker(w *Worker) {
 	l.workers[i] = w
 }
 
+// reclaimLocked takes back every frame the worker has not read from k's
+// worker end and dispatches its connections again, to other workers if
+// k's worker is no longer routable. It reads only while the master has
+// room for a whole frame's fds; it reports whether the socket is empty.
+func (b *Balancer) reclaimLocked(k *link) bool {
+	w := k.w
+	var m ipc.Message
+	maxFDs := w.frameFDs()
+	room := func() bool { return b.room.For(maxFDs) }
+	for {
+		err := k.recv.Recv(&m, false, room)
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EAGAIN):
+			return true
+		case errors.Is(err, scm.ErrNoRoom):
+			if b.badLogLimit.allow() {
+				w.log.Error().Msg("no fd room to take back a worker's unread connections; will retry")
+			}
+			return false
+		case errors.Is(err, ipc.ErrFDsLost):
+			b.stats.lostFDs++
+			w.log.Error().Err(err).Msg("fds lost while taking back a worker's unread connections")
+			continue
+		default:
+			// Only the master writes this socket, so this cannot happen;
+			// say so rather than spin.
+			w.log.Error().Err(err).Msg("taking back a worker's unread connections failed")
+			return true
+		}
+		n := uint64(len(m.Handoffs))
+		b.room.Took(len(m.Handoffs))
+		w.reclaimed += n
+		b.stats.reclaimed += n
+		b.stats.redispatched += n
+		hs := append(k.l.reclaimBuf[:0], m.Handoffs...)
+		b.dispatchLocked(k.l, hs)
+		k.l.reclaimBuf = hs[:0]
+	}
+}
+
+// dropLinkLocked takes k away from its worker: no more routing there, and
+// what the worker never read goes elsewhere. The sockets close once
+// empty; a link still holding connections for lack of fd room is kept as
+// an orphan and retried.
+func (b *Balancer) dropLinkLocked(k *link) {
+	w := k.w
+	if w.links[k.l] == k {
+		delete(w.links, k.l)
+		k.l.removeWorker(w)
+		b.notifyLocked()
+	}
+	if !b.reclaimLocked(k) {
+		b.orphans = append(b.orphans, k)
+		b.armPendingLocked()
+		return
+	}
+	k.close()
+}
+
+// reclaimOrphansLocked retries the links whose reclaim ran out of room.
+func (b *Balancer) reclaimOrphansLocked() {
+	left := b.orphans[:0]
+	for _, k := range b.orphans {
+		if b.reclaimLocked(k) {
+			k.close()
+		} else {
+			left = append(left, k)
+		}
+	}
+	clear(b.orphans[len(left):])
+	b.orphans = left
+}
+
 // readLoop reads the frames a worker sends until its control socket
 // closes. A worker that breaks the protocol is logged and killed; the
-// connections it never acknowledged go to other workers once it is dead.
+// connections it never read go to other workers.
 func (b *Balancer) readLoop(w *Worker) {
 	var m ipc.Message
 	for {
@@ -254,6 +339,9 @@ func (b *Balancer) readLoop(w *Worker) {
 			switch {
 			case errors.Is(err, ipc.ErrFDsLost):
 				// The master is at its fd limit: not the worker's fault.
+				b.mu.Lock()
+				b.stats.lostFDs++
+				b.mu.Unlock()
 				if b.badLogLimit.allow() {
 					w.log.Error().Err(err).Msg("fds from a worker were lost: the master is out of fds")
 				}
@@ -269,10 +357,10 @@ func (b *Balancer) readLoop(w *Worker) {
 			b.hello(w)
 		case ipc.KindListen:
 			b.listenRequest(w, m.Req, m.Network, m.Address)
-		case ipc.KindReport:
-			b.report(w, m.IDs, m.Closed)
 		case ipc.KindReturn:
-			b.returned(w, m.Listener, m.IDs, fds)
+			b.returned(w, m.Listener, fds)
+		case ipc.KindPong:
+			b.pong(w)
 		case ipc.KindUser:
 			if !json.Valid(m.Payload) {
 				b.misbehaved(w, "message is not valid JSON")
@@ -293,7 +381,7 @@ func (b *Balancer) misbehaved(w *Worker, why string) {
 	b.mu.Lock()
 	b.stats.protocolErrors++
 	w.broken = true
-	b.unrouteLocked(w)
+	b.routeLocked(w)
 	b.mu.Unlock()
 	if b.badLogLimit.allow() {
 		w.log.Error().Str("reason", why).Msg("worker broke the control protocol; killing it")
@@ -315,44 +403,49 @@ func (b *Balancer) hello(w *Worker) {
 	}
 }
 
-// listenRequest opens or shares a listener for the worker and replies
-// before routing any connection to it, so the reply comes first.
+// listenRequest opens or shares a listener for the worker, makes the
+// worker's conns socket for it, and sends the worker its end in the reply
+// before routing any connection to it.
 func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string) {
 	l, err := b.listener(network, address)
+	if err == nil {
+		b.mu.Lock()
+		if w.links[l] != nil {
+			err = &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}
+		}
+		b.mu.Unlock()
+	}
+	var k *link
+	if err == nil {
+		k, err = newLink(w, l)
+	}
 	if err != nil {
-		var errno syscall.Errno
-		var sysErr *os.SyscallError
-		call := ""
-		if errors.As(err, &sysErr) {
-			call = sysErr.Syscall
-		}
-		errors.As(err, &errno)
-		text := err.Error()
-		if oe, ok := err.(*net.OpError); ok {
-			text = oe.Err.Error()
-		}
 		b.mu.Lock()
 		b.stats.listenErrors++
 		b.mu.Unlock()
 		if b.badLogLimit.allow() {
 			w.log.Warn().Err(err).Str("network", network).Str("address", address).Msg("worker's listen failed")
 		}
-		_ = w.ctl.WriteFrame(ipc.AppendListenReply(nil, req, 0, uint32(errno), address, call, text), nil)
+		_ = w.ctl.WriteFrame(listenErrorReply(req, address, err), nil)
 		return
 	}
-	if err := w.ctl.WriteFrame(ipc.AppendListenReply(nil, req, l.id, 0, l.bound.String(), "", ""), nil); err != nil {
-		return
+	var werr error
+	if err := k.recv.Fd(func(fd int) {
+		werr = w.ctl.WriteFrame(ipc.AppendListenReply(nil, req, l.id, 0, l.bound.String(), "", ""), []int{fd})
+	}); err != nil {
+		werr = err
 	}
 	b.mu.Lock()
-	if w.state >= StateDisconnecting || w.broken || w.listening[l] {
+	if werr != nil || w.state >= StateDisconnecting || w.links[l] != nil {
 		b.mu.Unlock()
+		k.close()
 		return
 	}
-	w.listening[l] = true
-	l.addWorker(w)
+	w.links[l] = k
 	if w.state < StateListening {
 		w.state = StateListening
 	}
+	b.routeLocked(w)
 	b.drainPendingLocked(l)
 	b.notifyLocked()
 	b.mu.Unlock()
@@ -360,127 +453,68 @@ func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string)
 	b.events.push(ListeningEvent{Worker: w, Network: l.network, Address: l.bound.String()})
 }
 
-// report applies a worker's acks and close reports. Ids the worker does
-// not own are ignored: they cannot touch another worker's connections.
-func (b *Balancer) report(w *Worker, acked, closed []uint64) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	bogus, real := 0, 0
-	t := time.Now()
-	now := int64(t.Sub(b.epoch))
-	for _, id := range acked {
-		rec, ok := w.conns[id]
-		if !ok || rec.fd < 0 {
-			bogus++
-			continue
-		}
-		b.ackLocked(w, id, rec, now)
-		real++
+// listenErrorReply encodes err as a failed ListenReply, so that the
+// worker's net.Listen returns the error the master's gave.
+func listenErrorReply(req uint32, address string, err error) []byte {
+	var errno syscall.Errno
+	var sysErr *os.SyscallError
+	call := ""
+	if errors.As(err, &sysErr) {
+		call = sysErr.Syscall
 	}
-	for _, id := range closed {
-		rec, ok := w.conns[id]
-		if !ok {
-			bogus++
-			continue
-		}
-		if rec.fd >= 0 { // closed before its ack arrived: that is an ack
-			b.ackLocked(w, id, rec, now)
-			real++
-		}
-		delete(w.conns, id)
-		w.stats.closed++
+	errors.As(err, &errno)
+	text := err.Error()
+	if oe, ok := err.(*net.OpError); ok {
+		text = oe.Err.Error()
 	}
-	if bogus > 0 {
-		b.stats.bogusIDs += uint64(bogus)
-		if b.badLogLimit.allow() {
-			w.log.Warn().Int("ids", bogus).Msg("worker reported connections it does not own; ignored")
-		}
-	}
-	if real > 0 { // progress; bogus ids do not keep a stuck worker alive
-		w.blockedUntil = time.Time{}
-		w.ackDeadline = t.Add(b.opts.HandoffTimeout)
-	}
-	if b.pending > 0 {
-		for l := range w.listening {
-			b.drainPendingLocked(l)
-		}
-	}
-}
-
-func (b *Balancer) ackLocked(w *Worker, id uint64, rec connRec, now int64) {
-	closeFD(int(rec.fd))
-	rec.fd = -1
-	w.conns[id] = rec
-	w.unacked--
-	w.stats.acked++
-	w.stats.ackLatency.observe(time.Duration(now - rec.sent))
+	return ipc.AppendListenReply(nil, req, 0, uint32(errno), address, call, text)
 }
 
 // returned handles a Return frame: the worker stopped listening on the
-// listener, and hands back the connections it had queued but not accepted.
-// Those go to other workers. Fds for ids it does not own are closed.
-func (b *Balancer) returned(w *Worker, lid uint32, ids []uint64, fds []int) {
+// listener, and hands back the connections it had read but not accepted.
+// Each fd is checked to be a connection accepted on that listener, and
+// its client address is taken from the kernel, not from the worker; what
+// fails the check is closed and counted. Then whatever the worker never
+// read is reclaimed, and all of it goes to other workers.
+func (b *Balancer) returned(w *Worker, lid uint32, fds []int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l := b.listenerByID(lid)
-	if l != nil && w.listening[l] {
-		delete(w.listening, l)
-		l.removeWorker(w)
-		b.notifyLocked()
-	}
-	var redo []int
-	for i, id := range ids {
-		rec, ok := w.conns[id]
-		if !ok || l == nil || rec.listener != lid {
-			closeFD(fds[i])
-			b.stats.bogusIDs++
+	var hs []ipc.Handoff
+	for _, fd := range fds {
+		h, ok := checkReturned(l, fd)
+		if !ok {
+			closeFD(fd)
+			b.stats.badReturns++
 			continue
 		}
-		if rec.fd >= 0 {
-			closeFD(int(rec.fd))
-			w.unacked--
-		}
-		delete(w.conns, id)
-		redo = append(redo, fds[i])
+		hs = append(hs, h)
 	}
-	if len(redo) > 0 {
-		b.stats.redispatched += uint64(len(redo))
-		b.dispatchLocked(l, redo)
+	if n := len(fds) - len(hs); n > 0 && b.badLogLimit.allow() {
+		w.log.Warn().Int("fds", n).Msg("worker returned fds that are not connections of that listener; closed them")
+	}
+	n := uint64(len(hs))
+	w.returned += n
+	b.stats.redispatched += n
+	if l != nil && len(hs) > 0 {
+		b.dispatchLocked(l, hs)
+	}
+	if l != nil && w.links[l] != nil {
+		b.dropLinkLocked(w.links[l])
 	}
 }
 
-// watchdog kills workers that hold handoffs without acknowledging any for
-// Options.HandoffTimeout. Their connections go to other workers only after
-// they are dead (waitExit), so no two processes ever read one connection.
-func (b *Balancer) watchdog() {
-	defer close(b.watchdogDone)
-	tick := max(b.opts.HandoffTimeout/10, 10*time.Millisecond)
-	t := time.NewTicker(tick)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-b.watchdogStop:
-			return
-		}
-		now := time.Now()
-		var stuck []*Worker
-		b.mu.Lock()
-		for _, w := range b.workers {
-			if w.unacked > 0 && now.After(w.ackDeadline) && w.state != StateDead && !w.stuck {
-				w.stuck = true
-				w.broken = true
-				b.stats.stuckKills++
-				b.unrouteLocked(w)
-				stuck = append(stuck, w)
-			}
-		}
-		b.mu.Unlock()
-		for _, w := range stuck {
-			w.log.Error().Dur("timeout", b.opts.HandoffTimeout).Msg("worker stopped acknowledging handoffs; killing it")
-			_ = w.Kill(syscall.SIGKILL)
-		}
+// pong handles a worker's answer to a ping: a stalled worker that answers,
+// has fd room and has an Accept waiting is routed again; see stall.go.
+func (b *Balancer) pong(w *Worker) {
+	b.mu.Lock()
+	w.lastPong = time.Now()
+	if w.stalled && w.ctr.NoRoom.Load() == 0 && w.ctr.Readers.Load() > 0 {
+		w.stalled = false
+		b.routeLocked(w)
+		b.notifyLocked()
 	}
+	b.mu.Unlock()
 }
 
 func closeFD(fd int) { _ = unix.Close(fd) }

@@ -8,9 +8,66 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// testWorker adds an in-process worker record with a real conns socket on
+// l, routed as if it listened there. Its control socket's peer is closed
+// at cleanup.
+func testWorker(tb testing.TB, b *Balancer, id int, l *listener) *Worker {
+	tb.Helper()
+	ctl, remote, err := ipc.Socketpair()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = ctl.Close(); _ = remote.Close() })
+	w := b.newWorker(id, &slot{}, nil, ctl, nil)
+	w.ctr.FrameFDs.Store(ipc.MaxConns)
+	k, err := newLink(w, l)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(k.close)
+	b.mu.Lock()
+	w.state = StateListening
+	w.links[l] = k
+	b.workers = append(b.workers, w)
+	b.routeLocked(w)
+	b.mu.Unlock()
+	return w
+}
+
+// eventfds makes n fds that stand for accepted sockets.
+func eventfds(tb testing.TB, n int) []ipc.Handoff {
+	tb.Helper()
+	hs := make([]ipc.Handoff, n)
+	for i := range hs {
+		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		hs[i].FD = int32(fd)
+	}
+	return hs
+}
+
+// drainLink reads every frame in k's worker end, as the worker would, and
+// closes the fds; it returns how many there were.
+func drainLink(tb testing.TB, k *link) int {
+	tb.Helper()
+	var m ipc.Message
+	n := 0
+	for {
+		if err := k.recv.Recv(&m, false, nil); err != nil {
+			return n
+		}
+		for _, h := range m.Handoffs {
+			_ = unix.Close(int(h.FD))
+		}
+		n += len(m.Handoffs)
+	}
+}
+
 // A send that fails for one worker must not strand the batches of others:
-// every fd ends up sent or pending. (A reviewer found the recursive
-// re-dispatch dropping other workers' partial batches.)
+// every connection ends up sent or pending. (A reviewer found the
+// recursive re-dispatch dropping other workers' partial batches.)
 func TestFailedSendStrandsNoBatch(t *testing.T) {
 	b, err := New(Options{Policy: LeastLoaded, Path: "/bin/true"})
 	if err != nil {
@@ -19,57 +76,83 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 	l := &listener{id: 1, policy: LeastLoaded(), done: make(chan struct{})}
 	b.listeners = append(b.listeners, l)
 	var ws []*Worker
-	for i, load := range []int{0, 100, 150} {
-		ctl, remote, err := ipc.Socketpair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			remote.Close() // worker 1's sends fail with EPIPE
-		} else {
-			defer remote.Close()
-		}
-		defer ctl.Close()
-		w := b.newWorker(i+1, &slot{}, nil, ctl)
-		w.listening[l] = true
-		for j := 0; j < load; j++ {
-			w.conns[uint64(1<<40+i<<20+j)] = connRec{fd: -1, listener: 1}
-		}
+	for i := range 3 {
+		w := testWorker(t, b, i+1, l)
 		ws = append(ws, w)
-		l.workers = append(l.workers, w)
 	}
-	var fds []int
-	for i := 0; i < acceptBatch; i++ {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fds = append(fds, fd)
-	}
-	b.accepted(l, fds)
+	// Worker 1's sends fail with EPIPE: its worker end is gone.
+	_ = ws[0].links[l].recv.Close()
+	// Workers 2 and 3 look busier, so least-loaded picks worker 1 first.
+	ws[1].sent, ws[2].sent = 100, 150
+	ws[1].ctr.Received.Store(100)
+	ws[2].ctr.Received.Store(150)
+	hs := eventfds(t, acceptBatch)
+	b.accepted(l, hs)
 
 	b.mu.Lock()
 	sent := 0
 	for _, w := range ws {
-		if len(w.outIDs) != 0 {
-			t.Errorf("worker %d: %d fds stranded in its batch", w.id, len(w.outIDs))
-		}
-		for _, rec := range w.conns {
-			if rec.fd >= 0 {
-				sent++
-				closeFD(int(rec.fd))
-			}
+		if k := w.links[l]; len(k.out) != 0 {
+			t.Errorf("worker %d: %d fds stranded in its batch", w.id, len(k.out))
 		}
 	}
+	if !ws[0].broken {
+		t.Errorf("worker 1's failed send did not mark it broken")
+	}
+	for _, w := range ws[1:] {
+		sent += drainLink(t, w.links[l])
+	}
 	pending := l.pending.len()
-	for _, fd := range l.pending.take() {
-		closeFD(fd)
+	for _, h := range l.pending.take() {
+		closeFD(int(h.FD))
 	}
 	b.pending = 0
 	b.listeners = nil
+	b.workers = nil
 	b.mu.Unlock()
-	if sent+pending != len(fds) {
-		t.Errorf("%d fds sent and %d pending, of %d accepted", sent, pending, len(fds))
+	if sent+pending != len(hs) {
+		t.Errorf("%d fds sent and %d pending, of %d accepted", sent, pending, len(hs))
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A worker that dies, or stalls, with connections it never read loses
+// none: reclaim takes every one back from its worker end and hands it to
+// another worker, and the master keeps no copy of any fd sent.
+func TestReclaimHandsUnreadToAnother(t *testing.T) {
+	b, err := New(Options{Path: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &listener{id: 1, policy: RoundRobin(), done: make(chan struct{})}
+	b.listeners = append(b.listeners, l)
+	w1 := testWorker(t, b, 1, l)
+	w2 := testWorker(t, b, 2, l)
+	hs := eventfds(t, 40)
+	b.accepted(l, hs)
+	b.mu.Lock()
+	if w1.sent != 20 || w2.sent != 20 {
+		t.Fatalf("sent %d and %d, want 20 each", w1.sent, w2.sent)
+	}
+	// Worker 1 stalls: it is routed around and what it never read moves.
+	b.stallLocked(w1, w1.born)
+	if w1.routableLocked() || len(l.workers) != 1 {
+		t.Errorf("stalled worker still routed: %d candidates", len(l.workers))
+	}
+	if w1.reclaimed != 20 || w1.unreadLocked() != 0 {
+		t.Errorf("reclaimed %d, unread %d; want 20 and 0", w1.reclaimed, w1.unreadLocked())
+	}
+	if w2.sent != 40 {
+		t.Errorf("worker 2 was sent %d, want all 40", w2.sent)
+	}
+	got := drainLink(t, w2.links[l])
+	b.listeners = nil
+	b.workers = nil
+	b.mu.Unlock()
+	if got != 40 {
+		t.Errorf("worker 2 read %d connections, want 40", got)
 	}
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

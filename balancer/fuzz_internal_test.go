@@ -236,7 +236,7 @@ type fuzzMaster struct {
 	mu       sync.Mutex
 	replied  chan struct{} // a token after each ListenReply
 	answered uint32        // the highest sync request answered
-	held     []int         // fds of the Conns frames the master sent
+	held     []int         // fds the master sent: conns sockets of its replies
 	bad      []error       // frames the master got wrong
 	syncs    uint32
 	clients  []net.Conn
@@ -281,7 +281,7 @@ func startFuzzMaster(t *testing.T) *fuzzMaster {
 	b.nextID++
 	id := b.nextID
 	b.mu.Unlock()
-	w := b.newWorker(id, &slot{}, cmd, ctl)
+	w := b.newWorker(id, &slot{}, cmd, ctl, nil)
 	w.probation = true
 	fm.w = w
 	b.mu.Lock()
@@ -324,7 +324,7 @@ func (fm *fuzzMaster) read() {
 		fm.mu.Lock()
 		fm.held = append(fm.held, fds...)
 		switch m.Kind {
-		case ipc.KindConns, ipc.KindDisconnect, ipc.KindUser:
+		case ipc.KindDisconnect, ipc.KindUser, ipc.KindPing:
 		case ipc.KindListenReply:
 			if m.Req >= syncReqs {
 				fm.answered = max(fm.answered, m.Req)
@@ -511,53 +511,49 @@ func masterSeeds() [][]byte {
 	listen := func(req uint32, network, address string) fuzzOp {
 		return withFDs(ipc.AppendListen(nil, req, network, address))
 	}
-	report := func(acked, closed []uint64, kinds ...fdKind) fuzzOp {
-		return withFDs(ipc.AppendReport(nil, acked, closed), kinds...)
+	ret := func(lid uint32, n int, kinds ...fdKind) fuzzOp {
+		return withFDs(ipc.AppendReturn(nil, lid, n), kinds...)
 	}
-	ret := func(lid uint32, ids []uint64, kinds ...fdKind) fuzzOp {
-		return withFDs(ipc.AppendConns(nil, true, lid, ids), kinds...)
-	}
+	pong := withFDs(ipc.AppendPong(nil))
 	user := func(flags uint16, payload string) fuzzOp {
 		return withFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
 	}
 	return [][]byte{
-		// A worker's life: hello, listen, take conns, ack them, close
-		// one, send a message, stop listening and return the other.
+		// A worker's life: hello, listen, take conns, send a message,
+		// answer a ping, stop listening and hand one back.
 		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(0),
-			report([]uint64{1, 2}, nil), report(nil, []uint64{1}), user(0, `{"requests":1}`),
-			ret(1, []uint64{2}, fdTCP), report(nil, []uint64{2}), connectOp(0)),
-		// Two listeners, one shared by two requests; conns closed before
-		// their ack; an unlisten with nothing to return.
+			user(0, `{"requests":1}`), pong, ret(1, 1, fdTCP), connectOp(0)),
+		// Two listeners, one shared by two requests; an unlisten with
+		// nothing to return.
 		fuzzInput(hello, listen(1, "unix", "/run/handoff.sock"), listen(2, "tcp", "127.0.0.1:0"),
-			listen(3, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(1), report(nil, []uint64{1, 2}),
-			ret(2, nil), connectOp(1), ret(1, []uint64{3}, fdUnix), connectOp(0)),
-		// Unacked conns go to no one when the worker dies.
-		fuzzInput(hello, listen(1, "tcp4", "127.0.0.1:0"), connectOp(0), connectOp(0), connectOp(0),
-			report([]uint64{2}, nil)),
+			listen(3, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(1),
+			ret(2, 0), connectOp(1), ret(1, 1, fdUnix), connectOp(0)),
+		// Unread conns go to no one when the worker dies.
+		fuzzInput(hello, listen(1, "tcp4", "127.0.0.1:0"), connectOp(0), connectOp(0), connectOp(0)),
 		// Nonsense listens.
 		fuzzInput(listen(1, "udp", ":53"), listen(2, "tcp", "no-port"), listen(3, "tcp", "127.0.0.1:99999"),
 			listen(4, "unix", "@handoff-fuzz"), listen(5, "tcp", "host.invalid:80"), listen(6, "", ":0"),
 			listen(7, "tcp6", "[::1]:0"), listen(8, "unix", ""), listen(9, "tcp", "[fe80::1%lo]:0"),
 			listen(10, "tcp", "1.2.3.4:0"), connectOp(1), connectOp(2)),
-		// Reports and returns of conns the worker does not own.
-		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), report([]uint64{5}, []uint64{6}),
-			ret(9, []uint64{7}, fdTCP), ret(1, []uint64{1, 1}, fdPipe, fdPipe), ret(0, []uint64{1}, fdUnix),
-			report([]uint64{1, 1}, []uint64{1, 1})),
+		// Returns of fds that are not the listener's conns, or for no
+		// listener, and pongs nobody asked for.
+		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), pong, pong,
+			ret(9, 1, fdTCP), ret(1, 2, fdPipe, fdPipe), ret(0, 1, fdUnix), ret(1, 1, fdTCP)),
 		// Protocol errors: the worker is killed, and its frames after
 		// that are read until it is gone.
 		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), user(0, "not json"),
-			report([]uint64{1}, nil), connectOp(0), hello),
-		fuzzInput(withFDs(ipc.AppendConns(nil, false, 1, []uint64{1}), fdPipe),
+			connectOp(0), hello),
+		fuzzInput(withFDs(ipc.AppendConns(nil, 1, []ipc.Handoff{{}}), fdPipe),
 			withFDs(ipc.AppendListenReply(nil, 1, 1, 0, "x", "", "")), withFDs(ipc.AppendDisconnect(nil), fdTCP),
-			report([]uint64{1}, nil, fdPipe), ret(1, []uint64{1}), ret(1, nil, fdUnix, fdPipe)),
+			withFDs(ipc.AppendPing(nil)), ret(1, 1), ret(1, 0, fdUnix, fdPipe), withFDs(ipc.AppendPong(nil), fdPipe)),
 		// Fragmented messages, whole and interrupted.
 		fuzzInput(hello, user(ipc.FlagMore, `{"a":`), user(ipc.FlagMore, `"b"`), user(0, `}`),
 			user(ipc.FlagMore, `{"a":`), hello, user(0, `1}`)),
 		// Junk.
-		fuzzInput(withFDs([]byte{ipc.Version + 1, byte(ipc.KindReport), 0, 0}, fdPipe),
+		fuzzInput(withFDs([]byte{ipc.Version + 1, byte(ipc.KindReturn), 0, 0}, fdPipe),
 			withFDs([]byte{ipc.Version, 200, 0, 0}, fdTCP, fdUnix), withFDs([]byte{ipc.Version}),
 			withFDs([]byte{ipc.Version, byte(ipc.KindListen), 0, 0, 1}),
-			withFDs(append(ipc.AppendReport(nil, []uint64{1}, nil), 0), fdPipe)),
+			withFDs(append(ipc.AppendReturn(nil, 1, 0), 0), fdPipe)),
 		{0x02, 0xff, 0xff, ipc.Version, byte(ipc.KindReturn)},
 		{},
 	}
@@ -565,8 +561,8 @@ func masterSeeds() [][]byte {
 
 // FuzzMasterControl writes the input's frames, with real fds attached, to
 // the master's readLoop for a worker, and connects clients to the master's
-// listeners where the input says, so that acks, close reports and returns
-// can name real conns. Then the worker's end closes and the balancer shuts
+// listeners where the input says, so that the master has real conns to
+// hand off, take back and dispatch again. Then the worker's end closes and the balancer shuts
 // down. The master must not panic, must stay within the protocol, and
 // must leave no fd and no goroutine behind: the pipe reading EOF proves
 // that every copy of it the master received was closed, and the open fd

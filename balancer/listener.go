@@ -8,7 +8,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
+	"github.com/handoff-go/handoff/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,9 +40,13 @@ type listener struct {
 	workers []*Worker // listening here and routable, by id; under Balancer.mu
 
 	// Dispatch scratch, under Balancer.mu.
-	loads   []WorkerLoad
-	touched []*Worker
-	pending fdQueue
+	loads      []WorkerLoad
+	touched    []*link
+	pending    handoffQueue
+	reclaimBuf []ipc.Handoff
+
+	// Accept scratch, owned by the accept goroutine.
+	batch []ipc.Handoff
 
 	done chan struct{}
 }
@@ -135,30 +141,83 @@ func (l *listener) close() {
 	}
 }
 
+// setOptions sets the socket options that connections accepted on a TCP
+// listener inherit, so that neither the master nor the worker sets them
+// per connection: TCP_NODELAY, keep-alive, and TCP_USER_TIMEOUT.
+func (l *listener) setOptions(o Options) error {
+	if l.network == "unix" {
+		return nil
+	}
+	type opt struct {
+		level, name, value int
+		what               string
+	}
+	opts := []opt{{unix.IPPROTO_TCP, unix.TCP_NODELAY, 1, "TCP_NODELAY"}}
+	if o.KeepAlive > 0 {
+		secs := int(max(o.KeepAlive.Round(time.Second)/time.Second, 1))
+		opts = append(opts,
+			opt{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+			opt{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs, "TCP_KEEPIDLE"},
+			opt{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, secs, "TCP_KEEPINTVL"},
+			opt{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveProbes, "TCP_KEEPCNT"})
+	} else {
+		opts = append(opts, opt{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0, "SO_KEEPALIVE"})
+	}
+	if o.TCPUserTimeout > 0 {
+		opts = append(opts, opt{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(o.TCPUserTimeout.Milliseconds()), "TCP_USER_TIMEOUT"})
+	}
+	var serr error
+	err := l.rc.Control(func(fd uintptr) {
+		for _, x := range opts {
+			if e := unix.SetsockoptInt(int(fd), x.level, x.name, x.value); e != nil {
+				serr = os.NewSyscallError("setsockopt("+x.what+")", e)
+				return
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return &net.OpError{Op: "listen", Net: l.network, Addr: l.bound, Err: err}
+	}
+	return nil
+}
+
+// keepAliveProbes is TCP_KEEPCNT, as Go sets it.
+const keepAliveProbes = 9
+
 // acceptLoop accepts in batches until EAGAIN and dispatches each batch. It
 // runs until stop, then accepts what is left in the backlog, dispatches it
 // and closes the socket. It allocates nothing per connection.
 func (b *Balancer) acceptLoop(l *listener) {
 	defer close(l.done)
 	defer l.close()
-	fds := make([]int, 0, acceptBatch)
+	l.batch = make([]ipc.Handoff, 0, acceptBatch)
 	var aerr syscall.Errno
 	final := false
+	var sa unix.RawSockaddrAny
 	accept := func(fd uintptr) bool {
-		for len(fds) < cap(fds) {
-			// Accepted fds stay blocking: the master never reads them,
-			// and a blocking fd is not registered with the worker's
-			// poller by os.NewFile before net.FileConn makes its own
-			// non-blocking dup (two epoll_ctl calls saved per conn).
-			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, 0, 0, unix.SOCK_CLOEXEC, 0, 0)
+		for len(l.batch) < cap(l.batch) {
+			// Non-blocking, so that the worker's os.NewFile puts it in
+			// its poller as it is; and with the client's address, which
+			// travels with it so the worker needs no getpeername.
+			salen := uint32(unix.SizeofSockaddrAny)
+			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)),
+				unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 			switch e {
 			case 0:
-				fds = append(fds, int(nfd))
+				h := ipc.Handoff{FD: int32(nfd)}
+				if salen <= ipc.MaxAddr {
+					h.AddrLen = uint8(salen)
+					copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
+				}
+				l.batch = append(l.batch, h)
 				continue
 			case unix.EINTR, unix.ECONNABORTED:
 				continue
 			case unix.EAGAIN:
-				return len(fds) > 0 || final
+				return len(l.batch) > 0 || final
 			}
 			aerr = e
 			return true
@@ -167,7 +226,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 	}
 	backoff := time.Duration(0)
 	for {
-		fds, aerr = fds[:0], 0
+		l.batch, aerr = l.batch[:0], 0
 		var err error
 		if final {
 			// Control runs accept once, whatever the deadline.
@@ -175,10 +234,11 @@ func (b *Balancer) acceptLoop(l *listener) {
 		} else {
 			err = l.rc.Read(accept)
 		}
-		if len(fds) > 0 {
-			b.accepted(l, fds)
+		n := len(l.batch)
+		if n > 0 {
+			b.accepted(l, l.batch)
 		}
-		if final && (err != nil || len(fds) < cap(fds)) {
+		if final && (err != nil || n < cap(l.batch)) {
 			return
 		}
 		if err != nil {
@@ -190,7 +250,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 			b.log.Error().Err(err).Str("listener", l.bound.String()).Msg("listener failed")
 			return
 		}
-		if aerr == 0 || len(fds) > 0 {
+		if aerr == 0 || n > 0 {
 			backoff = 0 // progress: the next error starts the backoff afresh
 		}
 		if aerr == 0 {
@@ -210,7 +270,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 				msg = "accept failed, out of fds or memory; backing off"
 			}
 			b.log.Warn().Str("listener", l.bound.String()).Err(os.NewSyscallError("accept4", aerr)).
-				Dur("backoff", backoff).Msg(msg)
+				Str("backoff", backoff.String()).Msg(msg)
 		}
 		select {
 		case <-time.After(backoff):
@@ -219,23 +279,74 @@ func (b *Balancer) acceptLoop(l *listener) {
 	}
 }
 
-// fdQueue is a FIFO of accepted fds waiting for a worker.
-type fdQueue struct {
-	fds   []int
-	spare []int
+// checkReturned checks that fd, handed back by a worker, is a connection
+// accepted on l, and returns it as a handoff with the client's address as
+// the kernel has it. A worker can hand back only sockets it holds; this
+// keeps it from passing anything else (a pipe, a socket of its own) on to
+// another worker.
+func checkReturned(l *listener, fd int) (ipc.Handoff, bool) {
+	if l == nil {
+		return ipc.Handoff{}, false
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_STREAM {
+		return ipc.Handoff{}, false
+	}
+	if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc != 0 {
+		return ipc.Handoff{}, false
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil || !sameSocket(l.bound, local) {
+		return ipc.Handoff{}, false
+	}
+	h := ipc.Handoff{FD: int32(fd)}
+	var sa unix.RawSockaddrAny
+	salen := uint32(unix.SizeofSockaddrAny)
+	if _, _, e := unix.Syscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))); e != 0 {
+		return ipc.Handoff{}, false
+	}
+	if salen <= ipc.MaxAddr {
+		h.AddrLen = uint8(salen)
+		copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
+	}
+	return h, true
+}
+
+// sameSocket reports whether local, a connection's own address, belongs to
+// the listener bound at bound: the same port (TCP), or the same path (Unix).
+func sameSocket(bound net.Addr, local unix.Sockaddr) bool {
+	switch a := bound.(type) {
+	case *net.TCPAddr:
+		switch s := local.(type) {
+		case *unix.SockaddrInet4:
+			return s.Port == a.Port && (a.IP.IsUnspecified() || a.IP.Equal(net.IP(s.Addr[:])))
+		case *unix.SockaddrInet6:
+			return s.Port == a.Port && (a.IP.IsUnspecified() || a.IP.Equal(net.IP(s.Addr[:])))
+		}
+	case *net.UnixAddr:
+		s, ok := local.(*unix.SockaddrUnix)
+		return ok && s.Name == a.Name
+	}
+	return false
+}
+
+// handoffQueue is a FIFO of accepted connections waiting for a worker.
+type handoffQueue struct {
+	hs    []ipc.Handoff
+	spare []ipc.Handoff
 	head  int
 }
 
-func (q *fdQueue) len() int { return len(q.fds) - q.head }
+func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
-func (q *fdQueue) push(fd int) { q.fds = append(q.fds, fd) }
+func (q *handoffQueue) push(h ipc.Handoff) { q.hs = append(q.hs, h) }
 
-// take removes and returns every queued fd; the slice stays valid until
-// the next take, so fds can be pushed back meanwhile.
-func (q *fdQueue) take() []int {
-	fds := q.fds[q.head:]
-	q.fds, q.spare, q.head = q.spare[:0], q.fds, 0
-	return fds
+// take removes and returns every queued connection; the slice stays valid
+// until the next take, so connections can be pushed back meanwhile.
+func (q *handoffQueue) take() []ipc.Handoff {
+	hs := q.hs[q.head:]
+	q.hs, q.spare, q.head = q.spare[:0], q.hs, 0
+	return hs
 }
 
 // rateLimit allows one event per interval, from any goroutine.

@@ -118,15 +118,17 @@ func TestHostileWorkersCannotHurtTheMaster(t *testing.T) {
 		{name: "bad-version", killed: true},
 		{name: "truncated", killed: true},
 		{name: "oversized", killed: true},
-		{name: "fds-report", killed: true},
+		{name: "fds-hello", killed: true},
+		{name: "conns-frame", killed: true},
 		{name: "bad-json", killed: true},
 		{name: "huge-message", killed: true},
-		{name: "bogus-ids", done: func(s balancer.Stats, _ *cluster, _ *balancer.Worker) bool { return s.BogusIDs >= 5 }},
+		{name: "bad-returns", done: func(s balancer.Stats, _ *cluster, _ *balancer.Worker) bool { return s.BadReturns >= 3 }},
 		{name: "bad-listen", done: func(s balancer.Stats, _ *cluster, _ *balancer.Worker) bool { return s.ListenErrors >= 400 }},
 		// 100000 messages while OnEvent is stuck: past the event queue's
 		// bound the flooding worker is killed.
 		{name: "flood", killed: true, pause: true},
-		{name: "noack-exit"},
+		{name: "noread-exit"},
+		{name: "write-conns"},
 		{name: "stuck", killed: true},
 	}
 	for _, tt := range tests {
@@ -176,7 +178,7 @@ func TestHostileWorkersCannotHurtTheMaster(t *testing.T) {
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
-			default: // noack-exit: it exits by itself after taking connections
+			default: // it exits by itself, with connections waiting for it
 				c.events.wait(t, "the hostile worker's exit", func(ev balancer.Event) bool {
 					e, ok := ev.(balancer.ExitEvent)
 					return ok && e.Worker == hostile

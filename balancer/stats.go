@@ -12,14 +12,17 @@ type Stats struct {
 	Accepted       uint64            // connections accepted
 	AcceptErrors   map[string]uint64 // failed accept4 calls, by errno name (EMFILE, ...)
 	Dispatched     uint64            // handoffs sent to workers, re-dispatches included
-	Redispatched   uint64            // connections handed to another worker after a failure
+	Redispatched   uint64            // connections handed to another worker after a failure, a stall, an exit or a return
+	Reclaimed      uint64            // connections taken back unread from a worker's sockets
 	Dropped        uint64            // connections closed because the pending queue was full
 	Pending        int               // connections waiting for a worker now
 	Forked         uint64            // worker processes started
 	Restarts       uint64            // unexpected worker exits that were restarted
 	ProtocolErrors uint64            // workers killed for breaking the protocol
-	BogusIDs       uint64            // acks, close reports and returns for connections a worker did not own
-	StuckKills     uint64            // workers killed for not acking within HandoffTimeout
+	BadReturns     uint64            // fds a worker handed back that were not connections of that listener
+	Stalls         uint64            // times a worker was found not reading its connections
+	StuckKills     uint64            // stalled workers killed for answering nothing within HandoffTimeout
+	LostFDs        uint64            // frames whose fds the kernel dropped because the master was out of fds
 	ListenErrors   uint64            // workers' listen requests that failed
 	Exits          map[string]uint64 // worker exits by reason: disconnect, code, signal
 	Workers        int               // workers not yet exited
@@ -27,19 +30,22 @@ type Stats struct {
 	Draining       bool              // Shutdown has begun
 }
 
-// WorkerStats are one worker's counters.
+// WorkerStats are one worker's counters. Received and Closed come from the
+// worker's own counter page, clamped to what is possible.
 type WorkerStats struct {
 	ID         int
 	PID        int
 	State      State
 	Started    time.Time
 	Dispatched uint64 // connections handed to it
-	Active     int    // handed to it and not yet closed
-	Unacked    int    // handed to it and not yet acknowledged
+	Received   uint64 // connections it read off its sockets
+	Reclaimed  uint64 // connections taken back from it unread
+	Returned   uint64 // connections it handed back unaccepted
+	Closed     uint64 // connections it closed
+	Active     int    // handed to it and not yet closed, unread ones included
+	Unread     int    // waiting in its sockets now
+	Stalled    bool   // not reading: routed around until it answers a ping
 	Restarts   int    // how many workers its slot had before it
-	Acked      uint64 // connections it acknowledged
-	Closed     uint64 // connections it reported closed
-	AckLatency Histogram
 }
 
 // Stats returns the master's counters.
@@ -51,13 +57,16 @@ func (b *Balancer) Stats() Stats {
 		Dispatched:     b.stats.dispatched,
 		AcceptErrors:   make(map[string]uint64, len(b.stats.acceptErrors)),
 		Redispatched:   b.stats.redispatched,
+		Reclaimed:      b.stats.reclaimed,
 		Dropped:        b.stats.dropped,
 		Pending:        b.pending,
 		Forked:         b.stats.forked,
 		Restarts:       b.stats.restarts,
 		ProtocolErrors: b.stats.protocolErrors,
-		BogusIDs:       b.stats.bogusIDs,
+		BadReturns:     b.stats.badReturns,
+		Stalls:         b.stats.stalls,
 		StuckKills:     b.stats.stuckKills,
+		LostFDs:        b.stats.lostFDs,
 		ListenErrors:   b.stats.listenErrors,
 		Exits:          make(map[string]uint64, len(b.stats.exits)),
 		Workers:        len(b.workers),
@@ -70,7 +79,7 @@ func (b *Balancer) Stats() Stats {
 		s.AcceptErrors[unix.ErrnoName(e)] += n
 	}
 	for _, w := range b.workers {
-		if w.state == StateListening && !w.broken {
+		if w.routableLocked() {
 			s.Listening++
 		}
 	}
@@ -81,18 +90,22 @@ func (b *Balancer) Stats() Stats {
 func (w *Worker) Stats() WorkerStats {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
+	r := w.receivedLocked()
+	held := r - min(w.returned, r)
 	return WorkerStats{
 		ID:         w.id,
 		PID:        w.pid,
 		State:      w.state,
 		Started:    w.born,
-		Dispatched: w.stats.dispatched,
-		Active:     len(w.conns),
-		Unacked:    w.unacked,
+		Dispatched: w.sent,
+		Received:   r,
+		Reclaimed:  w.reclaimed,
+		Returned:   w.returned,
+		Closed:     min(w.ctr.Closed.Load(), held),
+		Active:     w.activeLocked(),
+		Unread:     w.unreadLocked(),
+		Stalled:    w.stalled,
 		Restarts:   w.slot.restarts,
-		Acked:      w.stats.acked,
-		Closed:     w.stats.closed,
-		AckLatency: w.stats.ackLatency,
 	}
 }
 
@@ -101,12 +114,15 @@ type stats struct {
 	accepted       uint64
 	acceptErrors   map[syscall.Errno]uint64
 	redispatched   uint64
+	reclaimed      uint64
 	dropped        uint64
 	forked         uint64
 	restarts       uint64
 	protocolErrors uint64
-	bogusIDs       uint64
+	badReturns     uint64
+	stalls         uint64
 	stuckKills     uint64
+	lostFDs        uint64
 	dispatched     uint64
 	listenErrors   uint64
 	exits          map[string]uint64
@@ -117,39 +133,4 @@ func (s *stats) acceptError(e syscall.Errno) {
 		s.acceptErrors = make(map[syscall.Errno]uint64)
 	}
 	s.acceptErrors[e]++
-}
-
-// workerStats are one worker's counters, under Balancer.mu.
-type workerStats struct {
-	dispatched uint64
-	acked      uint64
-	closed     uint64
-	ackLatency Histogram
-}
-
-// AckLatencyBuckets are the upper bounds of Histogram's buckets.
-var AckLatencyBuckets = [...]time.Duration{
-	10 * time.Microsecond, 25 * time.Microsecond, 50 * time.Microsecond, 100 * time.Microsecond,
-	250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond,
-	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
-	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond, time.Second,
-}
-
-// Histogram counts handoff-to-ack latencies: Counts[i] is the number of
-// observations ≤ AckLatencyBuckets[i] and > the bound before it; the last
-// count is for those above every bound.
-type Histogram struct {
-	Counts [len(AckLatencyBuckets) + 1]uint64
-	Sum    time.Duration
-	Count  uint64
-}
-
-func (h *Histogram) observe(d time.Duration) {
-	i := 0
-	for i < len(AckLatencyBuckets) && d > AckLatencyBuckets[i] {
-		i++
-	}
-	h.Counts[i]++
-	h.Sum += d
-	h.Count++
 }

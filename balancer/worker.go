@@ -60,11 +60,30 @@ const listenersCloseTimeout = 2 * time.Second
 // control socket before closing it.
 const exitDrainTimeout = time.Second
 
-// connRec is the master's record of a handed-off connection.
-type connRec struct {
-	fd       int32 // the master's copy until acked, then -1
-	listener uint32
-	sent     int64 // when it was handed off, in ns since Balancer.epoch
+// link is a worker's conns socket for one listener. The master keeps
+// both ends: it sends on send, and reads back from recv, its copy of the
+// worker's end, whatever the worker never read (reclaimLocked).
+type link struct {
+	w    *Worker
+	l    *listener
+	send *ipc.ConnsSocket
+	recv *ipc.ConnsSocket
+	out  []ipc.Handoff // the dispatch batch being built; under Balancer.mu
+}
+
+func newLink(w *Worker, l *listener) (*link, error) {
+	send, recv, err := ipc.ConnsPair()
+	if err != nil {
+		return nil, err
+	}
+	return &link{w: w, l: l, send: send, recv: recv, out: make([]ipc.Handoff, 0, ipc.MaxConns)}, nil
+}
+
+// close closes both ends. Anything still in the socket is closed with it,
+// so callers reclaim first.
+func (k *link) close() {
+	_ = k.send.Close()
+	_ = k.recv.Close()
 }
 
 // Worker is the master's handle on one worker process. Its methods are
@@ -76,6 +95,8 @@ type Worker struct {
 	slot *slot
 	cmd  *exec.Cmd
 	ctl  *ipc.Conn
+	page *ipc.Page     // the worker's counter page; nil in unit tests
+	ctr  *ipc.Counters // its counters (or a private set when page is nil)
 	log  zerolog.Logger
 	born time.Time
 
@@ -83,17 +104,54 @@ type Worker struct {
 	state         State
 	disconnecting bool // exits from now on are expected
 	probation     bool // a reload's replacement not yet listening: never restarted
-	listening     map[*listener]bool
-	conns         map[uint64]connRec
-	unacked       int
-	ackDeadline   time.Time // when unacked > 0: the last progress + HandoffTimeout
-	blockedUntil  time.Time // socket full or broken: no dispatch before this
-	broken        bool      // the control socket failed; waiting for exit
-	stuck         bool      // killed by the watchdog
-	outIDs        []uint64  // dispatch batch for the current listener
-	outFDs        []int
+	links         map[*listener]*link
+	broken        bool      // a send failed for good, or it broke the protocol; waiting for exit
+	stalled       bool      // not reading its conns sockets; see stall.go
+	stuck         bool      // stalled and silent for HandoffTimeout: killed
+	blockedUntil  time.Time // conns socket full: no dispatch before this
 	exited        chan struct{}
-	stats         workerStats
+
+	// Connection counts, under Balancer.mu. What the worker read and
+	// closed comes from its counter page, clamped by these.
+	sent      uint64 // handed to it
+	reclaimed uint64 // taken back unread from its sockets
+	returned  uint64 // handed back by it (Return frames)
+
+	// Stall detection, under Balancer.mu; see stall.go.
+	lastReceived uint64    // its Received count at the last check
+	idleTicks    int       // checks in a row with unread connections and no progress
+	stalls       int       // stalls since it last made progress
+	stalledSince time.Time // the first stall since it last made progress
+	lastPong     time.Time
+}
+
+// receivedLocked is the number of connections the worker has read, as its
+// page says, at most what it could have read.
+func (w *Worker) receivedLocked() uint64 {
+	return min(w.ctr.Received.Load(), w.sent-w.reclaimed)
+}
+
+// unreadLocked is the number of connections waiting in its sockets.
+func (w *Worker) unreadLocked() int {
+	return int(w.sent - w.reclaimed - w.receivedLocked())
+}
+
+// activeLocked is the number of connections handed to the worker and not
+// closed by it, unread ones included: the load LeastLoaded balances.
+func (w *Worker) activeLocked() int {
+	r := w.receivedLocked()
+	held := r - min(w.returned, r)
+	return int(w.sent-w.reclaimed-r) + int(held-min(w.ctr.Closed.Load(), held))
+}
+
+// frameFDs is the most connections one frame to w may carry.
+func (w *Worker) frameFDs() int {
+	return min(max(int(w.ctr.FrameFDs.Load()), 1), ipc.MaxConns)
+}
+
+// routableLocked is the one answer to "may w get new connections now?".
+func (w *Worker) routableLocked() bool {
+	return w.state == StateListening && !w.disconnecting && !w.broken && !w.stalled && !w.stuck
 }
 
 // ID returns the worker's id: 1 for the first, counting up; a replacement
@@ -117,7 +175,7 @@ func (w *Worker) IsDead() bool { return w.State() == StateDead }
 func (w *Worker) IsConnected() bool {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
-	return w.state < StateDead && !w.broken
+	return w.state < StateDead && !w.broken && !w.stuck
 }
 
 // Send sends v, as JSON, to the worker. Messages arrive in order, and in
@@ -169,16 +227,16 @@ func (w *Worker) Disconnect() {
 	}
 	w.disconnecting = true
 	w.state = StateDisconnecting
-	b.unrouteLocked(w)
+	b.routeLocked(w)
 	b.notifyLocked()
 	b.mu.Unlock()
 	w.log.Info().Msg("disconnecting worker")
 	b.wg.Add(2)
 	go func() {
 		defer b.wg.Done()
-		// The frame goes after every Conns frame already sent, so the
-		// worker queues those first, lets Accept take them, and then
-		// closes its listeners. A worker that does not read is stopped by
+		// Every Conns frame was sent before this, so it is in the
+		// worker's conns sockets when the worker reads this frame: it
+		// lets Accept take them, and then closes its listeners. A worker that does not read is stopped by
 		// the signals below, and the write ends when its socket closes.
 		_ = w.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil)
 	}()
@@ -189,7 +247,7 @@ func (w *Worker) Disconnect() {
 		// close connections still queued for Accept; at the latest after
 		// listenersCloseTimeout.
 		ctx, cancel := context.WithTimeout(context.Background(), listenersCloseTimeout)
-		_ = b.waitFor(ctx, func() bool { return len(w.listening) == 0 || w.state == StateDead })
+		_ = b.waitFor(ctx, func() bool { return len(w.links) == 0 || w.state == StateDead })
 		cancel()
 		_ = w.Kill(syscall.SIGTERM)
 		t := time.NewTimer(b.opts.ShutdownTimeout)
@@ -210,7 +268,7 @@ func (w *Worker) abandon() {
 	if w.state < StateDisconnecting {
 		w.state = StateDisconnecting
 	}
-	w.b.unrouteLocked(w)
+	w.b.routeLocked(w)
 	w.b.mu.Unlock()
 	_ = w.Kill(syscall.SIGKILL)
 }
@@ -219,7 +277,7 @@ func (w *Worker) abandon() {
 func (w *Worker) routable() bool {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
-	return w.state < StateDisconnecting && !w.broken
+	return w.routableLocked()
 }
 
 // fork starts a worker process in s. A worker on probation is not
@@ -238,14 +296,21 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
+	page, pageFile, err := ipc.NewPage()
+	if err != nil {
+		_ = ctl.Close()
+		_ = remote.Close()
+		return nil, err
+	}
 	cmd := exec.Command(b.path, b.args...)
 	cmd.Env = append(os.Environ(), b.opts.Env...)
 	cmd.Env = append(cmd.Env, s.env...)
-	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD))
+	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD),
+		ipc.EnvPageFD+"="+strconv.Itoa(ipc.PageFD))
 	cmd.Dir = b.opts.Dir
 	cmd.Stdout = b.opts.Stdout
 	cmd.Stderr = b.opts.Stderr
-	cmd.ExtraFiles = []*os.File{remote}
+	cmd.ExtraFiles = []*os.File{remote, pageFile} // fds 3 and 4
 	// If Stdout or Stderr is not an *os.File, Wait also waits for the
 	// copying; a grandchild holding the pipe must not delay the reaping
 	// (and the re-dispatch of what the worker never acked) for long.
@@ -255,11 +320,13 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
 	err = cmd.Start()
 	_ = remote.Close()
+	_ = pageFile.Close()
 	if err != nil {
 		_ = ctl.Close()
+		_ = page.Close()
 		return nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
 	}
-	w := b.newWorker(id, s, cmd, ctl)
+	w := b.newWorker(id, s, cmd, ctl, page)
 	w.probation = probation
 	b.mu.Lock()
 	b.workers = append(b.workers, w)
@@ -293,19 +360,22 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 }
 
 // newWorker makes the master's record of a started worker process.
-func (b *Balancer) newWorker(id int, s *slot, cmd *exec.Cmd, ctl *ipc.Conn) *Worker {
+func (b *Balancer) newWorker(id int, s *slot, cmd *exec.Cmd, ctl *ipc.Conn, page *ipc.Page) *Worker {
 	w := &Worker{
-		b:         b,
-		id:        id,
-		slot:      s,
-		cmd:       cmd,
-		ctl:       ctl,
-		born:      time.Now(),
-		listening: make(map[*listener]bool),
-		conns:     make(map[uint64]connRec),
-		outIDs:    make([]uint64, 0, ipc.MaxConns),
-		outFDs:    make([]int, 0, ipc.MaxConns),
-		exited:    make(chan struct{}),
+		b:      b,
+		id:     id,
+		slot:   s,
+		cmd:    cmd,
+		ctl:    ctl,
+		page:   page,
+		born:   time.Now(),
+		links:  make(map[*listener]*link),
+		exited: make(chan struct{}),
+	}
+	if page != nil {
+		w.ctr = page.Counters()
+	} else {
+		w.ctr = new(ipc.Counters)
 	}
 	if cmd != nil && cmd.Process != nil {
 		w.pid = cmd.Process.Pid
@@ -314,12 +384,12 @@ func (b *Balancer) newWorker(id int, s *slot, cmd *exec.Cmd, ctl *ipc.Conn) *Wor
 	return w
 }
 
-// waitExit reaps the worker, and only once it is certainly dead hands
-// the connections it never acknowledged to other workers.
+// waitExit reaps the worker, and then hands the connections it never
+// read to other workers.
 func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	err := w.cmd.Wait()
-	// Read what the worker sent before it died (acks, returned fds) to the
-	// end: closing the socket first would drop fds still in flight. Only a
+	// Read what the worker sent before it died (returned fds) to the end:
+	// closing the socket first would drop fds still in flight. Only a
 	// grandchild that kept the control fd could delay the EOF.
 	select {
 	case <-readerDone:
@@ -343,7 +413,6 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	b.mu.Lock()
 	ev.ExitedAfterDisconnect = w.disconnecting
 	w.state = StateDead
-	b.unrouteLocked(w)
 	close(w.exited)
 	for i, x := range b.workers {
 		if x == w {
@@ -351,28 +420,26 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 			break
 		}
 	}
-	// Re-dispatch what the dead worker never took, per listener.
-	redo := map[*listener][]int{}
-	for _, rec := range w.conns {
-		if rec.fd >= 0 {
-			if l := b.listenerByID(rec.listener); l != nil {
-				redo[l] = append(redo[l], int(rec.fd))
-			} else {
-				closeFD(int(rec.fd))
-			}
-		}
+	// Take back what the dead worker never read, and serve it elsewhere.
+	before := w.reclaimed
+	for _, k := range w.links {
+		b.dropLinkLocked(k)
 	}
-	ev.Active = len(w.conns) - w.unacked
+	redone := w.reclaimed - before
+	ev.Active = w.activeLocked()
+	// The page is read only under b.mu and only for workers in b.workers
+	// or with links: neither holds now.
+	last := new(ipc.Counters)
+	last.Received.Store(w.ctr.Received.Load())
+	last.Closed.Store(w.ctr.Closed.Load())
+	w.ctr = last
+	if w.page != nil {
+		_ = w.page.Close()
+	}
 	if b.stats.exits == nil {
 		b.stats.exits = make(map[string]uint64)
 	}
 	b.stats.exits[exitReason(ev)]++
-	clear(w.conns)
-	w.unacked = 0
-	for l, fds := range redo {
-		b.stats.redispatched += uint64(len(fds))
-		b.dispatchLocked(l, fds)
-	}
 	restart := !w.disconnecting && !w.probation && !b.stopping
 	var delay time.Duration
 	if restart {
@@ -396,8 +463,8 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	if ev.Signal != nil {
 		l = l.Str("signal", ev.Signal.String())
 	}
-	if n := len(redo); n > 0 {
-		l = l.Int("redispatched_listeners", n)
+	if redone > 0 {
+		l = l.Uint64("redispatched", redone)
 	}
 	l.Msg("worker exited")
 	if restart {
@@ -460,11 +527,12 @@ func (b *Balancer) listenerByID(id uint32) *listener {
 }
 
 // Active returns the number of connections handed to the worker and not
-// yet closed by it: the load LeastLoaded balances.
+// yet closed by it, those still unread included: the load LeastLoaded
+// balances.
 func (w *Worker) Active() int {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
-	return len(w.conns)
+	return w.activeLocked()
 }
 
 // exitReason classifies an exit for Stats.Exits.

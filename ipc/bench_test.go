@@ -9,26 +9,15 @@ import (
 )
 
 func BenchmarkAppendConns(b *testing.B) {
-	ids := seqIDs(1, ipc.MaxConns)
-	buf := make([]byte, 0, ipc.MaxFrame)
-	b.SetBytes(int64(len(ipc.AppendConns(nil, false, 1, ids))))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		buf = ipc.AppendConns(buf[:0], false, 1, ids)
-	}
-}
-
-func BenchmarkAppendReport(b *testing.B) {
-	for _, n := range []int{16, ipc.MaxReportIDs} {
-		b.Run(fmt.Sprintf("ids=%d", n), func(b *testing.B) {
-			acked, closed := seqIDs(1, n/2), seqIDs(1<<32, n-n/2)
+	for _, n := range []int{1, 16, ipc.MaxConns} {
+		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
+			hs := handoffs(n)
 			buf := make([]byte, 0, ipc.MaxFrame)
-			b.SetBytes(int64(len(ipc.AppendReport(nil, acked, closed))))
+			b.SetBytes(int64(len(ipc.AppendConns(nil, 1, hs))))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				buf = ipc.AppendReport(buf[:0], acked, closed)
+				buf = ipc.AppendConns(buf[:0], 1, hs)
 			}
 		})
 	}
@@ -39,10 +28,11 @@ func BenchmarkDecode(b *testing.B) {
 		name  string
 		frame []byte
 	}{
-		{name: "conns=253", frame: ipc.AppendConns(nil, false, 1, seqIDs(1, ipc.MaxConns))},
-		{name: "conns=1", frame: ipc.AppendConns(nil, false, 1, seqIDs(1, 1))},
-		{name: "report=32", frame: ipc.AppendReport(nil, seqIDs(1, 16), seqIDs(100, 16))},
-		{name: "report=max", frame: ipc.AppendReport(nil, seqIDs(1, ipc.MaxReportIDs/2), seqIDs(1<<32, ipc.MaxReportIDs-ipc.MaxReportIDs/2))},
+		{name: "conns=253", frame: ipc.AppendConns(nil, 1, handoffs(ipc.MaxConns))},
+		{name: "conns=16", frame: ipc.AppendConns(nil, 1, handoffs(16))},
+		{name: "conns=1", frame: ipc.AppendConns(nil, 1, handoffs(1))},
+		{name: "return", frame: ipc.AppendReturn(nil, 1, 16)},
+		{name: "ping", frame: ipc.AppendPing(nil)},
 		{name: "hello", frame: ipc.AppendHello(nil, 1234)},
 		{name: "listen-reply", frame: ipc.AppendListenReply(nil, 1, 2, 0, "127.0.0.1:8080", "", "")},
 		{name: "user=1KiB", frame: userFrame(0, make([]byte, 1024))},
@@ -65,26 +55,34 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-// BenchmarkConnsRoundTrip is the master's hand-off path: TryWriteConns on
-// one end, Read on the other, and the received fds closed.
+// BenchmarkConnsRoundTrip is the hand-off path: the master's TrySend on a
+// listener's conns socket, the worker's Recv (asking a Room first, as a
+// worker does) on the other end, and the received fds closed in one go.
 func BenchmarkConnsRoundTrip(b *testing.B) {
 	for _, n := range []int{1, 16, scm.MaxFDs} {
 		b.Run(fmt.Sprintf("fds=%d", n), func(b *testing.B) {
-			master, worker := newConnPair(b)
+			send, recv := newConnsPair(b)
 			p := newPipe(b)
-			ids, fds := seqIDs(1, n), repeat(p.w, n)
+			hs := handoffs(n, repeat(p.w, n)...)
+			var room scm.Room
+			roomFor := func() bool { return room.For(n) }
+			got := make([]int, 0, n)
 			var m ipc.Message
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if err := master.TryWriteConns(1, ids, fds); err != nil {
+				if err := send.TrySend(1, hs); err != nil {
 					b.Fatal(err)
 				}
-				got, err := worker.Read(&m)
-				if err != nil || len(got) != n {
-					b.Fatalf("Read: %d fds, %v", len(got), err)
+				if err := recv.Recv(&m, true, roomFor); err != nil || len(m.Handoffs) != n {
+					b.Fatalf("Recv: %d handoffs, %v", len(m.Handoffs), err)
 				}
-				closeFDs(got)
+				room.Took(n)
+				got = got[:0]
+				for _, h := range m.Handoffs {
+					got = append(got, int(h.FD))
+				}
+				scm.CloseFDs(got)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/fd")
@@ -92,19 +90,28 @@ func BenchmarkConnsRoundTrip(b *testing.B) {
 	}
 }
 
-func BenchmarkReportRoundTrip(b *testing.B) {
-	worker, master := newConnPair(b)
-	acked, closed := seqIDs(1, 16), seqIDs(100, 16)
-	var m ipc.Message
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		if err := worker.WriteReport(acked, closed); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := master.Read(&m); err != nil {
-			b.Fatal(err)
-		}
+// BenchmarkReturnRoundTrip is the worker handing connections back on the
+// control socket.
+func BenchmarkReturnRoundTrip(b *testing.B) {
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("fds=%d", n), func(b *testing.B) {
+			master, worker := newConnPair(b)
+			p := newPipe(b)
+			frame, fds := ipc.AppendReturn(nil, 1, n), repeat(p.w, n)
+			var m ipc.Message
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if err := worker.WriteFrame(frame, fds); err != nil {
+					b.Fatal(err)
+				}
+				got, err := master.Read(&m)
+				if err != nil || len(got) != n {
+					b.Fatalf("Read: %d fds, %v", len(got), err)
+				}
+				closeFDs(got)
+			}
+		})
 	}
 }
 

@@ -18,21 +18,31 @@ func junkFrames() [][]byte {
 		{ipc.Version},
 		{ipc.Version, byte(ipc.KindHello), 0},
 		{0, 0, 0, 0},
-		{2, byte(ipc.KindHello), 0, 0, 1, 2, 3, 4},
+		{1, byte(ipc.KindHello), 0, 0, 1, 2, 3, 4},
+		{3, byte(ipc.KindPing), 0, 0},
 		{ipc.Version, 0, 0, 0},
 		{ipc.Version, 255, 0xff, 0xff},
 		{ipc.Version, byte(ipc.KindHello), 0xff, 0xff, 1, 2, 3, 4},
 		{ipc.Version, byte(ipc.KindDisconnect), 1, 0},
+		{ipc.Version, byte(ipc.KindPing), 0, 0, 0},
+		{ipc.Version, byte(ipc.KindPong), 0xff, 0xff},
 		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 0xff, 0xff},
-		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8},
-		{ipc.Version, byte(ipc.KindReport), 0, 0, 0xff, 0xff, 0xff, 0xff},
-		{ipc.Version, byte(ipc.KindReport), 0, 0, 1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9},
+		// An address length byte past the end, and one over MaxAddr.
+		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 1, 0, 16, 2, 0},
+		append([]byte{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 1, 0, ipc.MaxAddr + 1}, make([]byte, ipc.MaxAddr+1)...),
+		// Version 1's Conns and Return, with a conn id.
+		{ipc.Version, byte(ipc.KindConns), 0, 0, 1, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8},
+		{ipc.Version, byte(ipc.KindReturn), 0, 0, 1, 0, 0, 0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8},
+		{ipc.Version, byte(ipc.KindReturn), 0, 0, 1, 0, 0, 0, 0xfe, 0},
 		{ipc.Version, byte(ipc.KindListen), 0, 0, 1, 0, 0, 0, 0x01, 0x04},
 		{ipc.Version, byte(ipc.KindListen), 0, 0, 1, 0, 0, 0, 3, 0, 't', 'c', 'p', 5, 0, ':'},
 		{ipc.Version, byte(ipc.KindListenReply), 0, 0, 1, 2, 3},
+		// A listen-reply with a listener and an error.
+		ipc.AppendListenReply(nil, 1, 2, 98, "", "bind", "address already in use"),
 		{ipc.Version, byte(ipc.KindUser), ipc.FlagMore, 0, '{'},
 		append(ipc.AppendHello(nil, 1), 0),
-		append(ipc.AppendReport(nil, []uint64{1}, []uint64{2}), 0, 0, 0, 0, 0, 0, 0, 0),
+		append(ipc.AppendReturn(nil, 1, 2), 0, 0, 0, 0, 0, 0, 0, 0),
+		append(ipc.AppendConns(nil, 1, handoffs(3)), 0),
 	}
 }
 
@@ -55,14 +65,25 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
-		if m.Kind < ipc.KindHello || m.Kind > ipc.KindUser {
+		if m.Kind < ipc.KindHello || m.Kind > ipc.KindPong {
 			t.Fatalf("Decode accepted kind %d", m.Kind)
 		}
-		if m.NumFDs() > ipc.MaxConns {
-			t.Fatalf("NumFDs %d over MaxConns", m.NumFDs())
+		if m.NumFDs() > ipc.MaxConns || m.NumFDs() < 0 {
+			t.Fatalf("NumFDs %d out of range", m.NumFDs())
 		}
-		if len(m.IDs)+len(m.Closed) > ipc.MaxReportIDs {
-			t.Fatalf("%d ids over MaxReportIDs", len(m.IDs)+len(m.Closed))
+		if len(m.Handoffs) > ipc.MaxConns || m.Count > ipc.MaxConns {
+			t.Fatalf("%d handoffs, count %d, over MaxConns", len(m.Handoffs), m.Count)
+		}
+		for i, h := range m.Handoffs {
+			if h.FD != -1 || h.AddrLen > ipc.MaxAddr {
+				t.Fatalf("handoff %d: fd %d, address of %d bytes", i, h.FD, h.AddrLen)
+			}
+			if slices.ContainsFunc(h.Addr[h.AddrLen:], func(b byte) bool { return b != 0 }) {
+				t.Fatalf("handoff %d: bytes past its address of %d", i, h.AddrLen)
+			}
+		}
+		if m.Kind == ipc.KindListenReply && m.Listener != 0 && (m.Errno != 0 || m.Err != "") {
+			t.Fatalf("accepted a listen-reply with listener %d and error %d %q", m.Listener, m.Errno, m.Err)
 		}
 		for _, s := range []string{m.Network, m.Address, m.Syscall, m.Err} {
 			if len(s) > 1024 {
@@ -74,7 +95,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		// Decoding again into the used Message gives the same message.
 		want := normalize(m)
-		want.IDs, want.Closed = slices.Clone(want.IDs), slices.Clone(want.Closed)
+		want.Handoffs = slices.Clone(want.Handoffs)
 		if err := ipc.Decode(frame, &m); err != nil {
 			t.Fatalf("second Decode: %v", err)
 		}
@@ -92,14 +113,16 @@ func FuzzDecode(f *testing.F) {
 // that arrived was leaked. The open fd count is checked once at the end.
 func FuzzConnRead(f *testing.F) {
 	for _, tt := range validFrames() {
-		f.Add(tt.frame, uint8(len(tt.want.IDs)*btoi(tt.want.Kind == ipc.KindConns || tt.want.Kind == ipc.KindReturn)))
+		f.Add(tt.frame, uint8(tt.fds))
 		f.Add(tt.frame, uint8(1))
 	}
 	for i, b := range junkFrames() {
 		f.Add(b, uint8(i))
 	}
-	f.Add(ipc.AppendConns(nil, false, 1, []uint64{1, 2, 3}), uint8(3))
-	f.Add(ipc.AppendConns(nil, true, 1, []uint64{1, 2}), uint8(2))
+	f.Add(ipc.AppendConns(nil, 1, handoffs(3)), uint8(3))
+	f.Add(ipc.AppendReturn(nil, 1, 2), uint8(2))
+	f.Add(ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), uint8(1))
+	f.Add(ipc.AppendPing(nil), uint8(0))
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame)), uint8(0))
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1)), uint8(1))
 
@@ -148,9 +171,59 @@ func FuzzConnRead(f *testing.F) {
 	})
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
+// FuzzConnsRecv is FuzzConnRead for a worker's conns socket: Recv must not
+// panic; it accepts only a Conns frame with one fd per handoff, and then
+// hands over exactly those fds; on any other frame it returns an error
+// of the protocol (ErrMalformed, ErrVersion, ErrUnknownKind or ErrFDs) and
+// has closed every fd that came with it.
+func FuzzConnsRecv(f *testing.F) {
+	for _, tt := range validFrames() {
+		f.Add(tt.frame, uint8(tt.fds))
+		f.Add(tt.frame, uint8(1))
 	}
-	return 0
+	for i, b := range junkFrames() {
+		f.Add(b, uint8(i))
+	}
+	f.Add(ipc.AppendConns(nil, 1, handoffs(3)), uint8(2))
+	f.Add(ipc.AppendConns(nil, 1, handoffs(7)), uint8(7))
+
+	before := countFDs(f)
+	f.Cleanup(func() {
+		if after := countFDs(f); after != before {
+			f.Errorf("open fds: %d before, %d after", before, after)
+		}
+	})
+	f.Fuzz(func(t *testing.T, frame []byte, nfds uint8) {
+		if len(frame) == 0 || len(frame) > ipc.MaxFrame+64 {
+			return
+		}
+		raw, sock := newRawConnsPair(t)
+		p := newPipe(t)
+		k := int(nfds % 8)
+		if err := raw.TryWriteMsg(frame, repeat(p.w, k)); err != nil {
+			t.Fatalf("raw write of %d bytes: %v", len(frame), err)
+		}
+		p.closeW()
+		var m ipc.Message
+		err := sock.Recv(&m, false, nil)
+		switch {
+		case err == nil:
+			fds := handoffFDs(&m)
+			for _, fd := range fds {
+				assertCloexec(t, fd)
+			}
+			closeFDs(fds)
+			if m.Kind != ipc.KindConns || len(fds) != k || m.NumFDs() != k {
+				t.Fatalf("accepted %s with %d handoffs, %d fds sent", m.Kind, len(fds), k)
+			}
+			if enc := reencode(&m, nil); !bytes.Equal(enc, frame) {
+				t.Fatalf("accepted frame re-encodes differently:\n got % x\nwant % x", enc, frame)
+			}
+		case errors.Is(err, ipc.ErrMalformed), errors.Is(err, ipc.ErrVersion),
+			errors.Is(err, ipc.ErrUnknownKind), errors.Is(err, ipc.ErrFDs):
+		default:
+			t.Fatalf("Recv: unexpected error %v", err)
+		}
+		p.assertNoWriters(t)
+	})
 }

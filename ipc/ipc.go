@@ -12,7 +12,7 @@ import (
 )
 
 // Version is the protocol version carried by every frame.
-const Version = 1
+const Version = 2
 
 // The environment of a worker process.
 const (
@@ -23,6 +23,10 @@ const (
 	EnvControlFD = "HANDOFF_CONTROL_FD"
 	// ControlFD is the fd number of the control socket in a worker.
 	ControlFD = 3
+	// EnvPageFD holds the counter page's fd number, always PageFD.
+	EnvPageFD = "HANDOFF_PAGE_FD"
+	// PageFD is the fd number of the worker's counter page (see Page).
+	PageFD = 4
 )
 
 // Size limits. A frame is one SOCK_SEQPACKET message.
@@ -37,9 +41,10 @@ const (
 	// MaxConns is the most connections in one Conns or Return frame: one
 	// fd each, so SCM_MAX_FD.
 	MaxConns = scm.MaxFDs
-	// MaxReportIDs is the most ids (acked plus closed) in one Report frame.
-	MaxReportIDs = (MaxFrame - HeaderSize - 4) / 8
-	maxString    = 1024
+	// MaxAddr is the longest client address a Conns frame carries: a raw
+	// sockaddr_in6. A longer one (a Unix socket's path) is not carried.
+	MaxAddr   = unix.SizeofSockaddrInet6
+	maxString = 1024
 )
 
 // Kind says what a frame carries.
@@ -51,14 +56,15 @@ const (
 	KindListen
 	KindListenReply
 	KindConns
-	KindReport
 	KindReturn
 	KindDisconnect
 	KindUser
+	KindPing
+	KindPong
 	kindEnd
 )
 
-var kindNames = [...]string{"invalid", "hello", "listen", "listen-reply", "conns", "report", "return", "disconnect", "user"}
+var kindNames = [...]string{"invalid", "hello", "listen", "listen-reply", "conns", "return", "disconnect", "user", "ping", "pong"}
 
 func (k Kind) String() string {
 	if k < kindEnd {
@@ -90,7 +96,7 @@ var (
 	// ErrFragment is returned for a frame that arrives between the
 	// fragments of a user message.
 	ErrFragment = errors.New("ipc: frame interleaved with a fragmented message")
-	// ErrBusy is returned by TryWriteConns while another write holds the
+	// ErrBusy is returned by TryWriteFrame while another write holds the
 	// socket.
 	ErrBusy = errors.New("ipc: connection busy")
 )
@@ -107,29 +113,45 @@ func IsProtocolError(err error) bool {
 	return false
 }
 
+// Handoff is one connection of a Conns frame: its fd, and the client's
+// address as the raw sockaddr that accept4 filled in (AddrLen 0 when it is
+// not carried), so the worker needs no getpeername.
+type Handoff struct {
+	FD      int32
+	AddrLen uint8
+	Addr    [MaxAddr]byte
+}
+
 // Message is a decoded frame. Decode reuses its slices, so one Message kept
-// across reads makes decoding allocation-free; Payload and the id slices
-// are valid until the next Decode into it.
+// across reads makes decoding allocation-free; Payload and Handoffs are
+// valid until the next Decode into it.
 type Message struct {
 	Kind     Kind
 	Flags    uint16
-	PID      uint32   // Hello
-	Req      uint32   // Listen, ListenReply
-	Listener uint32   // ListenReply, Conns, Return
-	Network  string   // Listen
-	Address  string   // Listen: requested; ListenReply: bound
-	Errno    uint32   // ListenReply failure: the errno, or 0
-	Syscall  string   // ListenReply failure: the call that failed
-	Err      string   // ListenReply failure: the error's text
-	IDs      []uint64 // Conns, Return: conn ids; Report: acked ids
-	Closed   []uint64 // Report: closed ids
-	Payload  []byte   // User
+	PID      uint32    // Hello
+	Req      uint32    // Listen, ListenReply
+	Listener uint32    // ListenReply (0: failure), Conns, Return
+	Network  string    // Listen
+	Address  string    // Listen: requested; ListenReply: bound
+	Errno    uint32    // ListenReply failure: the errno, or 0
+	Syscall  string    // ListenReply failure: the call that failed
+	Err      string    // ListenReply failure: the error's text
+	Count    int       // Return: connections handed back
+	Handoffs []Handoff // Conns: one per fd, FD filled in by the reader
+	Payload  []byte    // User
 }
 
 // NumFDs is the number of fds a frame of this kind and body must carry.
 func (m *Message) NumFDs() int {
-	if m.Kind == KindConns || m.Kind == KindReturn {
-		return len(m.IDs)
+	switch m.Kind {
+	case KindConns:
+		return len(m.Handoffs)
+	case KindReturn:
+		return m.Count
+	case KindListenReply:
+		if m.Listener != 0 {
+			return 1 // the worker's end of the listener's conns socket
+		}
 	}
 	return 0
 }
@@ -142,8 +164,8 @@ func Decode(frame []byte, m *Message) error {
 	if frame[0] != Version {
 		return fmt.Errorf("%w: %d", ErrVersion, frame[0])
 	}
-	ids, closed := m.IDs[:0], m.Closed[:0]
-	*m = Message{Kind: Kind(frame[1]), Flags: binary.LittleEndian.Uint16(frame[2:4]), IDs: ids, Closed: closed}
+	hs := m.Handoffs[:0]
+	*m = Message{Kind: Kind(frame[1]), Flags: binary.LittleEndian.Uint16(frame[2:4]), Handoffs: hs}
 	d := decoder{b: frame[HeaderSize:]}
 	switch m.Kind {
 	case KindHello:
@@ -159,21 +181,32 @@ func Decode(frame []byte, m *Message) error {
 		m.Address = d.str()
 		m.Syscall = d.str()
 		m.Err = d.str()
-	case KindConns, KindReturn:
+		if m.Listener != 0 && (m.Errno != 0 || m.Err != "") {
+			return fmt.Errorf("%w: listen-reply with both a listener and an error", ErrMalformed)
+		}
+	case KindConns:
 		m.Listener = d.u32()
 		n := int(d.u16())
 		if n > MaxConns {
 			return ErrMalformed
 		}
-		m.IDs = d.ids(m.IDs, n)
-	case KindReport:
-		na, nc := int(d.u16()), int(d.u16())
-		if na+nc > MaxReportIDs {
+		for i := 0; i < n && !d.bad; i++ {
+			a := d.take(int(d.u8()))
+			if len(a) > MaxAddr {
+				d.bad = true
+				break
+			}
+			h := Handoff{FD: -1, AddrLen: uint8(len(a))}
+			copy(h.Addr[:], a)
+			m.Handoffs = append(m.Handoffs, h)
+		}
+	case KindReturn:
+		m.Listener = d.u32()
+		m.Count = int(d.u16())
+		if m.Count > MaxConns {
 			return ErrMalformed
 		}
-		m.IDs = d.ids(m.IDs, na)
-		m.Closed = d.ids(m.Closed, nc)
-	case KindDisconnect:
+	case KindDisconnect, KindPing, KindPong:
 	case KindUser:
 		m.Payload = d.b
 		d.b = nil
@@ -201,6 +234,13 @@ func (d *decoder) take(n int) []byte {
 	return p
 }
 
+func (d *decoder) u8() uint8 {
+	if p := d.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
 func (d *decoder) u16() uint16 {
 	if p := d.take(2); p != nil {
 		return binary.LittleEndian.Uint16(p)
@@ -224,17 +264,6 @@ func (d *decoder) str() string {
 	return string(d.take(n))
 }
 
-func (d *decoder) ids(dst []uint64, n int) []uint64 {
-	p := d.take(8 * n)
-	if p == nil {
-		return dst[:0]
-	}
-	for i := 0; i < n; i++ {
-		dst = append(dst, binary.LittleEndian.Uint64(p[8*i:]))
-	}
-	return dst
-}
-
 func header(dst []byte, k Kind, flags uint16) []byte {
 	return append(dst, Version, byte(k), byte(flags), byte(flags>>8))
 }
@@ -245,13 +274,6 @@ func appendStr(dst []byte, s string) []byte {
 	}
 	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(s)))
 	return append(dst, s...)
-}
-
-func appendIDs(dst []byte, ids []uint64) []byte {
-	for _, id := range ids {
-		dst = binary.LittleEndian.AppendUint64(dst, id)
-	}
-	return dst
 }
 
 // AppendHello appends a Hello frame.
@@ -275,29 +297,34 @@ func AppendListenReply(dst []byte, req, listener, errno uint32, address, syscall
 	return appendStr(appendStr(appendStr(dst, address), syscall), errText)
 }
 
-// AppendConns appends a Conns frame (or, with ret, a Return frame) for ids,
-// at most MaxConns of them.
-func AppendConns(dst []byte, ret bool, listener uint32, ids []uint64) []byte {
-	k := KindConns
-	if ret {
-		k = KindReturn
+// AppendConns appends a Conns frame for hs, at most MaxConns of them;
+// their fds travel beside it.
+func AppendConns(dst []byte, listener uint32, hs []Handoff) []byte {
+	dst = binary.LittleEndian.AppendUint32(header(dst, KindConns, 0), listener)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(hs)))
+	for i := range hs {
+		n := min(int(hs[i].AddrLen), MaxAddr)
+		dst = append(dst, byte(n))
+		dst = append(dst, hs[i].Addr[:n]...)
 	}
-	dst = binary.LittleEndian.AppendUint32(header(dst, k, 0), listener)
-	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(ids)))
-	return appendIDs(dst, ids)
+	return dst
 }
 
-// AppendReport appends a Report frame; len(acked)+len(closed) must not
-// exceed MaxReportIDs.
-func AppendReport(dst []byte, acked, closed []uint64) []byte {
-	dst = header(dst, KindReport, 0)
-	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(acked)))
-	dst = binary.LittleEndian.AppendUint16(dst, uint16(len(closed)))
-	return appendIDs(appendIDs(dst, acked), closed)
+// AppendReturn appends a Return frame for n connections handed back; n 0
+// means only "no longer listening".
+func AppendReturn(dst []byte, listener uint32, n int) []byte {
+	dst = binary.LittleEndian.AppendUint32(header(dst, KindReturn, 0), listener)
+	return binary.LittleEndian.AppendUint16(dst, uint16(n))
 }
 
 // AppendDisconnect appends a Disconnect frame.
 func AppendDisconnect(dst []byte) []byte { return header(dst, KindDisconnect, 0) }
+
+// AppendPing appends a Ping frame; the worker answers with a Pong.
+func AppendPing(dst []byte) []byte { return header(dst, KindPing, 0) }
+
+// AppendPong appends a Pong frame.
+func AppendPong(dst []byte) []byte { return header(dst, KindPong, 0) }
 
 // Conn frames messages on an scm.Conn. Writes are safe from many
 // goroutines and are never interleaved with a fragmented user message;
@@ -334,37 +361,19 @@ func (c *Conn) WriteFrame(frame []byte, fds []int) error {
 	return c.sc.WriteMsg(frame, fds)
 }
 
-// TryWriteConns writes a Conns frame for ids and fds without waiting. It
-// returns ErrBusy if another write holds the socket and an error matching
-// unix.EAGAIN if the socket is full; then nothing was sent. It makes no
-// allocation. The caller keeps ownership of fds.
-func (c *Conn) TryWriteConns(listener uint32, ids []uint64, fds []int) error {
-	if len(ids) != len(fds) || len(ids) > MaxConns {
-		return ErrFDs
+// TryWriteFrame writes one encoded frame, with no fds, without waiting:
+// it returns ErrBusy if another write holds the socket and an error
+// matching unix.EAGAIN if the socket is full; then nothing was sent. It is
+// for a caller that must never block, such as one holding a lock.
+func (c *Conn) TryWriteFrame(frame []byte) error {
+	if len(frame) > MaxFrame {
+		return ErrMalformed
 	}
 	if !c.wmu.TryLock() {
 		return ErrBusy
 	}
 	defer c.wmu.Unlock()
-	c.wbuf = AppendConns(c.wbuf[:0], false, listener, ids)
-	return c.sc.TryWriteMsg(c.wbuf, fds)
-}
-
-// WriteReport writes acked and closed ids, in as many Report frames as
-// they need, waiting while the socket is full.
-func (c *Conn) WriteReport(acked, closed []uint64) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	for len(acked)+len(closed) > 0 {
-		na := min(len(acked), MaxReportIDs)
-		nc := min(len(closed), MaxReportIDs-na)
-		c.wbuf = AppendReport(c.wbuf[:0], acked[:na], closed[:nc])
-		if err := c.sc.WriteMsg(c.wbuf, nil); err != nil {
-			return err
-		}
-		acked, closed = acked[na:], closed[nc:]
-	}
-	return nil
+	return c.sc.TryWriteMsg(frame, nil)
 }
 
 // WriteUser writes one user message, cut into fragments if it needs more

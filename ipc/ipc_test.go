@@ -15,10 +15,12 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,6 +111,16 @@ func (p *testPipe) assertNoWriters(tb testing.TB) {
 	}
 }
 
+// assertReadsByte checks that the pipe holds exactly the one byte b: it
+// was written through an fd that the test received for the pipe.
+func (p *testPipe) assertReadsByte(tb testing.TB, b byte, what string) {
+	tb.Helper()
+	var got [2]byte
+	if n, err := unix.Read(p.r, got[:]); n != 1 || err != nil || got[0] != b {
+		tb.Errorf("%s: pipe read n=%d b=%d err=%v, want the byte %d written through its fd", what, n, got[0], err, b)
+	}
+}
+
 func repeat(fd, n int) []int {
 	fds := make([]int, n)
 	for i := range fds {
@@ -132,6 +144,15 @@ func countFDs(tb testing.TB) int {
 	return len(ents)
 }
 
+// assertCloexec checks that a received fd is close-on-exec.
+func assertCloexec(tb testing.TB, fd int) {
+	tb.Helper()
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil || flags&unix.FD_CLOEXEC == 0 {
+		tb.Errorf("fd %d: flags %#x err %v, want close-on-exec", fd, flags, err)
+	}
+}
+
 // userFrame encodes a User frame by hand: there is no exported encoder for
 // one fragment.
 func userFrame(flags uint16, payload []byte) []byte {
@@ -149,12 +170,67 @@ func payloadOf(seed uint64, n int) []byte {
 	return b[:n:n]
 }
 
-func seqIDs(start uint64, n int) []uint64 {
-	ids := make([]uint64, n)
-	for i := range ids {
-		ids[i] = start + uint64(i)*0x0101010101
+// inet4 and inet6 are client addresses as accept4 fills them in: a raw
+// sockaddr_in (16 bytes) and a raw sockaddr_in6 (28, MaxAddr).
+func inet4(fd int, ip [4]byte, port uint16) ipc.Handoff {
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+	h := ipc.Handoff{FD: int32(fd), AddrLen: unix.SizeofSockaddrInet4}
+	copy(h.Addr[:], unsafe.Slice((*byte)(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4))
+	return h
+}
+
+func inet6(fd int, ip [16]byte, port uint16, scope uint32) ipc.Handoff {
+	sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip, Scope_id: scope}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], port)
+	h := ipc.Handoff{FD: int32(fd), AddrLen: unix.SizeofSockaddrInet6}
+	copy(h.Addr[:], unsafe.Slice((*byte)(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet6))
+	return h
+}
+
+// handoffs returns n handoffs of fds[i] (or fd -1 where fds is short),
+// their addresses cycling through a sockaddr_in, a sockaddr_in6 and none,
+// each different.
+func handoffs(n int, fds ...int) []ipc.Handoff {
+	hs := make([]ipc.Handoff, n)
+	for i := range hs {
+		fd := -1
+		if i < len(fds) {
+			fd = fds[i]
+		}
+		switch i % 3 {
+		case 0:
+			hs[i] = inet4(fd, [4]byte{10, byte(i >> 8), byte(i), 1}, uint16(40000+i))
+		case 1:
+			hs[i] = inet6(fd, [16]byte{0: 0x20, 1: 0x01, 14: byte(i >> 8), 15: byte(i)}, uint16(50000+i), uint32(i))
+		default:
+			hs[i] = ipc.Handoff{FD: int32(fd)}
+		}
 	}
-	return ids
+	return hs
+}
+
+// received is hs as a decoder gives it back: no fd yet.
+func received(hs []ipc.Handoff) []ipc.Handoff {
+	out := make([]ipc.Handoff, len(hs))
+	for i, h := range hs {
+		h.FD = -1
+		out[i] = h
+	}
+	return out
+}
+
+// sameAddrs reports whether got carries want's addresses, in order.
+func sameAddrs(got, want []ipc.Handoff) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for i := range got {
+		if got[i].AddrLen != want[i].AddrLen || got[i].Addr != want[i].Addr {
+			return false
+		}
+	}
+	return true
 }
 
 // background runs f on its own goroutine. The returned wait gives f's
@@ -191,11 +267,8 @@ func writeRaw(tb testing.TB, peer *scm.Conn, frame []byte, fds []int) {
 
 // normalize makes empty slices nil so messages compare with DeepEqual.
 func normalize(m ipc.Message) ipc.Message {
-	if len(m.IDs) == 0 {
-		m.IDs = nil
-	}
-	if len(m.Closed) == 0 {
-		m.Closed = nil
+	if len(m.Handoffs) == 0 {
+		m.Handoffs = nil
 	}
 	if len(m.Payload) == 0 {
 		m.Payload = nil
@@ -209,14 +282,23 @@ type frameCase struct {
 	name  string
 	frame []byte
 	want  ipc.Message
+	fds   int // the fds the frame must carry: its NumFDs
 }
 
 // validFrames is one or more well-formed frames of every kind, with what
 // they decode to. The fuzz targets use them as seeds.
 func validFrames() []frameCase {
 	long := strings.Repeat("a", 1500)
-	ids253 := seqIDs(1, ipc.MaxConns)
-	acked, closed := seqIDs(100, 5000), seqIDs(1<<40, ipc.MaxReportIDs-5000)
+	hs3, hsMax := handoffs(3), handoffs(ipc.MaxConns)
+	var full ipc.Handoff // every address byte set, so a cut one shows
+	full.AddrLen = ipc.MaxAddr
+	for i := range full.Addr {
+		full.Addr[i] = 0xff - byte(i)
+	}
+	wide := make([]ipc.Handoff, ipc.MaxConns)
+	for i := range wide {
+		wide[i] = full
+	}
 	return []frameCase{
 		{name: "hello", frame: ipc.AppendHello(nil, 4242),
 			want: ipc.Message{Kind: ipc.KindHello, PID: 4242}},
@@ -229,33 +311,41 @@ func validFrames() []frameCase {
 		{name: "listen long address cut", frame: ipc.AppendListen(nil, 1, "unix", long),
 			want: ipc.Message{Kind: ipc.KindListen, Req: 1, Network: "unix", Address: long[:1024]}},
 		{name: "listen-reply success", frame: ipc.AppendListenReply(nil, 7, 3, 0, "[::]:8080", "", ""),
-			want: ipc.Message{Kind: ipc.KindListenReply, Req: 7, Listener: 3, Address: "[::]:8080"}},
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 7, Listener: 3, Address: "[::]:8080"}, fds: 1},
+		{name: "listen-reply success max listener and address", frame: ipc.AppendListenReply(nil, 1, 1<<32-1, 0, long, "", ""),
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 1, Listener: 1<<32 - 1, Address: long[:1024]}, fds: 1},
 		{name: "listen-reply failure", frame: ipc.AppendListenReply(nil, 8, 0, uint32(unix.EADDRINUSE), "", "bind", "address already in use"),
 			want: ipc.Message{Kind: ipc.KindListenReply, Req: 8, Errno: uint32(unix.EADDRINUSE), Syscall: "bind", Err: "address already in use"}},
-		{name: "listen-reply max strings", frame: ipc.AppendListenReply(nil, 1, 2, 3, long, long, long),
-			want: ipc.Message{Kind: ipc.KindListenReply, Req: 1, Listener: 2, Errno: 3, Address: long[:1024], Syscall: long[:1024], Err: long[:1024]}},
-		{name: "conns none", frame: ipc.AppendConns(nil, false, 1, nil),
+		{name: "listen-reply failure without errno", frame: ipc.AppendListenReply(nil, 9, 0, 0, "", "", "unknown network"),
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 9, Err: "unknown network"}},
+		{name: "listen-reply failure max strings", frame: ipc.AppendListenReply(nil, 1, 0, 3, long, long, long),
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 1, Errno: 3, Address: long[:1024], Syscall: long[:1024], Err: long[:1024]}},
+		{name: "conns none", frame: ipc.AppendConns(nil, 1, nil),
 			want: ipc.Message{Kind: ipc.KindConns, Listener: 1}},
-		{name: "conns three", frame: ipc.AppendConns(nil, false, 2, []uint64{1, 1 << 63, 3}),
-			want: ipc.Message{Kind: ipc.KindConns, Listener: 2, IDs: []uint64{1, 1 << 63, 3}}},
-		{name: "conns max", frame: ipc.AppendConns(nil, false, 1<<32-1, ids253),
-			want: ipc.Message{Kind: ipc.KindConns, Listener: 1<<32 - 1, IDs: ids253}},
-		{name: "return", frame: ipc.AppendConns(nil, true, 5, []uint64{9, 10}),
-			want: ipc.Message{Kind: ipc.KindReturn, Listener: 5, IDs: []uint64{9, 10}}},
-		{name: "return max", frame: ipc.AppendConns(nil, true, 5, ids253),
-			want: ipc.Message{Kind: ipc.KindReturn, Listener: 5, IDs: ids253}},
-		{name: "report empty", frame: ipc.AppendReport(nil, nil, nil),
-			want: ipc.Message{Kind: ipc.KindReport}},
-		{name: "report acked", frame: ipc.AppendReport(nil, []uint64{1, 2}, nil),
-			want: ipc.Message{Kind: ipc.KindReport, IDs: []uint64{1, 2}}},
-		{name: "report closed", frame: ipc.AppendReport(nil, nil, []uint64{3}),
-			want: ipc.Message{Kind: ipc.KindReport, Closed: []uint64{3}}},
-		{name: "report both", frame: ipc.AppendReport(nil, []uint64{1}, []uint64{2, 3}),
-			want: ipc.Message{Kind: ipc.KindReport, IDs: []uint64{1}, Closed: []uint64{2, 3}}},
-		{name: "report max", frame: ipc.AppendReport(nil, acked, closed),
-			want: ipc.Message{Kind: ipc.KindReport, IDs: acked, Closed: closed}},
+		{name: "conns one without address", frame: ipc.AppendConns(nil, 1, []ipc.Handoff{{FD: 5}}),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 1, Handoffs: []ipc.Handoff{{FD: -1}}}, fds: 1},
+		{name: "conns one inet4", frame: ipc.AppendConns(nil, 2, []ipc.Handoff{inet4(5, [4]byte{127, 0, 0, 1}, 8080)}),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 2, Handoffs: []ipc.Handoff{inet4(-1, [4]byte{127, 0, 0, 1}, 8080)}}, fds: 1},
+		{name: "conns one inet6", frame: ipc.AppendConns(nil, 2, []ipc.Handoff{inet6(5, [16]byte{15: 1}, 443, 2)}),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 2, Handoffs: []ipc.Handoff{inet6(-1, [16]byte{15: 1}, 443, 2)}}, fds: 1},
+		{name: "conns three of 16, 28 and 0 bytes", frame: ipc.AppendConns(nil, 2, hs3),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 2, Handoffs: received(hs3)}, fds: 3},
+		{name: "conns max", frame: ipc.AppendConns(nil, 1<<32-1, hsMax),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 1<<32 - 1, Handoffs: received(hsMax)}, fds: ipc.MaxConns},
+		{name: "conns max with every address MaxAddr", frame: ipc.AppendConns(nil, 4, wide),
+			want: ipc.Message{Kind: ipc.KindConns, Listener: 4, Handoffs: received(wide)}, fds: ipc.MaxConns},
+		{name: "return none", frame: ipc.AppendReturn(nil, 5, 0),
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 5}},
+		{name: "return two", frame: ipc.AppendReturn(nil, 5, 2),
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 5, Count: 2}, fds: 2},
+		{name: "return max", frame: ipc.AppendReturn(nil, 1<<32-1, ipc.MaxConns),
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 1<<32 - 1, Count: ipc.MaxConns}, fds: ipc.MaxConns},
 		{name: "disconnect", frame: ipc.AppendDisconnect(nil),
 			want: ipc.Message{Kind: ipc.KindDisconnect}},
+		{name: "ping", frame: ipc.AppendPing(nil),
+			want: ipc.Message{Kind: ipc.KindPing}},
+		{name: "pong", frame: ipc.AppendPong(nil),
+			want: ipc.Message{Kind: ipc.KindPong}},
 		{name: "user empty", frame: userFrame(0, nil),
 			want: ipc.Message{Kind: ipc.KindUser}},
 		{name: "user", frame: userFrame(0, []byte(`{"hello":"world"}`)),
@@ -276,9 +366,15 @@ func TestKindString(t *testing.T) {
 	}{
 		{name: "invalid", kind: 0, want: "invalid"},
 		{name: "hello", kind: ipc.KindHello, want: "hello"},
+		{name: "listen", kind: ipc.KindListen, want: "listen"},
 		{name: "listen-reply", kind: ipc.KindListenReply, want: "listen-reply"},
+		{name: "conns", kind: ipc.KindConns, want: "conns"},
+		{name: "return", kind: ipc.KindReturn, want: "return"},
+		{name: "disconnect", kind: ipc.KindDisconnect, want: "disconnect"},
 		{name: "user", kind: ipc.KindUser, want: "user"},
-		{name: "past the end", kind: ipc.KindUser + 1, want: "kind(9)"},
+		{name: "ping", kind: ipc.KindPing, want: "ping"},
+		{name: "pong", kind: ipc.KindPong, want: "pong"},
+		{name: "past the end", kind: ipc.KindPong + 1, want: "kind(10)"},
 		{name: "max", kind: 255, want: "kind(255)"},
 	}
 	for _, tt := range tests {
@@ -308,8 +404,8 @@ func TestEncodeDecode(t *testing.T) {
 			if got, want := normalize(m), normalize(tt.want); !reflect.DeepEqual(got, want) {
 				t.Errorf("Decode:\n got %+v\nwant %+v", got, want)
 			}
-			if got, want := m.NumFDs(), len(tt.want.IDs); (m.Kind == ipc.KindConns || m.Kind == ipc.KindReturn) && got != want {
-				t.Errorf("NumFDs = %d, want %d", got, want)
+			if got := m.NumFDs(); got != tt.fds {
+				t.Errorf("NumFDs = %d, want %d", got, tt.fds)
 			}
 			// The encoders append: a prefix in dst is kept.
 			if enc := reencode(&m, []byte("prefix")); !bytes.Equal(enc, append([]byte("prefix"), tt.frame...)) {
@@ -329,12 +425,16 @@ func reencode(m *ipc.Message, dst []byte) []byte {
 		dst = ipc.AppendListen(dst, m.Req, m.Network, m.Address)
 	case ipc.KindListenReply:
 		dst = ipc.AppendListenReply(dst, m.Req, m.Listener, m.Errno, m.Address, m.Syscall, m.Err)
-	case ipc.KindConns, ipc.KindReturn:
-		dst = ipc.AppendConns(dst, m.Kind == ipc.KindReturn, m.Listener, m.IDs)
-	case ipc.KindReport:
-		dst = ipc.AppendReport(dst, m.IDs, m.Closed)
+	case ipc.KindConns:
+		dst = ipc.AppendConns(dst, m.Listener, m.Handoffs)
+	case ipc.KindReturn:
+		dst = ipc.AppendReturn(dst, m.Listener, m.Count)
 	case ipc.KindDisconnect:
 		dst = ipc.AppendDisconnect(dst)
+	case ipc.KindPing:
+		dst = ipc.AppendPing(dst)
+	case ipc.KindPong:
+		dst = ipc.AppendPong(dst)
 	case ipc.KindUser:
 		return append(dst, userFrame(m.Flags, m.Payload)...)
 	default:
@@ -345,20 +445,46 @@ func reencode(m *ipc.Message, dst []byte) []byte {
 	return dst
 }
 
+// TestAppendConnsCutsLongAddress: an AddrLen over MaxAddr (which no
+// sockaddr that fits Addr has) is sent as MaxAddr bytes, and the frame
+// still decodes.
+func TestAppendConnsCutsLongAddress(t *testing.T) {
+	t.Parallel()
+	h := handoffs(2)[1] // a sockaddr_in6, MaxAddr bytes
+	h.AddrLen = 255
+	var m ipc.Message
+	if err := ipc.Decode(ipc.AppendConns(nil, 1, []ipc.Handoff{h}), &m); err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	if len(m.Handoffs) != 1 || m.Handoffs[0].AddrLen != ipc.MaxAddr || m.Handoffs[0].Addr != h.Addr {
+		t.Errorf("got %+v, want the address cut to MaxAddr", m.Handoffs)
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	t.Parallel()
 	hdr := func(version byte, kind ipc.Kind, body ...byte) []byte {
 		return append([]byte{version, byte(kind), 0, 0}, body...)
 	}
 	u16 := func(v int) []byte { return binary.LittleEndian.AppendUint16(nil, uint16(v)) }
-	conns := func(n int) []byte {
+	u32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+	// conns is a Conns frame of listener 1 whose n addresses have the
+	// given lengths, each followed by that many bytes.
+	conns := func(n int, lens ...int) []byte {
 		b := append(hdr(ipc.Version, ipc.KindConns, 1, 0, 0, 0), u16(n)...)
-		return append(b, make([]byte, 8*n)...)
+		for _, l := range lens {
+			b = append(b, byte(l))
+			b = append(b, make([]byte, l)...)
+		}
+		return b
 	}
-	report := func(na, nc int) []byte {
-		b := append(hdr(ipc.Version, ipc.KindReport), u16(na)...)
-		b = append(b, u16(nc)...)
-		return append(b, make([]byte, 8*(na+nc))...)
+	zeros := func(n int) []int { return make([]int, n) }
+	ret := func(n int) []byte { return append(hdr(ipc.Version, ipc.KindReturn, 1, 0, 0, 0), u16(n)...) }
+	reply := func(listener, errno uint32, errText string) []byte {
+		b := append(hdr(ipc.Version, ipc.KindListenReply), u32(7)...)
+		b = append(append(b, u32(listener)...), u32(errno)...)
+		b = append(append(b, 0, 0), 0, 0) // address, syscall
+		return append(append(b, u16(len(errText))...), errText...)
 	}
 	listenStr := func(n int) []byte {
 		b := append(hdr(ipc.Version, ipc.KindListen, 0, 0, 0, 0), u16(n)...)
@@ -374,21 +500,36 @@ func TestDecodeErrors(t *testing.T) {
 		{name: "one byte", frame: []byte{ipc.Version}, want: ipc.ErrMalformed},
 		{name: "three bytes", frame: []byte{ipc.Version, byte(ipc.KindDisconnect), 0}, want: ipc.ErrMalformed},
 		{name: "version 0", frame: hdr(0, ipc.KindDisconnect), want: ipc.ErrVersion},
-		{name: "version 2", frame: hdr(2, ipc.KindDisconnect), want: ipc.ErrVersion},
+		{name: "version 1", frame: hdr(1, ipc.KindDisconnect), want: ipc.ErrVersion},
+		{name: "version 3", frame: hdr(3, ipc.KindDisconnect), want: ipc.ErrVersion},
 		{name: "version 255", frame: append(hdr(255, ipc.KindHello), 1, 2, 3, 4), want: ipc.ErrVersion},
+		{name: "version 1 conns of ids", frame: append(hdr(1, ipc.KindConns, 1, 0, 0, 0, 1, 0), make([]byte, 8)...), want: ipc.ErrVersion},
 		{name: "kind 0", frame: hdr(ipc.Version, 0), want: ipc.ErrUnknownKind},
-		{name: "kind past user", frame: hdr(ipc.Version, ipc.KindUser+1), want: ipc.ErrUnknownKind},
+		{name: "kind past pong", frame: hdr(ipc.Version, ipc.KindPong+1), want: ipc.ErrUnknownKind},
 		{name: "kind 255", frame: hdr(ipc.Version, 255), want: ipc.ErrUnknownKind},
-		{name: "conns over MaxConns", frame: conns(ipc.MaxConns + 1), want: ipc.ErrMalformed},
-		{name: "conns count 65535", frame: conns(65535), want: ipc.ErrMalformed},
-		{name: "conns count over body", frame: conns(3)[:4+4+2+8*2], want: ipc.ErrMalformed},
-		{name: "report over MaxReportIDs", frame: report(ipc.MaxReportIDs, 1), want: ipc.ErrMalformed},
-		{name: "report counts 65535", frame: report(65535, 65535)[:64], want: ipc.ErrMalformed},
-		{name: "report closed over body", frame: report(1, 2)[:4+4+8*2], want: ipc.ErrMalformed},
+		{name: "conns over MaxConns", frame: conns(ipc.MaxConns+1, zeros(ipc.MaxConns+1)...), want: ipc.ErrMalformed},
+		{name: "conns count 65535", frame: conns(65535, zeros(300)...), want: ipc.ErrMalformed},
+		{name: "conns count over body", frame: conns(3, 16, 0), want: ipc.ErrMalformed},
+		{name: "conns without count", frame: hdr(ipc.Version, ipc.KindConns, 1, 0, 0, 0), want: ipc.ErrMalformed},
+		{name: "conns address length byte missing", frame: conns(1), want: ipc.ErrMalformed},
+		{name: "conns address length past the end", frame: conns(1, 16)[:4+4+2+1+10], want: ipc.ErrMalformed},
+		{name: "conns last address length past the end", frame: append(conns(2, 16), 28, 1, 2, 3), want: ipc.ErrMalformed},
+		{name: "conns address one over MaxAddr", frame: conns(1, ipc.MaxAddr+1), want: ipc.ErrMalformed},
+		{name: "conns address of 255", frame: conns(2, 4, 255), want: ipc.ErrMalformed},
+		{name: "conns trailing byte", frame: append(conns(1, 16), 0), want: ipc.ErrMalformed},
+		{name: "return over MaxConns", frame: ret(ipc.MaxConns + 1), want: ipc.ErrMalformed},
+		{name: "return count 65535", frame: ret(65535), want: ipc.ErrMalformed},
+		{name: "return with ids", frame: append(ret(1), make([]byte, 8)...), want: ipc.ErrMalformed},
+		{name: "return without count", frame: hdr(ipc.Version, ipc.KindReturn, 1, 0, 0, 0), want: ipc.ErrMalformed},
 		{name: "string over 1024", frame: listenStr(1025), want: ipc.ErrMalformed},
 		{name: "string length over body", frame: listenStr(10)[:4+4+2+5], want: ipc.ErrMalformed},
 		{name: "listen-reply missing strings", frame: hdr(ipc.Version, ipc.KindListenReply, make([]byte, 12)...), want: ipc.ErrMalformed},
+		{name: "listen-reply listener and errno", frame: reply(3, uint32(unix.EADDRINUSE), ""), want: ipc.ErrMalformed},
+		{name: "listen-reply listener and error text", frame: reply(3, 0, "address already in use"), want: ipc.ErrMalformed},
+		{name: "listen-reply listener, errno and error text", frame: reply(1<<32-1, 1, "x"), want: ipc.ErrMalformed},
 		{name: "disconnect with body", frame: hdr(ipc.Version, ipc.KindDisconnect, 0), want: ipc.ErrMalformed},
+		{name: "ping with body", frame: hdr(ipc.Version, ipc.KindPing, 1, 2, 3, 4), want: ipc.ErrMalformed},
+		{name: "pong with body", frame: hdr(ipc.Version, ipc.KindPong, 0), want: ipc.ErrMalformed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -397,6 +538,13 @@ func TestDecodeErrors(t *testing.T) {
 				t.Errorf("Decode: got %v, want %v", err, tt.want)
 			}
 		})
+	}
+	// The reply builder makes valid frames when there is no conflict.
+	var m ipc.Message
+	for _, f := range [][]byte{reply(3, 0, ""), reply(0, 1, "x")} {
+		if err := ipc.Decode(f, &m); err != nil {
+			t.Errorf("Decode of a valid listen-reply: %v", err)
+		}
 	}
 }
 
@@ -437,13 +585,28 @@ func TestDecodeTruncatedAndTrailing(t *testing.T) {
 func TestDecodeReusesMessage(t *testing.T) {
 	t.Parallel()
 	var m ipc.Message
-	for _, tt := range validFrames() {
-		if err := ipc.Decode(tt.frame, &m); err != nil {
-			t.Fatalf("%s: Decode: %v", tt.name, err)
+	for range 2 { // the second time round, every slice has been grown
+		for _, tt := range validFrames() {
+			if err := ipc.Decode(tt.frame, &m); err != nil {
+				t.Fatalf("%s: Decode: %v", tt.name, err)
+			}
+			if got, want := normalize(m), normalize(tt.want); !reflect.DeepEqual(got, want) {
+				t.Fatalf("%s: Decode into a used Message:\n got %+v\nwant %+v", tt.name, got, want)
+			}
 		}
-		if got, want := normalize(m), normalize(tt.want); !reflect.DeepEqual(got, want) {
-			t.Fatalf("%s: Decode into a used Message:\n got %+v\nwant %+v", tt.name, got, want)
-		}
+	}
+	// A shorter Conns frame after a longer one reuses the slice, and
+	// nothing of the longer one's handoffs shows.
+	hs := handoffs(3, 7, 8, 9)
+	if err := ipc.Decode(ipc.AppendConns(nil, 1, handoffs(ipc.MaxConns)), &m); err != nil {
+		t.Fatal(err)
+	}
+	m.Handoffs[0].FD = 42 // as Recv fills it in
+	if err := ipc.Decode(ipc.AppendConns(nil, 2, hs), &m); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m.Handoffs, received(hs)) {
+		t.Errorf("handoffs after a longer frame: %+v, want %+v", m.Handoffs, received(hs))
 	}
 	// Decode never keeps the frame: overwriting it changes nothing but a
 	// User frame's Payload, which is documented to alias it.
@@ -455,22 +618,41 @@ func TestDecodeReusesMessage(t *testing.T) {
 	if m.Network != "tcp" || m.Address != ":80" {
 		t.Errorf("strings changed with the frame: %q %q", m.Network, m.Address)
 	}
+	frame = ipc.AppendConns(nil, 1, hs)
+	if err := ipc.Decode(frame, &m); err != nil {
+		t.Fatal(err)
+	}
+	clear(frame)
+	if !reflect.DeepEqual(m.Handoffs, received(hs)) {
+		t.Errorf("addresses changed with the frame: %+v", m.Handoffs)
+	}
 }
 
 // --- Conn ---
 
-func TestConnsCarryFDs(t *testing.T) {
+// TestControlFramesCarryFDs sends the frames that carry fds on the
+// control socket, Return and a successful ListenReply, and checks that the
+// fds arrive close-on-exec, in order, each for the file that was sent.
+func TestControlFramesCarryFDs(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name string
-		n    int
-		ret  bool
+		name  string
+		frame []byte
+		n     int
+		want  ipc.Message
 	}{
-		{name: "none", n: 0},
-		{name: "one", n: 1},
-		{name: "16", n: 16},
-		{name: "MaxConns", n: ipc.MaxConns},
-		{name: "return 3", n: 3, ret: true},
+		{name: "return none", frame: ipc.AppendReturn(nil, 9, 0), n: 0,
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 9}},
+		{name: "return one", frame: ipc.AppendReturn(nil, 9, 1), n: 1,
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 9, Count: 1}},
+		{name: "return 16", frame: ipc.AppendReturn(nil, 9, 16), n: 16,
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 9, Count: 16}},
+		{name: "return MaxConns", frame: ipc.AppendReturn(nil, 9, ipc.MaxConns), n: ipc.MaxConns,
+			want: ipc.Message{Kind: ipc.KindReturn, Listener: 9, Count: ipc.MaxConns}},
+		{name: "listen-reply success", frame: ipc.AppendListenReply(nil, 4, 9, 0, "127.0.0.1:8080", "", ""), n: 1,
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 4, Listener: 9, Address: "127.0.0.1:8080"}},
+		{name: "listen-reply failure", frame: ipc.AppendListenReply(nil, 4, 0, uint32(unix.EACCES), "", "bind", "permission denied"), n: 0,
+			want: ipc.Message{Kind: ipc.KindListenReply, Req: 4, Errno: uint32(unix.EACCES), Syscall: "bind", Err: "permission denied"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -482,67 +664,24 @@ func TestConnsCarryFDs(t *testing.T) {
 				pipes[i] = newPipe(t)
 				sent[i] = pipes[i].w
 			}
-			ids := seqIDs(1000, tt.n)
-			var err error
-			if tt.ret {
-				err = worker.WriteFrame(ipc.AppendConns(nil, true, 9, ids), sent)
-			} else {
-				err = master.TryWriteConns(9, ids, sent)
-			}
-			if err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			from := worker
-			if tt.ret {
-				from = master
+			if err := worker.WriteFrame(tt.frame, sent); err != nil {
+				t.Fatalf("WriteFrame: %v", err)
 			}
 			var m ipc.Message
-			fds := readMsg(t, from, &m)
+			fds := readMsg(t, master, &m)
 			t.Cleanup(func() { closeFDs(fds) })
-			want := ipc.KindConns
-			if tt.ret {
-				want = ipc.KindReturn
-			}
-			if m.Kind != want || m.Listener != 9 || !slices.Equal(m.IDs, ids) {
-				t.Fatalf("got %s listener %d ids %v", m.Kind, m.Listener, m.IDs)
+			if got, want := normalize(m), normalize(tt.want); !reflect.DeepEqual(got, want) {
+				t.Fatalf("got %+v, want %+v", got, want)
 			}
 			if len(fds) != tt.n || m.NumFDs() != tt.n {
 				t.Fatalf("got %d fds, NumFDs %d, want %d", len(fds), m.NumFDs(), tt.n)
 			}
 			for i, fd := range fds {
-				flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-				if err != nil || flags&unix.FD_CLOEXEC == 0 {
-					t.Errorf("fd %d: flags %#x err %v, want close-on-exec", i, flags, err)
-				}
+				assertCloexec(t, fd)
 				if _, err := unix.Write(fd, []byte{byte(i)}); err != nil {
 					t.Fatalf("write through fd %d: %v", i, err)
 				}
-				var b [2]byte
-				if n, err := unix.Read(pipes[i].r, b[:]); n != 1 || err != nil || b[0] != byte(i) {
-					t.Errorf("pipe %d: n=%d b=%d err=%v: fd %d is not conn %d's", i, n, b[0], err, i, ids[i])
-				}
-			}
-		})
-	}
-}
-
-func TestTryWriteConnsArgs(t *testing.T) {
-	t.Parallel()
-	master, _ := newPair(t)
-	p := newPipe(t)
-	tests := []struct {
-		name string
-		ids  []uint64
-		fds  []int
-	}{
-		{name: "more ids than fds", ids: seqIDs(1, 2), fds: []int{p.w}},
-		{name: "more fds than ids", ids: seqIDs(1, 1), fds: []int{p.w, p.w}},
-		{name: "over MaxConns", ids: seqIDs(1, ipc.MaxConns+1), fds: repeat(p.w, ipc.MaxConns+1)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if err := master.TryWriteConns(1, tt.ids, tt.fds); !errors.Is(err, ipc.ErrFDs) {
-				t.Errorf("TryWriteConns: %v, want ErrFDs", err)
+				pipes[i].assertReadsByte(t, byte(i), fmt.Sprintf("fd %d", i))
 			}
 		})
 	}
@@ -550,9 +689,38 @@ func TestTryWriteConnsArgs(t *testing.T) {
 
 func TestWriteFrameTooLarge(t *testing.T) {
 	t.Parallel()
-	master, _ := newPair(t)
-	if err := master.WriteFrame(userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1)), nil); !errors.Is(err, ipc.ErrMalformed) {
+	master, worker := newConnPair(t)
+	big := userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1))
+	if err := master.WriteFrame(big, nil); !errors.Is(err, ipc.ErrMalformed) {
 		t.Errorf("WriteFrame of MaxFrame+1 bytes: %v, want ErrMalformed", err)
+	}
+	if err := master.TryWriteFrame(big); !errors.Is(err, ipc.ErrMalformed) {
+		t.Errorf("TryWriteFrame of MaxFrame+1 bytes: %v, want ErrMalformed", err)
+	}
+	var m ipc.Message
+	if _, err := worker.TryRead(&m); !errors.Is(err, unix.EAGAIN) {
+		t.Errorf("TryRead: %s, %v; want EAGAIN: nothing was to be sent", m.Kind, err)
+	}
+}
+
+// TestPingPong: the master pings with TryWriteFrame, the worker answers.
+func TestPingPong(t *testing.T) {
+	t.Parallel()
+	master, worker := newConnPair(t)
+	var m ipc.Message
+	for i := range 3 {
+		if err := master.TryWriteFrame(ipc.AppendPing(nil)); err != nil {
+			t.Fatalf("ping %d: %v", i, err)
+		}
+		if fds := readMsg(t, worker, &m); m.Kind != ipc.KindPing || len(fds) != 0 {
+			t.Fatalf("worker got %s with %d fds, want ping", m.Kind, len(fds))
+		}
+		if err := worker.TryWriteFrame(ipc.AppendPong(nil)); err != nil {
+			t.Fatalf("pong %d: %v", i, err)
+		}
+		if fds := readMsg(t, master, &m); m.Kind != ipc.KindPong || len(fds) != 0 {
+			t.Fatalf("master got %s with %d fds, want pong", m.Kind, len(fds))
+		}
 	}
 }
 
@@ -565,15 +733,22 @@ func TestWrongFDs(t *testing.T) {
 		frame []byte
 		nfds  int
 	}{
-		{name: "conns short of fds", frame: ipc.AppendConns(nil, false, 1, []uint64{1, 2}), nfds: 1},
-		{name: "conns with extra fds", frame: ipc.AppendConns(nil, false, 1, []uint64{1, 2}), nfds: 3},
-		{name: "conns of none with one", frame: ipc.AppendConns(nil, false, 1, nil), nfds: 1},
-		{name: "conns without fds", frame: ipc.AppendConns(nil, false, 1, []uint64{1}), nfds: 0},
-		{name: "return short of fds", frame: ipc.AppendConns(nil, true, 1, seqIDs(1, 16)), nfds: 15},
-		{name: "report with one", frame: ipc.AppendReport(nil, []uint64{1}, nil), nfds: 1},
-		{name: "report with MaxFDs", frame: ipc.AppendReport(nil, []uint64{1}, []uint64{2}), nfds: scm.MaxFDs},
+		{name: "conns short of fds", frame: ipc.AppendConns(nil, 1, handoffs(2)), nfds: 1},
+		{name: "conns with extra fds", frame: ipc.AppendConns(nil, 1, handoffs(2)), nfds: 3},
+		{name: "conns of none with one", frame: ipc.AppendConns(nil, 1, nil), nfds: 1},
+		{name: "conns without fds", frame: ipc.AppendConns(nil, 1, handoffs(1)), nfds: 0},
+		{name: "return short of fds", frame: ipc.AppendReturn(nil, 1, 16), nfds: 15},
+		{name: "return with extra fds", frame: ipc.AppendReturn(nil, 1, 2), nfds: 3},
+		{name: "return of none with one", frame: ipc.AppendReturn(nil, 1, 0), nfds: 1},
+		{name: "return without fds", frame: ipc.AppendReturn(nil, 1, ipc.MaxConns), nfds: 0},
+		{name: "listen-reply success without the socket", frame: ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), nfds: 0},
+		{name: "listen-reply success with two", frame: ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), nfds: 2},
+		{name: "listen-reply failure with one", frame: ipc.AppendListenReply(nil, 1, 0, 1, "", "bind", "x"), nfds: 1},
+		{name: "listen with one", frame: ipc.AppendListen(nil, 1, "tcp", ":80"), nfds: 1},
 		{name: "hello with two", frame: ipc.AppendHello(nil, 1), nfds: 2},
 		{name: "disconnect with one", frame: ipc.AppendDisconnect(nil), nfds: 1},
+		{name: "ping with one", frame: ipc.AppendPing(nil), nfds: 1},
+		{name: "pong with MaxFDs", frame: ipc.AppendPong(nil), nfds: scm.MaxFDs},
 		{name: "user with one", frame: userFrame(0, []byte("{}")), nfds: 1},
 	}
 	for _, tt := range tests {
@@ -597,8 +772,9 @@ func TestWrongFDs(t *testing.T) {
 	}
 }
 
-// TestUserMessages sends user messages of many sizes with Conns frames in
-// between, all from one goroutine: they arrive intact and in order.
+// TestUserMessages sends user messages of many sizes with fd-carrying
+// frames in between, all from one goroutine: they arrive intact and in
+// order.
 func TestUserMessages(t *testing.T) {
 	t.Parallel()
 	sizes := []int{0, 1, 10, ipc.MaxFrame - ipc.HeaderSize, ipc.MaxFrame - ipc.HeaderSize + 1, 3 * (ipc.MaxFrame - ipc.HeaderSize), 1 << 20, ipc.MaxMessage}
@@ -609,8 +785,8 @@ func TestUserMessages(t *testing.T) {
 			if err := master.WriteUser(payloadOf(uint64(i), n)); err != nil {
 				return fmt.Errorf("WriteUser(%d bytes): %w", n, err)
 			}
-			if err := master.WriteFrame(ipc.AppendConns(nil, false, 1, []uint64{uint64(i)}), []int{p.w}); err != nil {
-				return fmt.Errorf("WriteFrame(conns %d): %w", i, err)
+			if err := master.WriteFrame(ipc.AppendListenReply(nil, uint32(i), uint32(i)+1, 0, ":80", "", ""), []int{p.w}); err != nil {
+				return fmt.Errorf("WriteFrame(listen-reply %d): %w", i, err)
 			}
 		}
 		return nil
@@ -629,8 +805,8 @@ func TestUserMessages(t *testing.T) {
 		keep := m.Payload
 		fds := readMsg(t, worker, &m)
 		closeFDs(fds)
-		if m.Kind != ipc.KindConns || len(m.IDs) != 1 || m.IDs[0] != uint64(i) || len(fds) != 1 {
-			t.Fatalf("after message %d: got %s ids %v with %d fds, want conns %d", i, m.Kind, m.IDs, len(fds), i)
+		if m.Kind != ipc.KindListenReply || m.Req != uint32(i) || m.Listener != uint32(i)+1 || len(fds) != 1 {
+			t.Fatalf("after message %d: got %s req %d listener %d with %d fds, want listen-reply %d", i, m.Kind, m.Req, m.Listener, len(fds), i)
 		}
 		// The Payload is the caller's: later reads do not touch it.
 		if !bytes.Equal(keep, payloadOf(uint64(i), n)) {
@@ -643,30 +819,50 @@ func TestUserMessages(t *testing.T) {
 }
 
 // TestConcurrentWriters checks that fragments of messages written from
-// many goroutines at once are never interleaved.
+// many goroutines at once are never interleaved, not even with the pings
+// that another goroutine writes with TryWriteFrame all the while.
 func TestConcurrentWriters(t *testing.T) {
 	t.Parallel()
-	const writers, perWriter, size = 4, 3, 150_000
+	const writers, perWriter, size, pings = 4, 3, 150_000, 50
 	master, worker := newConnPair(t)
-	var wg sync.WaitGroup
-	errs := make(chan error, writers)
+	var g errgroup.Group
 	for w := range writers {
-		wg.Go(func() {
+		g.Go(func() error {
 			for s := range perWriter {
 				p := payloadOf(uint64(w*100+s), size)
 				p[0], p[1] = byte(w), byte(s)
 				if err := master.WriteUser(p); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
+			return nil
 		})
 	}
-	t.Cleanup(func() { _ = master.Close(); wg.Wait() })
+	var busy int // times TryWriteFrame found the lock taken
+	g.Go(func() error {
+		for sent := 0; sent < pings; {
+			err := master.TryWriteFrame(ipc.AppendPing(nil))
+			switch {
+			case err == nil:
+				sent++
+			case errors.Is(err, ipc.ErrBusy):
+				busy++
+			case !errors.Is(err, unix.EAGAIN):
+				return fmt.Errorf("TryWriteFrame: %w", err)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		return nil
+	})
+	t.Cleanup(func() { _ = master.Close(); _ = g.Wait() })
 	next := make([]int, writers)
 	var m ipc.Message
-	for range writers * perWriter {
+	for got, gotPings := 0, 0; got < writers*perWriter || gotPings < pings; {
 		readMsg(t, worker, &m)
+		if m.Kind == ipc.KindPing {
+			gotPings++
+			continue
+		}
 		if m.Kind != ipc.KindUser || len(m.Payload) != size {
 			t.Fatalf("got %s of %d bytes", m.Kind, len(m.Payload))
 		}
@@ -680,12 +876,12 @@ func TestConcurrentWriters(t *testing.T) {
 			t.Fatalf("message %d of writer %d is not what was sent", s, w)
 		}
 		next[w]++
+		got++
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
 	}
+	t.Logf("TryWriteFrame found the write lock taken %d times", busy)
 }
 
 func TestWriteUserTooLarge(t *testing.T) {
@@ -733,7 +929,7 @@ func TestReadMessageTooLarge(t *testing.T) {
 				if err := peer.WriteMsg(userFrame(0, []byte(`"next"`)), nil); err != nil {
 					return err
 				}
-				return peer.WriteMsg(ipc.AppendConns(nil, false, 1, []uint64{5}), []int{p.w})
+				return peer.WriteMsg(ipc.AppendReturn(nil, 1, 1), []int{p.w})
 			})
 			var m ipc.Message
 			if fds, err := c.Read(&m); !errors.Is(err, ipc.ErrMessageTooLarge) || fds != nil {
@@ -744,8 +940,8 @@ func TestReadMessageTooLarge(t *testing.T) {
 			}
 			fds := readMsg(t, c, &m)
 			closeFDs(fds)
-			if m.Kind != ipc.KindConns || len(fds) != 1 {
-				t.Fatalf("then: %s with %d fds, want conns", m.Kind, len(fds))
+			if m.Kind != ipc.KindReturn || m.Count != 1 || len(fds) != 1 {
+				t.Fatalf("then: %s of %d with %d fds, want return of 1", m.Kind, m.Count, len(fds))
 			}
 			if err := wait(); err != nil {
 				t.Fatal(err)
@@ -774,12 +970,16 @@ func TestDroppedFrames(t *testing.T) {
 	}{
 		{name: "hello between fragments", want: ipc.ErrFragment,
 			frames: []raw{more("ab"), {frame: ipc.AppendHello(nil, 1)}, more("cd"), last("ef")}},
-		{name: "conns between fragments", want: ipc.ErrFragment,
-			frames: []raw{more("ab"), {frame: ipc.AppendConns(nil, false, 1, []uint64{1, 2}), nfds: 2}, last("ef")}},
-		{name: "report right before the last fragment", want: ipc.ErrFragment,
-			frames: []raw{more("ab"), more("cd"), {frame: ipc.AppendReport(nil, []uint64{1}, nil)}, last("ef")}},
-		{name: "conns with wrong fds between fragments", want: ipc.ErrFDs,
-			frames: []raw{more("ab"), {frame: ipc.AppendConns(nil, false, 1, []uint64{1, 2}), nfds: 1}, last("ef")}},
+		{name: "return between fragments", want: ipc.ErrFragment,
+			frames: []raw{more("ab"), {frame: ipc.AppendReturn(nil, 1, 2), nfds: 2}, last("ef")}},
+		{name: "listen-reply with its socket between fragments", want: ipc.ErrFragment,
+			frames: []raw{more("ab"), {frame: ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), nfds: 1}, last("ef")}},
+		{name: "ping right before the last fragment", want: ipc.ErrFragment,
+			frames: []raw{more("ab"), more("cd"), {frame: ipc.AppendPing(nil)}, last("ef")}},
+		{name: "return with wrong fds between fragments", want: ipc.ErrFDs,
+			frames: []raw{more("ab"), {frame: ipc.AppendReturn(nil, 1, 2), nfds: 1}, last("ef")}},
+		{name: "listen-reply with listener and error between fragments", want: ipc.ErrMalformed,
+			frames: []raw{more("ab"), {frame: ipc.AppendListenReply(nil, 1, 2, 98, "", "bind", "in use"), nfds: 1}, last("ef")}},
 		{name: "unknown kind between fragments", want: ipc.ErrUnknownKind,
 			frames: []raw{more("ab"), {frame: []byte{ipc.Version, 200, 0, 0}}, last("ef")}},
 		{name: "bad version between fragments", want: ipc.ErrVersion,
@@ -824,92 +1024,42 @@ func TestDroppedFrames(t *testing.T) {
 	}
 }
 
-func TestWriteReportSplits(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name          string
-		acked, closed int
-		wantFrames    int
-	}{
-		{name: "nothing", wantFrames: 0},
-		{name: "small", acked: 3, closed: 2, wantFrames: 1},
-		{name: "exactly one frame", acked: ipc.MaxReportIDs - 1, closed: 1, wantFrames: 1},
-		{name: "one over", acked: ipc.MaxReportIDs, closed: 1, wantFrames: 2},
-		{name: "many", acked: 10_000, closed: 9_000, wantFrames: 3},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			worker, master := newConnPair(t)
-			acked, closed := seqIDs(1, tt.acked), seqIDs(1<<32, tt.closed)
-			if err := worker.WriteReport(acked, closed); err != nil {
-				t.Fatalf("WriteReport: %v", err)
-			}
-			var gotAcked, gotClosed []uint64
-			var m ipc.Message
-			frames := 0
-			for {
-				if _, err := master.TryRead(&m); errors.Is(err, unix.EAGAIN) {
-					break
-				} else if err != nil {
-					t.Fatalf("TryRead: %v", err)
-				}
-				if m.Kind != ipc.KindReport {
-					t.Fatalf("got %s, want report", m.Kind)
-				}
-				if len(m.IDs)+len(m.Closed) > ipc.MaxReportIDs {
-					t.Fatalf("frame with %d ids", len(m.IDs)+len(m.Closed))
-				}
-				frames++
-				gotAcked = append(gotAcked, m.IDs...)
-				gotClosed = append(gotClosed, m.Closed...)
-			}
-			if frames != tt.wantFrames {
-				t.Errorf("got %d frames, want %d", frames, tt.wantFrames)
-			}
-			if !slices.Equal(gotAcked, acked) || !slices.Equal(gotClosed, closed) {
-				t.Errorf("got %d acked and %d closed ids, want %d and %d in order", len(gotAcked), len(gotClosed), len(acked), len(closed))
-			}
-		})
-	}
-}
-
-func TestTryWriteConnsBusy(t *testing.T) {
+// TestTryWriteFrameBusy: TryWriteFrame says EAGAIN on a full socket and
+// ErrBusy while a WriteUser waits holding the write lock, and never waits
+// itself; what it did send arrives in order, before the user message.
+func TestTryWriteFrameBusy(t *testing.T) {
 	t.Parallel()
 	master, worker := newConnPair(t)
-	p := newPipe(t)
-	// Fill the socket, then park a WriteUser on it: it holds the write lock.
 	queued := 0
 	for ; ; queued++ {
-		err := master.TryWriteConns(1, []uint64{uint64(queued)}, []int{p.w})
+		err := master.TryWriteFrame(ipc.AppendHello(nil, queued))
 		if errors.Is(err, unix.EAGAIN) {
 			break
 		}
 		if err != nil {
-			t.Fatalf("TryWriteConns: %v", err)
+			t.Fatalf("TryWriteFrame: %v", err)
 		}
 	}
+	// Park a WriteUser on the full socket: it holds the write lock.
 	wait := background(t, master, func() error { return master.WriteUser([]byte(`"late"`)) })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := master.TryWriteConns(1, []uint64{99}, []int{p.w})
+		err := master.TryWriteFrame(ipc.AppendPing(nil))
 		if errors.Is(err, ipc.ErrBusy) {
 			break
 		}
 		if !errors.Is(err, unix.EAGAIN) {
-			t.Fatalf("TryWriteConns: %v, want EAGAIN or ErrBusy", err)
+			t.Fatalf("TryWriteFrame: %v, want EAGAIN or ErrBusy", err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("TryWriteConns never saw the write lock taken")
+			t.Fatal("TryWriteFrame never saw the write lock taken")
 		}
 		time.Sleep(time.Millisecond)
 	}
 	var m ipc.Message
 	for i := range queued {
-		fds := readMsg(t, worker, &m)
-		closeFDs(fds)
-		if m.Kind != ipc.KindConns || m.IDs[0] != uint64(i) {
-			t.Fatalf("got %s %v, want conns %d", m.Kind, m.IDs, i)
+		if readMsg(t, worker, &m); m.Kind != ipc.KindHello || m.PID != uint32(i) {
+			t.Fatalf("got %s %d, want hello %d", m.Kind, m.PID, i)
 		}
 	}
 	if readMsg(t, worker, &m); m.Kind != ipc.KindUser || string(m.Payload) != `"late"` {
@@ -917,6 +1067,9 @@ func TestTryWriteConnsBusy(t *testing.T) {
 	}
 	if err := wait(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := worker.TryRead(&m); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("then: %s, %v; want nothing: no ping was sent", m.Kind, err)
 	}
 }
 
@@ -981,8 +1134,73 @@ func TestCloseUnblocksRead(t *testing.T) {
 	}
 }
 
+// startChild re-executes the test binary to run test in a child process
+// with IPC_TEST_CHILD=mode and files as its fds from 3 on. Its output goes
+// to a file, not a bytes.Buffer: reading a buffer that exec's copying
+// goroutine fills before Wait would be a data race. The files are closed
+// once the child has started. wait waits for the child and checks that it
+// ran test and passed; at cleanup a child not waited for is killed.
+func startChild(t *testing.T, test, mode string, files []*os.File, env ...string) (cmd *exec.Cmd, wait func(), output func() string) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(t.TempDir() + "/child.out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = out.Close() })
+	output = func() string {
+		b, _ := os.ReadFile(out.Name())
+		return string(b)
+	}
+	cmd = exec.Command(exe, "-test.run=^"+test+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "IPC_TEST_CHILD="+mode, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
+	cmd.Env = append(cmd.Env, env...)
+	cmd.ExtraFiles = files
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Start()
+	for _, f := range files {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	t.Cleanup(func() {
+		if !waited {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	wait = func() {
+		t.Helper()
+		waited = true
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("child: %v\n%s", err, output())
+		}
+		if !strings.Contains(output(), "--- PASS: "+test) {
+			t.Fatalf("child did not run the test:\n%s", output())
+		}
+	}
+	return cmd, wait, output
+}
+
+// The conns the master hands off in TestInherited, with the addresses
+// the worker must see.
+var inheritedConns = []ipc.Handoff{
+	inet4(-1, [4]byte{192, 0, 2, 1}, 54321),
+	inet6(-1, [16]byte{0: 0x20, 1: 0x01, 2: 0x0d, 3: 0xb8, 15: 7}, 61000, 0),
+}
+
 // TestInherited runs the worker side in a child process that finds the
-// control socket on fd ControlFD, as a real worker does.
+// control socket on fd ControlFD, as a real worker does, and goes through
+// the protocol: hello, listen, a listen-reply carrying the listener's
+// conns socket, conns on that socket (the worker serves one and returns
+// the other), ping and pong, disconnect.
 func TestInherited(t *testing.T) {
 	if os.Getenv("IPC_TEST_CHILD") == "inherited" {
 		inheritedChild(t)
@@ -994,66 +1212,72 @@ func TestInherited(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = master.Close() })
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The child writes to a file, not a bytes.Buffer: reading a buffer that
-	// exec's copying goroutine fills before Wait would be a data race.
-	out, err := os.Create(t.TempDir() + "/child.out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = out.Close() })
-	output := func() string {
-		b, _ := os.ReadFile(out.Name())
-		return string(b)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestInherited$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "IPC_TEST_CHILD=inherited", ipc.EnvWorkerID+"=1",
-		fmt.Sprintf("%s=%d", ipc.EnvControlFD, ipc.ControlFD), "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	cmd.ExtraFiles = []*os.File{f}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		_ = f.Close()
-		t.Fatal(err)
-	}
-	_ = f.Close()
-	waited := false
-	t.Cleanup(func() {
-		if !waited {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
+	cmd, wait, output := startChild(t, "TestInherited", "inherited", []*os.File{f},
+		ipc.EnvWorkerID+"=1", fmt.Sprintf("%s=%d", ipc.EnvControlFD, ipc.ControlFD))
 
 	var m ipc.Message
 	if readMsg(t, master, &m); m.Kind != ipc.KindHello || int(m.PID) != cmd.Process.Pid {
 		t.Fatalf("got %s pid %d, want hello from %d\n%s", m.Kind, m.PID, cmd.Process.Pid, output())
 	}
-	p := newPipe(t)
-	if err := master.TryWriteConns(1, []uint64{42}, []int{p.w}); err != nil {
+	if readMsg(t, master, &m); m.Kind != ipc.KindListen || m.Req != 7 || m.Network != "tcp" || m.Address != "127.0.0.1:0" {
+		t.Fatalf("got %+v, want listen 7\n%s", m, output())
+	}
+	send, recv, err := ipc.ConnsPair()
+	if err != nil {
 		t.Fatal(err)
 	}
-	p.closeW()
-	if readMsg(t, master, &m); m.Kind != ipc.KindReport || !slices.Equal(m.IDs, []uint64{42}) {
-		t.Fatalf("got %s %v, want report of 42\n%s", m.Kind, m.IDs, output())
+	t.Cleanup(func() { _ = send.Close(); _ = recv.Close() })
+	var werr error
+	if err := recv.Fd(func(fd int) {
+		werr = master.WriteFrame(ipc.AppendListenReply(nil, 7, 3, 0, "127.0.0.1:8080", "", ""), []int{fd})
+	}); err != nil || werr != nil {
+		t.Fatalf("listen-reply: %v %v", err, werr)
 	}
-	buf := make([]byte, 16)
-	if n, err := unix.Read(p.r, buf); err != nil || string(buf[:n]) != "from child" {
-		t.Fatalf("pipe: %q %v", buf[:n], err)
+	served, returned := newPipe(t), newPipe(t)
+	hs := slices.Clone(inheritedConns)
+	hs[0].FD, hs[1].FD = int32(served.w), int32(returned.w)
+	if err := send.TrySend(3, hs); err != nil {
+		t.Fatal(err)
+	}
+	served.closeW()
+	returned.closeW()
+
+	fds := readMsg(t, master, &m)
+	if m.Kind != ipc.KindReturn || m.Listener != 3 || m.Count != 1 || len(fds) != 1 {
+		closeFDs(fds)
+		t.Fatalf("got %s listener %d count %d with %d fds, want return of 1 on 3\n%s", m.Kind, m.Listener, m.Count, len(fds), output())
+	}
+	_, err = unix.Write(fds[0], []byte{'r'})
+	closeFDs(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned.assertReadsByte(t, 'r', "the returned conn")
+	if err := master.TryWriteFrame(ipc.AppendPing(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if readMsg(t, master, &m); m.Kind != ipc.KindPong {
+		t.Fatalf("got %s, want pong\n%s", m.Kind, output())
+	}
+	// The worker has read everything off its conns socket.
+	if n, err := send.Unsent(); err != nil || n != 0 {
+		t.Errorf("conns socket: %d bytes unsent, %v; want 0", n, err)
+	}
+	if n, err := recv.Unread(); err != nil || n != 0 {
+		t.Errorf("conns socket: %d bytes unread, %v; want 0", n, err)
 	}
 	if err := master.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
 		t.Fatal(err)
 	}
-	waited = true
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("child: %v\n%s", err, output())
+	wait()
+	buf := make([]byte, 16)
+	if n, err := unix.Read(served.r, buf); err != nil || string(buf[:n]) != "from child" {
+		t.Fatalf("served conn: %q %v", buf[:n], err)
 	}
-	if !strings.Contains(output(), "--- PASS: TestInherited") {
-		t.Fatalf("child did not run the test:\n%s", output())
-	}
-	p.assertNoWriters(t) // the child closed the conn it was handed
+	// The child closed the conns it was handed, and the master its copy
+	// of the one returned.
+	served.assertNoWriters(t)
+	returned.assertNoWriters(t)
 }
 
 func inheritedChild(t *testing.T) {
@@ -1065,18 +1289,42 @@ func inheritedChild(t *testing.T) {
 	if err := c.WriteFrame(ipc.AppendHello(nil, os.Getpid()), nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.WriteFrame(ipc.AppendListen(nil, 7, "tcp", "127.0.0.1:0"), nil); err != nil {
+		t.Fatal(err)
+	}
 	var m ipc.Message
 	fds := readMsg(t, c, &m)
-	if m.Kind != ipc.KindConns || len(fds) != 1 {
+	if m.Kind != ipc.KindListenReply || m.Req != 7 || m.Listener != 3 || len(fds) != 1 {
 		closeFDs(fds)
-		t.Fatalf("got %s with %d fds, want conns with one", m.Kind, len(fds))
+		t.Fatalf("got %s req %d listener %d with %d fds, want listen-reply with the conns socket", m.Kind, m.Req, m.Listener, len(fds))
 	}
-	_, werr := unix.Write(fds[0], []byte("from child"))
-	closeFDs(fds)
-	if werr != nil {
-		t.Fatal(werr)
+	sock, err := ipc.ConnsSocketFrom(fds[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := c.WriteReport(m.IDs, nil); err != nil {
+	defer func() { _ = sock.Close() }()
+	var room scm.Room
+	if err := sock.Recv(&m, true, func() bool { return room.For(ipc.MaxConns) }); err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	got := make([]int, len(m.Handoffs))
+	for i, h := range m.Handoffs {
+		got[i] = int(h.FD)
+	}
+	defer closeFDs(got)
+	if m.Kind != ipc.KindConns || m.Listener != 3 || !sameAddrs(m.Handoffs, inheritedConns) {
+		t.Fatalf("got %s listener %d %+v, want the two conns on 3 with their addresses", m.Kind, m.Listener, m.Handoffs)
+	}
+	if _, err := unix.Write(got[0], []byte("from child")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteFrame(ipc.AppendReturn(nil, 3, 1), got[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if readMsg(t, c, &m); m.Kind != ipc.KindPing {
+		t.Fatalf("got %s, want ping", m.Kind)
+	}
+	if err := c.WriteFrame(ipc.AppendPong(nil), nil); err != nil {
 		t.Fatal(err)
 	}
 	if readMsg(t, c, &m); m.Kind != ipc.KindDisconnect {
@@ -1095,13 +1343,17 @@ func TestFDLeak(t *testing.T) {
 		frame []byte
 		nfds  int
 	}{
-		{frame: ipc.AppendConns(nil, false, 1, []uint64{1, 2}), nfds: 3},
-		{frame: ipc.AppendReport(nil, []uint64{1}, nil), nfds: 2},
+		{frame: ipc.AppendConns(nil, 1, handoffs(2)), nfds: 3},
+		{frame: ipc.AppendReturn(nil, 1, 1), nfds: 2},
+		{frame: ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), nfds: 2},
+		{frame: ipc.AppendListenReply(nil, 1, 2, 98, ":80", "bind", "in use"), nfds: 1},
+		{frame: ipc.AppendPing(nil), nfds: 2},
 		{frame: userFrame(0, []byte("x")), nfds: 1},
 		{frame: []byte{ipc.Version, 200, 0, 0}, nfds: 2},
-		{frame: []byte{7, byte(ipc.KindConns), 0, 0}, nfds: 1},
+		{frame: []byte{1, byte(ipc.KindReturn), 0, 0}, nfds: 1},
 		{frame: []byte{ipc.Version}, nfds: 1},
-		{frame: append(ipc.AppendConns(nil, false, 1, []uint64{1}), 0), nfds: 1},
+		{frame: append(ipc.AppendReturn(nil, 1, 1), 0), nfds: 1},
+		{frame: append(ipc.AppendConns(nil, 1, handoffs(1)), 0), nfds: 1},
 		{frame: userFrame(0, make([]byte, ipc.MaxFrame)), nfds: 2},
 	}
 	var m ipc.Message
@@ -1112,7 +1364,7 @@ func TestFDLeak(t *testing.T) {
 		if fds, err := c.Read(&m); err == nil || fds != nil {
 			t.Fatalf("Read of bad frame %d: %v, %v", i%len(bad), fds, err)
 		}
-		writeRaw(t, peer, ipc.AppendConns(nil, false, 1, []uint64{1, 2}), []int{p.w, p.w})
+		writeRaw(t, peer, ipc.AppendReturn(nil, 1, 2), []int{p.w, p.w})
 		fds := readMsg(t, c, &m)
 		closeFDs(fds)
 	}
@@ -1130,33 +1382,57 @@ func TestFDLeak(t *testing.T) {
 
 func TestAllocs(t *testing.T) {
 	master, worker := newConnPair(t)
+	send, recv := newConnsPair(t)
 	p := newPipe(t)
-	ids := seqIDs(1, 16)
-	sent := repeat(p.w, len(ids))
-	acked, closed := seqIDs(1, 40), seqIDs(100, 10)
-	conns := ipc.AppendConns(nil, false, 1, seqIDs(1, ipc.MaxConns))
-	report := ipc.AppendReport(nil, acked, closed)
+	hs := handoffs(16, repeat(p.w, 16)...)
+	sent := repeat(p.w, 16)
+	room := func() bool { return true }
+	conns := ipc.AppendConns(nil, 1, handoffs(ipc.MaxConns))
+	ret := ipc.AppendReturn(nil, 1, len(sent))
+	ping := ipc.AppendPing(nil)
 	var m ipc.Message
 	tests := []struct {
 		name string
 		f    func()
 	}{
-		{name: "TryWriteConns+Read", f: func() {
-			if err := master.TryWriteConns(1, ids, sent); err != nil {
+		{name: "ConnsSocket TrySend+Recv", f: func() {
+			if err := send.TrySend(1, hs); err != nil {
 				t.Fatal(err)
 			}
-			fds, err := worker.Read(&m)
-			if err != nil || len(fds) != len(ids) {
+			if err := recv.Recv(&m, true, room); err != nil || len(m.Handoffs) != len(hs) {
+				t.Fatalf("Recv: %d handoffs, %v", len(m.Handoffs), err)
+			}
+			for _, h := range m.Handoffs {
+				_ = unix.Close(int(h.FD))
+			}
+		}},
+		{name: "ConnsSocket TrySend+Recv without room", f: func() {
+			if err := send.TrySend(1, hs); err != nil {
+				t.Fatal(err)
+			}
+			if err := recv.Recv(&m, false, nil); err != nil || len(m.Handoffs) != len(hs) {
+				t.Fatalf("Recv: %d handoffs, %v", len(m.Handoffs), err)
+			}
+			for _, h := range m.Handoffs {
+				_ = unix.Close(int(h.FD))
+			}
+		}},
+		{name: "WriteFrame return+Read", f: func() {
+			if err := worker.WriteFrame(ret, sent); err != nil {
+				t.Fatal(err)
+			}
+			fds, err := master.Read(&m)
+			if err != nil || len(fds) != len(sent) {
 				t.Fatalf("Read: %d fds, %v", len(fds), err)
 			}
 			closeFDs(fds)
 		}},
-		{name: "WriteReport+Read", f: func() {
-			if err := worker.WriteReport(acked, closed); err != nil {
+		{name: "TryWriteFrame ping+TryRead", f: func() {
+			if err := master.TryWriteFrame(ping); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := master.Read(&m); err != nil || m.Kind != ipc.KindReport {
-				t.Fatalf("Read: %s %v", m.Kind, err)
+			if _, err := worker.TryRead(&m); err != nil || m.Kind != ipc.KindPing {
+				t.Fatalf("TryRead: %s %v", m.Kind, err)
 			}
 		}},
 		{name: "Decode conns", f: func() {
@@ -1164,8 +1440,8 @@ func TestAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
-		{name: "Decode report", f: func() {
-			if err := ipc.Decode(report, &m); err != nil {
+		{name: "Decode return", f: func() {
+			if err := ipc.Decode(ret, &m); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -1187,9 +1463,14 @@ func TestIsProtocolError(t *testing.T) {
 		want bool
 	}{
 		{name: "malformed", err: fmt.Errorf("x: %w", ipc.ErrMalformed), want: true},
+		{name: "version", err: ipc.ErrVersion, want: true},
+		{name: "unknown kind", err: ipc.ErrUnknownKind, want: true},
 		{name: "fds", err: ipc.ErrFDs, want: true},
+		{name: "fragment", err: ipc.ErrFragment, want: true},
 		{name: "too large", err: ipc.ErrMessageTooLarge, want: true},
 		{name: "fds lost", err: ipc.ErrFDsLost},
+		{name: "no room", err: scm.ErrNoRoom},
+		{name: "busy", err: ipc.ErrBusy},
 		{name: "eof", err: io.EOF},
 	} {
 		if got := ipc.IsProtocolError(tt.err); got != tt.want {

@@ -36,6 +36,9 @@ var (
 	// ErrEmpty is returned for a send with no payload: the protocol never
 	// sends empty messages, and the receiver reads them as end of stream.
 	ErrEmpty = errors.New("scm: empty payload")
+	// ErrNoRoom is returned by ReadMsgWhen when its condition was false:
+	// nothing was read, and the message is still in the socket.
+	ErrNoRoom = errors.New("scm: no room for the fds of a message; left unread")
 )
 
 // Conn is one end of a connected SOCK_SEQPACKET Unix socket. Writes may be
@@ -62,6 +65,7 @@ type Conn struct {
 	rn     int
 	rerr   error
 	rflags int
+	rok    func() bool // ReadMsgWhen's condition, or nil
 	rfn    func(fd uintptr) bool
 }
 
@@ -216,16 +220,24 @@ func putRights(oob []byte, fds []int) int {
 // fds should have room for MaxFDs. At end of stream it returns io.EOF. On
 // every error, every fd that arrived has been closed and nfds is 0.
 func (c *Conn) ReadMsg(p []byte, fds []int) (n, nfds int, err error) {
-	return c.read(p, fds, true)
+	return c.read(p, fds, true, nil)
+}
+
+// ReadMsgWhen is ReadMsg (with wait) or TryReadMsg (without) that calls ok
+// right before every recvmsg, and returns ErrNoRoom, reading nothing,
+// when ok says false. It is for a reader that must not take a message
+// whose fds it has no room for (see Room): the kernel would drop them.
+func (c *Conn) ReadMsgWhen(p []byte, fds []int, wait bool, ok func() bool) (n, nfds int, err error) {
+	return c.read(p, fds, wait, ok)
 }
 
 // TryReadMsg is ReadMsg without waiting: with nothing to read it returns an
 // error matching unix.EAGAIN.
 func (c *Conn) TryReadMsg(p []byte, fds []int) (n, nfds int, err error) {
-	return c.read(p, fds, false)
+	return c.read(p, fds, false, nil)
 }
 
-func (c *Conn) read(p []byte, fds []int, wait bool) (n, nfds int, err error) {
+func (c *Conn) read(p []byte, fds []int, wait bool, ok func() bool) (n, nfds int, err error) {
 	if len(p) == 0 {
 		return 0, 0, ErrEmpty
 	}
@@ -240,8 +252,10 @@ func (c *Conn) read(p []byte, fds []int, wait bool) (n, nfds int, err error) {
 	c.rmsg.Flags = 0
 	c.rwait = wait
 	c.rerr = nil
+	c.rok = ok
 	err = c.rc.Read(c.rfn)
 	c.riov.Base = nil
+	c.rok = nil
 	if err != nil {
 		return 0, 0, c.rawErr("recvmsg", err)
 	}
@@ -267,6 +281,10 @@ func (c *Conn) read(p []byte, fds []int, wait bool) (n, nfds int, err error) {
 }
 
 func (c *Conn) doRead(fd uintptr) bool {
+	if c.rok != nil && !c.rok() {
+		c.rerr = ErrNoRoom
+		return true
+	}
 	for {
 		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&c.rmsg)), unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 		switch e {
@@ -348,4 +366,47 @@ func syscallError(call string, e unix.Errno) error {
 		return errWriteAgain
 	}
 	return os.NewSyscallError(call, e)
+}
+
+// Control runs f with the socket's fd, which stays open and valid while f
+// runs; f must not close it. It is how the fd is handed on in a message
+// (the receiver gets its own copy) without calling Fd.
+func (c *Conn) Control(f func(fd int)) error {
+	err := c.rc.Control(func(fd uintptr) { f(int(fd)) })
+	if err != nil {
+		return c.rawErr("control", err)
+	}
+	return nil
+}
+
+// Unsent returns the bytes this end has sent that the peer has not read
+// yet (SIOCOUTQ): the kernel's count, whatever the peer says.
+func (c *Conn) Unsent() (int, error) { return c.ioctl(unix.SIOCOUTQ, "ioctl(SIOCOUTQ)") }
+
+// Unread returns the bytes waiting to be read on this end (SIOCINQ).
+func (c *Conn) Unread() (int, error) { return c.ioctl(unix.SIOCINQ, "ioctl(SIOCINQ)") }
+
+func (c *Conn) ioctl(req uint, name string) (int, error) {
+	var n int
+	var ierr error
+	err := c.rc.Control(func(fd uintptr) { n, ierr = unix.IoctlGetInt(int(fd), req) })
+	if err != nil {
+		return 0, c.rawErr(name, err)
+	}
+	if ierr != nil {
+		return 0, os.NewSyscallError(name, ierr)
+	}
+	return n, nil
+}
+
+// ShutdownRead shuts down the receiving side: the peer's sends fail with
+// EPIPE from then on. A socket that only sends uses it so that its peer
+// cannot fill its receive queue.
+func (c *Conn) ShutdownRead() error {
+	var serr error
+	err := c.rc.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_RD) })
+	if err != nil {
+		return c.rawErr("shutdown", err)
+	}
+	return os.NewSyscallError("shutdown", serr)
 }

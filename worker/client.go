@@ -11,25 +11,29 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sys/unix"
 )
 
-// reportDelay is how long an ack or a close report may wait to be
-// batched with others. Least-loaded balancing sees a worker's load this
-// late at most, and the master holds each handed-off fd this much longer.
-const reportDelay = time.Millisecond
-
 // drainTimeout bounds how long a disconnecting worker waits for Accept to
-// take the connections already queued before it closes its listeners and
-// hands the rest back.
+// take the connections already handed to it before it closes its
+// listeners and hands the rest back.
 const drainTimeout = 500 * time.Millisecond
+
+// roomPoll bounds how long a reader without fd room waits before it
+// counts again, when no conn closes meanwhile.
+const roomPoll = 10 * time.Millisecond
 
 // controlClient is the worker's end of the control socket. Its readLoop
 // goroutine owns reading; writes are serialised by ipc.Conn.
 type controlClient struct {
-	id    int
-	ctl   *ipc.Conn
-	inbox *inbox
+	id       int
+	ctl      *ipc.Conn
+	ctr      *ipc.Counters // this worker's counter page
+	inbox    *inbox
+	room     scm.Room      // fd room, shared by every listener's reader
+	frameFDs int           // the most fds the master puts in one frame
+	roomWake chan struct{} // a token when a conn closes
 
 	mu        sync.Mutex
 	nextReq   uint32
@@ -37,18 +41,14 @@ type controlClient struct {
 	listeners map[uint32]*Listener
 	gone      bool
 
-	// Report state, under mu; sendMu serialises the senders of reports
-	// and returns, and guards the send buffers.
-	acked, closed    []uint64
-	reportTimerArmed bool
-	reportTimer      *time.Timer
-	sendMu           sync.Mutex
-	sendAcked        []uint64
-	sendClosed       []uint64
+	// connClosed is the onClose of every conn: built once, so that
+	// handing it to a conn allocates nothing.
+	connClosed func()
 }
 
 type listenRequest struct {
 	network, address string
+	std              bool
 	ch               chan listenResult
 }
 
@@ -57,20 +57,52 @@ type listenResult struct {
 	err error
 }
 
-func newControlClient(id int, ctl *ipc.Conn) *controlClient {
+func newControlClient(id int, ctl *ipc.Conn, ctr *ipc.Counters) *controlClient {
 	c := &controlClient{
 		id:        id,
 		ctl:       ctl,
+		ctr:       ctr,
 		inbox:     newInbox(),
 		requests:  make(map[uint32]listenRequest),
 		listeners: make(map[uint32]*Listener),
+		roomWake:  make(chan struct{}, 1),
 	}
-	c.reportTimer = time.AfterFunc(time.Hour, c.reportTimerFired)
-	c.reportTimer.Stop()
+	var lim unix.Rlimit
+	c.frameFDs = ipc.MaxConns
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
+		c.frameFDs = ipc.FrameFDs(lim.Cur)
+	}
+	ctr.FrameFDs.Store(uint32(c.frameFDs))
+	c.connClosed = func() {
+		ctr.Closed.Add(1)
+		select {
+		case c.roomWake <- struct{}{}:
+		default:
+		}
+	}
 	return c
 }
 
-func (c *controlClient) listen(network, address string) (net.Listener, error) {
+// waitForRoom waits, flagged on the counter page, until a conn closes,
+// roomPoll passes, or done is closed.
+func (c *controlClient) waitForRoom(done <-chan struct{}) {
+	c.ctr.NoRoom.Store(1)
+	t := time.NewTimer(roomPoll)
+	select {
+	case <-c.roomWake:
+	case <-t.C:
+	case <-done:
+	}
+	t.Stop()
+	c.ctr.NoRoom.Store(0)
+}
+
+// fdsLost reports fds the kernel dropped on their way in.
+func (c *controlClient) fdsLost(err error) {
+	_, _ = os.Stderr.WriteString("handoff worker: " + err.Error() + "\n")
+}
+
+func (c *controlClient) listen(network, address string, std bool) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6", "unix":
 	default:
@@ -85,7 +117,7 @@ func (c *controlClient) listen(network, address string) (net.Listener, error) {
 	}
 	c.nextReq++
 	req := c.nextReq
-	c.requests[req] = listenRequest{network, address, ch}
+	c.requests[req] = listenRequest{network, address, std, ch}
 	c.mu.Unlock()
 	if err := c.ctl.WriteFrame(ipc.AppendListen(nil, req, network, address), nil); err != nil {
 		c.mu.Lock()
@@ -100,10 +132,7 @@ func (c *controlClient) listen(network, address string) (net.Listener, error) {
 	return r.l, nil
 }
 
-// readLoop reads the control socket until the master goes away. Acks
-// wait, like close reports, up to reportDelay to be batched: one
-// Report then carries every ack and close of that interval, which saves
-// the master a wakeup per connection.
+// readLoop reads the control socket until the master goes away.
 func (c *controlClient) readLoop() {
 	var m ipc.Message
 	for {
@@ -116,17 +145,16 @@ func (c *controlClient) readLoop() {
 			return
 		}
 		switch m.Kind {
-		case ipc.KindConns:
-			c.receiveConns(m.Listener, m.IDs, fds)
 		case ipc.KindListenReply:
-			c.listenReply(&m)
+			c.listenReply(&m, fds)
 		case ipc.KindDisconnect:
 			c.drainListeners()
+		case ipc.KindPing:
+			_ = c.ctl.WriteFrame(ipc.AppendPong(nil), nil)
 		case ipc.KindUser:
 			c.inbox.push(json.RawMessage(m.Payload))
 		default:
-			// A frame only workers send is ignored; a Return frame's
-			// fds are closed.
+			// A frame only workers send is ignored, and its fds closed.
 			for _, fd := range fds {
 				_ = unix.Close(fd)
 			}
@@ -134,23 +162,32 @@ func (c *controlClient) readLoop() {
 	}
 }
 
-func (c *controlClient) listenReply(m *ipc.Message) {
+func (c *controlClient) listenReply(m *ipc.Message, fds []int) {
 	c.mu.Lock()
 	r, ok := c.requests[m.Req]
 	delete(c.requests, m.Req)
 	c.mu.Unlock()
 	if !ok {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
 		return
 	}
 	ch := r.ch
-	if m.Errno != 0 || m.Err != "" {
+	if m.Listener == 0 {
 		ch <- listenResult{err: listenError(r.network, r.address, m)}
 		return
 	}
-	l := newListener(c, m.Listener, r.network, m.Address)
+	sock, err := ipc.ConnsSocketFrom(fds[0]) // takes the fd, even on error
+	if err != nil {
+		ch <- listenResult{err: &net.OpError{Op: "listen", Net: r.network, Addr: stringAddr{r.network, r.address}, Err: err}}
+		return
+	}
+	l := newListener(c, m.Listener, r.network, m.Address, sock, r.std)
 	c.mu.Lock()
 	if _, dup := c.listeners[m.Listener]; dup {
 		c.mu.Unlock()
+		_ = sock.Close()
 		ch <- listenResult{err: &net.OpError{Op: "listen", Net: l.network, Addr: l.addr,
 			Err: os.NewSyscallError("bind", syscall.EADDRINUSE)}}
 		return
@@ -174,93 +211,24 @@ func listenError(network, address string, m *ipc.Message) error {
 	return &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}
 }
 
-// receiveConns queues fds on their listener and records their acks, in
-// one step under c.mu, so that a close report can never be flushed ahead
-// of its conn's ack. Fds for a listener that is gone go back to the master.
-func (c *controlClient) receiveConns(id uint32, ids []uint64, fds []int) {
-	c.mu.Lock()
-	l := c.listeners[id]
-	ok := l != nil && l.enqueue(ids, fds)
-	arm := false
-	if ok {
-		c.acked = append(c.acked, ids...)
-		arm = c.armReportLocked()
-	}
-	c.mu.Unlock()
-	if arm {
-		c.reportTimer.Reset(reportDelay)
-	}
-	if !ok {
-		c.returnConns(id, ids, fds)
-	}
-}
-
-// returnConns sends fds back to the master, after any pending report so
-// the master sees each ack before the return, and closes them here. An
-// empty ids still sends one Return frame: "no longer listening".
-func (c *controlClient) returnConns(listener uint32, ids []uint64, fds []int) {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	c.flushLocked()
-	for first := true; first || len(ids) > 0; first = false {
-		n := min(len(ids), ipc.MaxConns)
-		_ = c.ctl.WriteFrame(ipc.AppendConns(nil, true, listener, ids[:n]), fds[:n])
+// returnConns sends connections back to the master and closes them
+// here. An empty hs still sends one Return frame: "no longer listening".
+func (c *controlClient) returnConns(listener uint32, hs []ipc.Handoff) {
+	var fds [ipc.MaxConns]int
+	for first := true; first || len(hs) > 0; first = false {
+		n := min(len(hs), ipc.MaxConns)
+		for i := range hs[:n] {
+			fds[i] = int(hs[i].FD)
+		}
+		_ = c.ctl.WriteFrame(ipc.AppendReturn(nil, listener, n), fds[:n])
 		for _, fd := range fds[:n] {
 			_ = unix.Close(fd)
 		}
-		ids, fds = ids[n:], fds[n:]
+		hs = hs[n:]
 	}
 }
 
-// connClosed records that a handed-off conn was closed; the report goes
-// out within reportDelay, batched with others.
-func (c *controlClient) connClosed(id uint64) {
-	c.mu.Lock()
-	c.closed = append(c.closed, id)
-	arm := c.armReportLocked()
-	c.mu.Unlock()
-	if arm {
-		c.reportTimer.Reset(reportDelay)
-	}
-}
-
-// armReportLocked marks the report timer armed, under c.mu, and reports
-// whether the caller must start it: pending acks and close reports then go
-// out within reportDelay.
-func (c *controlClient) armReportLocked() bool {
-	arm := !c.reportTimerArmed
-	c.reportTimerArmed = true
-	return arm
-}
-
-func (c *controlClient) reportTimerFired() {
-	c.mu.Lock()
-	c.reportTimerArmed = false
-	c.mu.Unlock()
-	c.flushReport()
-}
-
-// flushReport sends every pending ack and close report.
-func (c *controlClient) flushReport() {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	c.flushLocked()
-}
-
-// flushLocked sends the pending reports; c.sendMu is held.
-func (c *controlClient) flushLocked() {
-	c.mu.Lock()
-	for len(c.acked)+len(c.closed) > 0 && !c.gone {
-		c.acked, c.sendAcked = c.sendAcked[:0], c.acked
-		c.closed, c.sendClosed = c.sendClosed[:0], c.closed
-		c.mu.Unlock()
-		_ = c.ctl.WriteReport(c.sendAcked, c.sendClosed)
-		c.mu.Lock()
-	}
-	c.mu.Unlock()
-}
-
-func (c *controlClient) listenerClosed(l *Listener, ids []uint64, fds []int) {
+func (c *controlClient) listenerClosed(l *Listener, hs []ipc.Handoff) {
 	c.mu.Lock()
 	if c.listeners[l.id] == l {
 		delete(c.listeners, l.id)
@@ -268,14 +236,14 @@ func (c *controlClient) listenerClosed(l *Listener, ids []uint64, fds []int) {
 	gone := c.gone
 	c.mu.Unlock()
 	if gone {
-		for _, fd := range fds {
-			_ = unix.Close(fd)
+		for _, h := range hs {
+			_ = unix.Close(int(h.FD))
 		}
 		return
 	}
 	// A Return frame, even an empty one, tells the master this worker no
 	// longer listens there.
-	c.returnConns(l.id, ids, fds)
+	c.returnConns(l.id, hs)
 }
 
 // drainListeners closes every listener once Accept has taken what is

@@ -1,66 +1,82 @@
 package worker
 
 import (
+	"encoding/binary"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sys/unix"
 )
 
+// ListenConfig chooses what a Listener's Accept returns. The zero value
+// is what Listen uses.
+type ListenConfig struct {
+	// StdConns makes Accept return the *net.TCPConn or *net.UnixConn that
+	// net.FileConn makes, for code that type-asserts them (grpc-go sets
+	// TCP_USER_TIMEOUT only on a *net.TCPConn). It costs about 6 more
+	// syscalls per connection (a dup, fcntl, getsockopt, getsockname,
+	// getpeername and a close), and the master cannot see such a
+	// connection close, so LeastLoaded counts it as active until the
+	// worker exits. Without it Accept returns a *Conn.
+	StdConns bool
+}
+
+// Listen is worker.Listen with lc's choices.
+func (lc *ListenConfig) Listen(network, address string) (net.Listener, error) {
+	if client == nil {
+		return net.Listen(network, address)
+	}
+	return client.listen(network, address, lc.StdConns)
+}
+
 // Listener is a net.Listener fed with connections handed off by the
-// master. Close is idempotent and unblocks Accept, which then returns an
-// error matching net.ErrClosed.
+// master. Accept reads them from the listener's own conns socket, with no
+// goroutine in between. Close is idempotent and unblocks Accept, which
+// then returns an error matching net.ErrClosed.
 type Listener struct {
 	c       *controlClient
 	id      uint32
 	network string
 	addr    net.Addr
+	laddr   net.Addr // addr, or nil for a wildcard: each conn then asks the kernel
+	std     bool     // Accept returns net.FileConn's conns
+	sock    *ipc.ConnsSocket
+	room    func() bool // may the next frame be read? (fd room)
 
-	mu     sync.Mutex
-	ids    []uint64 // queued conns, in arrival order
-	fds    []int
-	head   int
-	taking int // conns taken off the queue by Accept and not yet returned
-	closed bool
-	ready  chan struct{} // a token while the queue may be non-empty
-	done   chan struct{} // closed by Close
+	readMu sync.Mutex  // one Accept reads the socket at a time; guards msg
+	msg    ipc.Message // the frame read
+
+	mu       sync.Mutex
+	queue    []ipc.Handoff // read off the socket, not yet taken by Accept
+	head     int
+	wrapping int           // conns taken off the queue by Accept and not yet returned
+	closed   bool          // Close has begun
+	done     chan struct{} // closed by Close
 }
 
 var _ net.Listener = (*Listener)(nil)
 
-func newListener(c *controlClient, id uint32, network, address string) *Listener {
-	l := &Listener{c: c, id: id, network: network, ready: make(chan struct{}, 1), done: make(chan struct{})}
+func newListener(c *controlClient, id uint32, network, address string, sock *ipc.ConnsSocket, std bool) *Listener {
+	l := &Listener{c: c, id: id, network: network, sock: sock, std: std, done: make(chan struct{})}
+	l.room = func() bool { return c.room.For(c.frameFDs) }
 	if network == "unix" {
 		l.addr = &net.UnixAddr{Name: address, Net: "unix"}
+		l.laddr = l.addr
 	} else if a, err := net.ResolveTCPAddr("tcp", address); err == nil {
 		l.addr = a // the master sends a numeric address: no lookup
+		if !a.IP.IsUnspecified() && a.IP != nil {
+			l.laddr = a
+		}
 	} else {
 		l.addr = stringAddr{network, address}
 	}
 	return l
-}
-
-// enqueue queues handed-off fds; it reports false, taking nothing, if the
-// listener is closed.
-func (l *Listener) enqueue(ids []uint64, fds []int) bool {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return false
-	}
-	if l.head > 0 && l.head == len(l.ids) {
-		l.ids, l.fds, l.head = l.ids[:0], l.fds[:0], 0
-	}
-	l.ids = append(l.ids, ids...)
-	l.fds = append(l.fds, fds...)
-	l.mu.Unlock()
-	select {
-	case l.ready <- struct{}{}:
-	default:
-	}
-	return true
 }
 
 // Accept waits for the next handed-off connection.
@@ -71,69 +87,148 @@ func (l *Listener) Accept() (net.Conn, error) {
 			l.mu.Unlock()
 			return nil, l.opError(net.ErrClosed)
 		}
-		if l.head < len(l.ids) {
-			id, fd := l.ids[l.head], l.fds[l.head]
+		if l.head < len(l.queue) {
+			h := l.queue[l.head]
 			l.head++
-			l.taking++
-			more := l.head < len(l.ids)
+			l.wrapping++
 			l.mu.Unlock()
-			if more {
-				select {
-				case l.ready <- struct{}{}:
-				default:
-				}
-			}
-			c, err := l.wrap(id, fd)
+			c, err := l.wrap(h)
 			l.mu.Lock()
-			l.taking--
+			l.wrapping--
 			l.mu.Unlock()
 			return c, err
 		}
 		l.mu.Unlock()
-		select {
-		case <-l.ready:
-		case <-l.done:
+		if err := l.read(); err != nil {
+			return nil, err
 		}
 	}
 }
 
-// wrap turns a received fd into a conn that reports its close.
-func (l *Listener) wrap(id uint64, fd int) (net.Conn, error) {
-	f := os.NewFile(uintptr(fd), "handoff-conn")
+// read reads one frame into the queue, waiting for it, unless another
+// Accept already did. It reads only while this process has room for a
+// whole frame's fds; otherwise it leaves the frame in the socket, says so
+// on the counter page (the master then serves it elsewhere), and waits for
+// a conn to close.
+func (l *Listener) read() error {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	l.mu.Lock()
+	ready := l.head < len(l.queue) || l.closed
+	l.mu.Unlock()
+	if ready {
+		return nil
+	}
+	l.c.ctr.Readers.Add(1)
+	err := l.sock.Recv(&l.msg, true, l.room)
+	l.c.ctr.Readers.Add(^uint32(0))
+	switch {
+	case err == nil:
+	case errors.Is(err, scm.ErrNoRoom):
+		l.c.waitForRoom(l.done)
+		return nil
+	case errors.Is(err, os.ErrClosed) || errors.Is(err, net.ErrClosed):
+		return l.opError(net.ErrClosed)
+	case errors.Is(err, io.EOF):
+		// The master closed its end: it died, or it stopped routing
+		// here for good. Nothing more will come.
+		_ = l.Close()
+		return l.opError(net.ErrClosed)
+	case errors.Is(err, ipc.ErrFDsLost):
+		// Room was checked, so something else took the fds meanwhile.
+		l.c.fdsLost(err)
+		return nil
+	case ipc.IsProtocolError(err):
+		return nil // only the master writes here; its fds were closed
+	default:
+		return l.opError(err)
+	}
+	hs := l.msg.Handoffs
+	l.c.room.Took(len(hs))
+	l.c.ctr.Received.Add(uint64(len(hs)))
+	l.mu.Lock()
+	if l.closed {
+		// Close ran while this frame was read: it goes back too.
+		l.mu.Unlock()
+		l.c.returnConns(l.id, hs)
+		return nil
+	}
+	if l.head == len(l.queue) {
+		l.queue, l.head = l.queue[:0], 0
+	}
+	l.queue = append(l.queue, hs...)
+	l.mu.Unlock()
+	return nil
+}
+
+// wrap turns a received fd into the conn that Accept returns.
+func (l *Listener) wrap(h ipc.Handoff) (net.Conn, error) {
+	raddr := remoteAddr(l.network, h)
+	if !l.std {
+		return newConn(int(h.FD), l.network, l.laddr, raddr, l.c.connClosed), nil
+	}
+	f := os.NewFile(uintptr(h.FD), "handoff-conn")
 	nc, err := net.FileConn(f) // dups the fd
 	_ = f.Close()
 	if err != nil {
-		// The fd is gone; tell the master so its load count stays true.
-		l.c.connClosed(id)
+		l.c.connClosed() // the fd is gone; keep the master's count true
 		return nil, l.opError(err)
 	}
-	switch nc := nc.(type) {
-	case *net.TCPConn:
-		return &TCPConn{TCPConn: nc, closer: closer{c: l.c, id: id}}, nil
-	case *net.UnixConn:
-		return &UnixConn{UnixConn: nc, closer: closer{c: l.c, id: id}}, nil
-	default:
-		_ = nc.Close()
-		l.c.connClosed(id)
-		return nil, l.opError(unix.EPROTONOSUPPORT)
-	}
+	return nc, nil
 }
 
-// drainGrace is how long a listener's queue must stay empty, with no
-// Accept in progress, before a disconnecting worker closes it: time for
-// the caller of Accept (http.Server.Serve) to start tracking the last
-// conn, so that its Shutdown waits for it.
+// remoteAddr decodes the client's address that came with a handoff, or
+// returns nil (the conn then asks the kernel) when none came.
+func remoteAddr(network string, h ipc.Handoff) net.Addr {
+	if h.AddrLen < 2 {
+		return nil
+	}
+	sa := h.Addr[:h.AddrLen]
+	switch binary.NativeEndian.Uint16(sa) {
+	case unix.AF_INET:
+		if len(sa) >= unix.SizeofSockaddrInet4 {
+			return &net.TCPAddr{IP: net.IPv4(sa[4], sa[5], sa[6], sa[7]), Port: int(binary.BigEndian.Uint16(sa[2:4]))}
+		}
+	case unix.AF_INET6:
+		if len(sa) >= unix.SizeofSockaddrInet6 && binary.NativeEndian.Uint32(sa[24:28]) == 0 {
+			return &net.TCPAddr{IP: append(net.IP(nil), sa[8:24]...), Port: int(binary.BigEndian.Uint16(sa[2:4]))}
+		}
+	case unix.AF_UNIX:
+		if network == "unix" {
+			name := sa[2:]
+			for i, c := range name {
+				if c == 0 {
+					name = name[:i]
+					break
+				}
+			}
+			return &net.UnixAddr{Name: string(name), Net: "unix"}
+		}
+	}
+	return nil
+}
+
+// drainGrace is how long a listener must stay drained, with no Accept in
+// progress, before a disconnecting worker closes it: time for the caller
+// of Accept (http.Server.Serve) to start tracking the last conn, so that
+// its Shutdown waits for it.
 const drainGrace = 50 * time.Millisecond
 
 // closeWhenDrained closes l once Accept has taken and returned everything
-// queued, or after timeout.
+// the master handed it (its socket and queue are empty), or after timeout.
+// The master stopped sending before it asked, so nothing more comes.
 func (l *Listener) closeWhenDrained(timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	var emptySince time.Time
 	for {
 		l.mu.Lock()
-		empty := l.closed || (l.head == len(l.ids) && l.taking == 0)
+		empty := l.closed || (l.head == len(l.queue) && l.wrapping == 0)
 		l.mu.Unlock()
+		if empty {
+			if n, err := l.sock.Unread(); err == nil && n > 0 {
+				empty = false
+			}
+		}
 		now := time.Now()
 		switch {
 		case !empty:
@@ -149,8 +244,8 @@ func (l *Listener) closeWhenDrained(timeout time.Duration) {
 	_ = l.Close()
 }
 
-// Close stops the listener. Connections queued and not yet accepted go
-// back to the master.
+// Close stops the listener. Connections read but not yet accepted go back
+// to the master, which also takes back what this worker never read.
 func (l *Listener) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -158,11 +253,13 @@ func (l *Listener) Close() error {
 		return nil
 	}
 	l.closed = true
-	ids, fds := l.ids[l.head:], l.fds[l.head:]
-	l.ids, l.fds, l.head = nil, nil, 0
+	rest := l.queue[l.head:]
+	l.queue, l.head = nil, 0
 	close(l.done)
 	l.mu.Unlock()
-	l.c.listenerClosed(l, ids, fds)
+	// Wakes a waiting Accept, and waits for a read in progress.
+	_ = l.sock.Close()
+	l.c.listenerClosed(l, rest)
 	return nil
 }
 
@@ -172,61 +269,3 @@ func (l *Listener) Addr() net.Addr { return l.addr }
 func (l *Listener) opError(err error) error {
 	return &net.OpError{Op: "accept", Net: l.network, Addr: l.addr, Err: err}
 }
-
-// closer closes a handed-off conn once and reports it to the master.
-//
-// The master may still hold its copy of the fd until it reads the ack, so
-// the write side is shut down first and the FIN leaves at once, from here.
-// That makes the peer see EOF before the fd is closed, so the first Close
-// holds a sync.Once that a concurrent second Close waits on: the Close that
-// caused the EOF is the one that succeeds, as with a plain net.Conn.
-type closer struct {
-	c    *controlClient
-	id   uint64
-	once sync.Once
-	err  error
-}
-
-func (c *closer) close(shutWrite, close func() error, nc net.Conn) error {
-	first := false
-	c.once.Do(func() {
-		first = true
-		_ = shutWrite()
-		c.err = close()
-		c.c.connClosed(c.id)
-	})
-	if !first {
-		return &net.OpError{Op: "close", Net: nc.LocalAddr().Network(), Source: nc.LocalAddr(), Addr: nc.RemoteAddr(), Err: net.ErrClosed}
-	}
-	return c.err
-}
-
-// TCPConn is a handed-off TCP connection: the real *net.TCPConn, whose
-// Close also tells the master the connection is gone.
-type TCPConn struct {
-	*net.TCPConn
-	closer closer
-}
-
-// Close closes the connection and reports it to the master.
-func (c *TCPConn) Close() error {
-	return c.closer.close(c.TCPConn.CloseWrite, c.TCPConn.Close, c.TCPConn)
-}
-
-// NetConn returns the inner *net.TCPConn. Closing it directly is not
-// reported to the master.
-func (c *TCPConn) NetConn() *net.TCPConn { return c.TCPConn }
-
-// UnixConn is a handed-off Unix-socket connection; see TCPConn.
-type UnixConn struct {
-	*net.UnixConn
-	closer closer
-}
-
-// Close closes the connection and reports it to the master.
-func (c *UnixConn) Close() error {
-	return c.closer.close(c.UnixConn.CloseWrite, c.UnixConn.Close, c.UnixConn)
-}
-
-// NetConn returns the inner *net.UnixConn; see TCPConn.NetConn.
-func (c *UnixConn) NetConn() *net.UnixConn { return c.UnixConn }

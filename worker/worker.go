@@ -34,10 +34,8 @@ func ID() int {
 // fed by the master; an error is the one net.Listen would have given in the
 // master. Outside a master it is net.Listen.
 func Listen(network, address string) (net.Listener, error) {
-	if client == nil {
-		return net.Listen(network, address)
-	}
-	return client.listen(network, address)
+	var lc ListenConfig
+	return lc.Listen(network, address)
 }
 
 // Send sends v, marshalled as JSON, to the master. Messages arrive in
@@ -79,11 +77,16 @@ func init() {
 	if err != nil || id <= 0 {
 		fatalf("worker: bad %s=%q", ipc.EnvWorkerID, idText)
 	}
+	_ = os.Unsetenv(ipc.EnvPageFD)
 	ctl, err := ipc.Inherited()
 	if err != nil {
 		fatalf("worker: control socket: %v", err)
 	}
-	client = newControlClient(id, ctl)
+	page, err := ipc.InheritedPage()
+	if err != nil {
+		fatalf("worker: counter page: %v", err)
+	}
+	client = newControlClient(id, ctl, page.Counters())
 	if err := ctl.WriteFrame(ipc.AppendHello(nil, os.Getpid()), nil); err != nil {
 		fatalf("worker: hello: %v", err)
 	}

@@ -76,7 +76,8 @@ type workerJSON struct {
 	PID        int       `json:"pid"`
 	State      string    `json:"state"`
 	Active     int       `json:"active"`     // handed to it and not yet closed
-	Unacked    int       `json:"unacked"`    // handed to it and not yet acknowledged
+	Unread     int       `json:"unread"`     // waiting unread in its sockets
+	Stalled    bool      `json:"stalled"`    // not reading: routed around
 	Dispatched uint64    `json:"dispatched"` // handed to it in all
 	Started    time.Time `json:"started"`
 	Restarts   int       `json:"restarts"` // unexpected exits in its slot before it
@@ -90,7 +91,8 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 			PID:        s.PID,
 			State:      s.State.String(),
 			Active:     s.Active,
-			Unacked:    s.Unacked,
+			Unread:     s.Unread,
+			Stalled:    s.Stalled,
 			Dispatched: s.Dispatched,
 			Started:    s.Started.UTC(),
 			Restarts:   s.Restarts,

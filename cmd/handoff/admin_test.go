@@ -55,7 +55,7 @@ func TestWorkersJSON(t *testing.T) {
 		t.Fatalf("%v: %s", err, rec.Body.String())
 	}
 	want := []workerJSON{
-		{ID: 2, PID: 1002, State: "listening", Active: 3, Unacked: 1, Dispatched: 7, Started: time.Unix(1700000000, 0).UTC(), Restarts: 1},
+		{ID: 2, PID: 1002, State: "listening", Active: 3, Unread: 1, Dispatched: 7, Started: time.Unix(1700000000, 0).UTC(), Restarts: 1},
 		{ID: 3, PID: 1003, State: "starting", Started: time.Unix(1700000001, 500e6).UTC()},
 	}
 	if len(got) != len(want) {

@@ -28,7 +28,9 @@ type config struct {
 	shutdownTimeout   time.Duration
 	handoffTimeout    time.Duration
 	maxPending        int
-	maxUnacked        int
+	maxUnread         int
+	tcpKeepAlive      time.Duration
+	tcpUserTimeout    time.Duration
 	reloadConcurrency int
 	user              string
 	admin             string
@@ -55,9 +57,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", balancer.DefaultShutdownTimeout, "how long a draining worker may take after SIGTERM before SIGKILL")
-	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", balancer.DefaultHandoffTimeout, "how long a worker may leave handed-off connections unacknowledged before it is killed and they go to another worker")
+	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", balancer.DefaultHandoffTimeout, "how long a worker that stopped reading its connections (they are served elsewhere within milliseconds) may also leave the master's pings unanswered before it is killed")
 	fs.IntVar(&c.maxPending, "max-pending", balancer.DefaultMaxPending, "accepted connections held while no worker can take them; past this the newest are closed")
-	fs.IntVar(&c.maxUnacked, "max-unacked", balancer.DefaultMaxUnacked, "handoffs a worker may have unacknowledged before it gets no more")
+	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more")
+	fs.DurationVar(&c.tcpKeepAlive, "tcp-keepalive", balancer.DefaultKeepAlive, "TCP keep-alive idle time and probe interval of every connection, set once on the listening socket; 0 turns keep-alive off")
+	fs.DurationVar(&c.tcpUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every connection, set once on the listening socket: how long sent data may go unacknowledged before the kernel drops the connection; 0 leaves the kernel's default")
 	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP)")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
 	fs.StringVar(&c.admin, "admin", "", "serve GET /metrics (Prometheus), /workers (JSON) and /healthz on this HOST:PORT (default off); it has no authentication, so bind it to loopback, such as 127.0.0.1:9090")
@@ -105,8 +109,10 @@ Flags:
 		return nil, fmt.Errorf("--log-format must be json or console, not %q", c.logFormat)
 	case c.shutdownTimeout <= 0 || c.handoffTimeout <= 0:
 		return nil, errors.New("--shutdown-timeout and --handoff-timeout must be positive")
-	case c.maxPending < 1 || c.maxUnacked < 1 || c.reloadConcurrency < 1:
-		return nil, errors.New("--max-pending, --max-unacked and --reload-concurrency must be at least 1")
+	case c.maxPending < 1 || c.maxUnread < 1 || c.reloadConcurrency < 1:
+		return nil, errors.New("--max-pending, --max-unread and --reload-concurrency must be at least 1")
+	case c.tcpKeepAlive < 0 || c.tcpUserTimeout < 0:
+		return nil, errors.New("--tcp-keepalive and --tcp-user-timeout must not be negative")
 	case c.shutdownDelay < 0:
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
 	case c.upgradeTimeout <= 0:

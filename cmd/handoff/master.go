@@ -41,13 +41,18 @@ func runMaster(c *config) int {
 		ShutdownTimeout:   c.shutdownTimeout,
 		HandoffTimeout:    c.handoffTimeout,
 		MaxPending:        c.maxPending,
-		MaxUnacked:        c.maxUnacked,
+		MaxUnread:         c.maxUnread,
+		KeepAlive:         c.tcpKeepAlive,
+		TCPUserTimeout:    c.tcpUserTimeout,
 		ReloadConcurrency: c.reloadConcurrency,
 		User:              c.user,
 		Logger:            log,
 	}
 	if c.policy == "least-loaded" {
 		opts.Policy = balancer.LeastLoaded
+	}
+	if c.tcpKeepAlive == 0 {
+		opts.KeepAlive = -1 // off; the Options' zero means the default
 	}
 	if len(c.command) > 0 {
 		opts.Path, opts.Args = c.command[0], c.command[1:]

@@ -3,7 +3,6 @@ package main
 import (
 	"strconv"
 
-	"github.com/handoff-go/handoff/balancer"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -20,6 +19,8 @@ type collector struct {
 	dispatched   *prometheus.Desc
 	redispatched *prometheus.Desc
 	dropped      *prometheus.Desc
+	reclaimed    *prometheus.Desc
+	stalls       *prometheus.Desc
 	pending      *prometheus.Desc
 	forked       *prometheus.Desc
 	restarts     *prometheus.Desc
@@ -33,8 +34,8 @@ type collector struct {
 	wInfo       *prometheus.Desc
 	wDispatched *prometheus.Desc
 	wActive     *prometheus.Desc
-	wUnacked    *prometheus.Desc
-	wAckLatency *prometheus.Desc
+	wUnread     *prometheus.Desc
+	wReclaimed  *prometheus.Desc
 	wRestarts   *prometheus.Desc
 	wStarted    *prometheus.Desc
 }
@@ -52,6 +53,8 @@ func newCollector(src statsSource) *collector {
 		dispatched:   d("connections_dispatched_total", "Handoffs sent to workers, re-dispatches included."),
 		redispatched: d("connections_redispatched_total", "Connections handed to another worker after the first one failed to take them."),
 		dropped:      d("connections_dropped_total", "Connections closed because the pending queue was full."),
+		reclaimed:    d("connections_reclaimed_total", "Connections taken back unread from a worker (dead, stalled or closing a listener) and dispatched again."),
+		stalls:       d("worker_stalls_total", "Times a worker was found not reading its connections and routed around."),
 		pending:      d("pending_connections", "Accepted connections waiting for a worker (the pending queue)."),
 		forked:       d("workers_started_total", "Worker processes started."),
 		restarts:     d("worker_restarts_total", "Unexpected worker exits that were restarted."),
@@ -65,8 +68,8 @@ func newCollector(src statsSource) *collector {
 		wInfo:       d("worker_info", "Always 1, with the worker's pid and state.", "worker", "pid", "state"),
 		wDispatched: d("worker_connections_dispatched_total", "Connections handed to the worker.", "worker"),
 		wActive:     d("worker_connections_active", "Connections handed to the worker and not yet closed by it.", "worker"),
-		wUnacked:    d("worker_connections_unacked", "Connections handed to the worker and not yet acknowledged.", "worker"),
-		wAckLatency: d("worker_handoff_ack_seconds", "Time from handing a connection to the worker to its acknowledgement.", "worker"),
+		wUnread:     d("worker_connections_unread", "Connections waiting, unread, in the worker's sockets.", "worker"),
+		wReclaimed:  d("worker_connections_reclaimed_total", "Connections taken back unread from the worker and served elsewhere.", "worker"),
 		wRestarts:   d("worker_restarts", "Unexpected exits in the worker's slot before it was started.", "worker"),
 		wStarted:    d("worker_start_time_seconds", "When the worker was started, in seconds since the Unix epoch.", "worker"),
 	}
@@ -75,9 +78,9 @@ func newCollector(src statsSource) *collector {
 // Describe sends every series' description: the collector is checked.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.pending,
+		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.reclaimed, c.stalls, c.pending,
 		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining,
-		c.wInfo, c.wDispatched, c.wActive, c.wUnacked, c.wAckLatency, c.wRestarts, c.wStarted,
+		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wReclaimed, c.wRestarts, c.wStarted,
 	} {
 		ch <- d
 	}
@@ -112,6 +115,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.kills, s.ProtocolErrors, "protocol_error")
 	counter(c.kills, s.StuckKills, "handoff_timeout")
+	counter(c.reclaimed, s.Reclaimed)
+	counter(c.stalls, s.Stalls)
 	counter(c.listenErrors, s.ListenErrors)
 	gauge(c.workers, float64(s.Workers))
 	gauge(c.listening, float64(s.Listening))
@@ -126,22 +131,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.wInfo, 1, id, strconv.Itoa(w.PID), w.State.String())
 		counter(c.wDispatched, w.Dispatched, id)
 		gauge(c.wActive, float64(w.Active), id)
-		gauge(c.wUnacked, float64(w.Unacked), id)
+		gauge(c.wUnread, float64(w.Unread), id)
+		counter(c.wReclaimed, w.Reclaimed, id)
 		gauge(c.wRestarts, float64(w.Restarts), id)
 		gauge(c.wStarted, float64(w.Started.UnixNano())/1e9, id)
-		count, sum, buckets := ackHistogram(w.AckLatency)
-		ch <- prometheus.MustNewConstHistogram(c.wAckLatency, count, sum, buckets, id)
 	}
-}
-
-// ackHistogram turns a balancer.Histogram into Prometheus's form:
-// cumulative counts by upper bound in seconds; +Inf is the total count.
-func ackHistogram(h balancer.Histogram) (count uint64, sum float64, buckets map[float64]uint64) {
-	buckets = make(map[float64]uint64, len(balancer.AckLatencyBuckets))
-	var cum uint64
-	for i, bound := range balancer.AckLatencyBuckets {
-		cum += h.Counts[i]
-		buckets[bound.Seconds()] = cum
-	}
-	return h.Count, h.Sum.Seconds(), buckets
 }

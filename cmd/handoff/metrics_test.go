@@ -1,13 +1,11 @@
 package main
 
 import (
-	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -21,12 +19,6 @@ func (f fakeSource) Stats() balancer.Stats               { return f.s }
 func (f fakeSource) WorkerStats() []balancer.WorkerStats { return f.ws }
 
 func testSource() fakeSource {
-	var h balancer.Histogram
-	h.Counts[0] = 2                               // ≤ 10µs
-	h.Counts[3] = 1                               // ≤ 100µs
-	h.Counts[len(balancer.AckLatencyBuckets)] = 1 // > 1s
-	h.Sum = 2*5*time.Microsecond + 80*time.Microsecond + 2*time.Second
-	h.Count = 4
 	return fakeSource{
 		s: balancer.Stats{
 			Accepted:     10,
@@ -36,13 +28,15 @@ func testSource() fakeSource {
 			Pending:      2,
 			Forked:       3,
 			Restarts:     1,
+			Reclaimed:    4,
+			Stalls:       2,
 			StuckKills:   1,
 			Exits:        map[string]uint64{"signal": 1},
 			Workers:      2,
 			Listening:    1,
 		},
 		ws: []balancer.WorkerStats{
-			{ID: 2, PID: 1002, State: balancer.StateListening, Started: time.Unix(1700000000, 0), Dispatched: 7, Active: 3, Unacked: 1, Restarts: 1, AckLatency: h},
+			{ID: 2, PID: 1002, State: balancer.StateListening, Started: time.Unix(1700000000, 0), Dispatched: 7, Active: 3, Unread: 1, Reclaimed: 2, Restarts: 1},
 			{ID: 3, PID: 1003, State: balancer.StateStarting, Started: time.Unix(1700000001, 500e6)},
 		},
 	}
@@ -57,6 +51,9 @@ handoff_accept_errors_total{errno="EMFILE"} 3
 # HELP handoff_connections_accepted_total Connections the master accepted.
 # TYPE handoff_connections_accepted_total counter
 handoff_connections_accepted_total 10
+# HELP handoff_connections_reclaimed_total Connections taken back unread from a worker (dead, stalled or closing a listener) and dispatched again.
+# TYPE handoff_connections_reclaimed_total counter
+handoff_connections_reclaimed_total 4
 # HELP handoff_connections_redispatched_total Connections handed to another worker after the first one failed to take them.
 # TYPE handoff_connections_redispatched_total counter
 handoff_connections_redispatched_total 1
@@ -67,6 +64,14 @@ handoff_pending_connections 2
 # TYPE handoff_worker_connections_active gauge
 handoff_worker_connections_active{worker="2"} 3
 handoff_worker_connections_active{worker="3"} 0
+# HELP handoff_worker_connections_reclaimed_total Connections taken back unread from the worker and served elsewhere.
+# TYPE handoff_worker_connections_reclaimed_total counter
+handoff_worker_connections_reclaimed_total{worker="2"} 2
+handoff_worker_connections_reclaimed_total{worker="3"} 0
+# HELP handoff_worker_connections_unread Connections waiting, unread, in the worker's sockets.
+# TYPE handoff_worker_connections_unread gauge
+handoff_worker_connections_unread{worker="2"} 1
+handoff_worker_connections_unread{worker="3"} 0
 # HELP handoff_worker_connections_dispatched_total Connections handed to the worker.
 # TYPE handoff_worker_connections_dispatched_total counter
 handoff_worker_connections_dispatched_total{worker="2"} 7
@@ -84,6 +89,9 @@ handoff_worker_info{pid="1003",state="starting",worker="3"} 1
 # TYPE handoff_worker_kills_total counter
 handoff_worker_kills_total{reason="handoff_timeout"} 1
 handoff_worker_kills_total{reason="protocol_error"} 0
+# HELP handoff_worker_stalls_total Times a worker was found not reading its connections and routed around.
+# TYPE handoff_worker_stalls_total counter
+handoff_worker_stalls_total 2
 # HELP handoff_worker_restarts Unexpected exits in the worker's slot before it was started.
 # TYPE handoff_worker_restarts gauge
 handoff_worker_restarts{worker="2"} 1
@@ -98,6 +106,8 @@ handoff_workers_listening 1
 `
 	names := []string{
 		"handoff_accept_errors_total", "handoff_connections_accepted_total", "handoff_connections_redispatched_total",
+		"handoff_connections_reclaimed_total", "handoff_worker_connections_reclaimed_total",
+		"handoff_worker_connections_unread", "handoff_worker_stalls_total",
 		"handoff_pending_connections", "handoff_worker_connections_active", "handoff_worker_connections_dispatched_total",
 		"handoff_worker_exits_total", "handoff_worker_info", "handoff_worker_kills_total", "handoff_worker_restarts",
 		"handoff_worker_start_time_seconds", "handoff_workers_listening",
@@ -105,48 +115,6 @@ handoff_workers_listening 1
 	if err := testutil.CollectAndCompare(newCollector(testSource()), strings.NewReader(want), names...); err != nil {
 		t.Error(err)
 	}
-}
-
-func TestCollectorAckHistogram(t *testing.T) {
-	t.Parallel()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(newCollector(testSource()))
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "handoff_worker_handoff_ack_seconds" {
-			continue
-		}
-		if len(mf.Metric) != 2 {
-			t.Fatalf("%d histograms, want one per worker", len(mf.Metric))
-		}
-		m := mf.Metric[0] // worker="2"
-		h := m.GetHistogram()
-		if l := m.Label[0]; l.GetName() != "worker" || l.GetValue() != "2" {
-			t.Fatalf("label %v, want worker=2", l)
-		}
-		if h.GetSampleCount() != 4 || math.Abs(h.GetSampleSum()-2.00009) > 1e-9 {
-			t.Errorf("count %d sum %g, want 4 and 2.00009", h.GetSampleCount(), h.GetSampleSum())
-		}
-		if len(h.Bucket) != len(balancer.AckLatencyBuckets) {
-			t.Fatalf("%d buckets, want %d", len(h.Bucket), len(balancer.AckLatencyBuckets))
-		}
-		// Cumulative: 2 up to 10µs, 3 from 100µs on, +Inf (the count) 4.
-		for i, bk := range h.Bucket {
-			want := uint64(2)
-			if i >= 3 {
-				want = 3
-			}
-			if bk.GetUpperBound() != balancer.AckLatencyBuckets[i].Seconds() || bk.GetCumulativeCount() != want {
-				t.Errorf("bucket %d: le=%g count %d, want le=%g count %d", i, bk.GetUpperBound(), bk.GetCumulativeCount(),
-					balancer.AckLatencyBuckets[i].Seconds(), want)
-			}
-		}
-		return
-	}
-	t.Fatal("no handoff_worker_handoff_ack_seconds")
 }
 
 func TestCollectorLint(t *testing.T) {

@@ -41,54 +41,76 @@ func main() {
 	network, address, _ := strings.Cut(first, "!")
 	var m ipc.Message
 	lid := uint32(1) // the test's listener, the master's first
-	if mode == "noack-exit" || mode == "stuck" {
+	var conns *ipc.ConnsSocket
+	if mode == "noread-exit" || mode == "stuck" || mode == "write-conns" {
 		// Only these take connections; the others misbehave without.
 		write(ipc.AppendListen(nil, 1, network, address), nil)
-		if _, err := ctl.Read(&m); err != nil || m.Kind != ipc.KindListenReply {
-			fail("listen reply: %v %v", err, m.Kind)
+		fds, err := ctl.Read(&m)
+		if err != nil || m.Kind != ipc.KindListenReply || len(fds) != 1 {
+			fail("listen reply: %v %v %d fds", err, m.Kind, len(fds))
 		}
 		lid = m.Listener
+		if conns, err = ipc.ConnsSocketFrom(fds[0]); err != nil {
+			fail("conns socket: %v", err)
+		}
 	}
 	raw := func(b []byte, fds []int) { _ = sc.WriteMsg(b, fds) }
-	unlisten := func() { write(ipc.AppendConns(nil, true, lid, nil), nil) }
+	unlisten := func() { write(ipc.AppendReturn(nil, lid, 0), nil) }
+	pipe := func() []int {
+		p := make([]int, 2)
+		if err := syscall.Pipe(p); err != nil {
+			fail("%v", err)
+		}
+		return p
+	}
 
 	switch mode {
-	case "noack-exit":
+	case "noread-exit":
+		// Wait until connections are waiting for it, then die without
+		// reading them: the master must take them back and serve them.
 		for {
-			fds, err := ctl.Read(&m)
-			if err != nil {
-				fail("read: %v", err)
-			}
-			if m.Kind == ipc.KindConns {
-				_ = fds // neither acked nor closed: the master must not lose them
+			if n, err := conns.Unread(); err == nil && n > 0 {
 				os.Exit(3)
 			}
+			time.Sleep(time.Millisecond)
 		}
 	case "stuck":
+		// Neither reads its connections nor answers pings.
 		time.Sleep(time.Hour)
+	case "write-conns":
+		// The conns socket is the master's to write: a worker writing it
+		// gets EPIPE, fds or not.
+		for i := 0; i < 100; i++ {
+			if err := conns.Fd(func(fd int) {
+				_ = syscall.Sendmsg(fd, ipc.AppendConns(nil, lid, []ipc.Handoff{{}}), syscall.UnixRights(pipe()[0]), nil, 0)
+			}); err != nil {
+				fail("%v", err)
+			}
+		}
+		os.Exit(0)
 	case "unknown-kind":
 		raw([]byte{ipc.Version, 200, 0, 0}, nil)
 	case "bad-version":
-		raw([]byte{ipc.Version + 1, byte(ipc.KindReport), 0, 0, 0, 0, 0, 0}, nil)
+		raw([]byte{ipc.Version + 1, byte(ipc.KindReturn), 0, 0, 0, 0, 0, 0}, nil)
 	case "truncated":
-		f := ipc.AppendReport(nil, []uint64{1, 2, 3}, nil)
+		f := ipc.AppendListen(nil, 1, "tcp", "127.0.0.1:1")
 		raw(f[:len(f)-5], nil)
 	case "oversized":
 		raw(make([]byte, ipc.MaxFrame+100), nil)
-	case "fds-report":
-		p := make([]int, 2)
-		if err := syscall.Pipe(p); err != nil {
+	case "fds-hello":
+		raw(ipc.AppendHello(nil, os.Getpid()), pipe())
+	case "conns-frame":
+		// Conns frames go only from the master to a worker.
+		raw(ipc.AppendConns(nil, 1, []ipc.Handoff{{}}), pipe()[:1])
+	case "bad-returns":
+		// A pipe, and a socket of its own, handed back as if they were
+		// connections of the master's listener.
+		sp, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+		if err != nil {
 			fail("%v", err)
 		}
-		raw(ipc.AppendReport(nil, nil, []uint64{1}), p)
-	case "bogus-ids":
-		raw(ipc.AppendReport(nil, []uint64{1 << 60, 12345}, []uint64{1 << 61, 7}), nil)
-		f := ipc.AppendConns(nil, true, 1, []uint64{99})
-		p := make([]int, 2)
-		if err := syscall.Pipe(p); err != nil {
-			fail("%v", err)
-		}
-		raw(f, p[:1]) // a pipe returned as if it were a connection
+		raw(ipc.AppendReturn(nil, 1, 2), []int{pipe()[0], sp[0]})
+		raw(ipc.AppendReturn(nil, 9999, 1), pipe()[:1]) // a listener that does not exist
 	case "bad-listen":
 		for i := 0; i < 400; i++ {
 			if i%2 == 0 {
@@ -96,13 +118,10 @@ func main() {
 			} else {
 				write(ipc.AppendListen(nil, uint32(i+2), "bogus-net", "x"), nil)
 			}
-			for { // wait for the reply, handing back any connection
+			for { // wait for the reply
 				fds, err := ctl.Read(&m)
 				if err != nil {
 					fail("read: %v", err)
-				}
-				if m.Kind == ipc.KindConns {
-					write(ipc.AppendConns(nil, true, m.Listener, m.IDs), fds)
 				}
 				for _, fd := range fds {
 					_ = syscall.Close(fd)
@@ -131,8 +150,7 @@ func main() {
 	default:
 		fail("unknown HANDOFF_HOSTILE=%q", mode)
 	}
-	// Stop listening, hand back whatever arrives, and stay alive until
-	// killed or the master goes away.
+	// Stop listening and stay alive until killed or the master goes away.
 	unlisten()
 	for {
 		fds, err := ctl.Read(&m)
@@ -141,9 +159,6 @@ func main() {
 				continue
 			}
 			os.Exit(0)
-		}
-		if m.Kind == ipc.KindConns {
-			write(ipc.AppendConns(nil, true, m.Listener, m.IDs), fds)
 		}
 		for _, fd := range fds {
 			_ = syscall.Close(fd)

@@ -1,0 +1,111 @@
+package balancer
+
+import (
+	"syscall"
+	"time"
+)
+
+// A worker that does not read its conns socket (stopped, hung, or out of
+// fds) is found by its counter page, with no frame and no syscall: if it
+// has connections waiting in its sockets and the count of those it read
+// has not moved for stallTicks checks stallTick apart, it is stalled. A
+// stalled worker gets no new connections, and what it never read is taken
+// back at once and served by others (reclaimLocked): its clients wait
+// milliseconds, not a timeout. It is then pinged on its control socket
+// every stallTick, and routed again as soon as it answers while it has fd
+// room and an Accept waiting (its page says both), so a worker that was
+// only slow for a moment is back within a tick. One that answers nothing
+// for Options.HandoffTimeout is killed.
+const (
+	stallTick  = 10 * time.Millisecond
+	stallTicks = 2
+)
+
+// armStallCheckLocked makes sure the stall check runs within stallTick.
+// The check runs only while some worker has unread connections or is
+// stalled, so an idle master does not tick.
+func (b *Balancer) armStallCheckLocked() {
+	if !b.stallArmed {
+		b.stallArmed = true
+		b.stallTimer.Reset(stallTick)
+	}
+}
+
+// checkStalls is the stall timer's function.
+func (b *Balancer) checkStalls() {
+	b.mu.Lock()
+	b.stallArmed = false
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	again := false
+	var kill []*Worker
+	for _, w := range b.workers {
+		if w.state == StateDead || w.stuck {
+			continue
+		}
+		r := w.receivedLocked()
+		unread := w.unreadLocked()
+		switch {
+		case r != w.lastReceived:
+			w.lastReceived = r
+			w.idleTicks, w.stalls = 0, 0
+		case unread > 0:
+			w.idleTicks++
+		default:
+			w.idleTicks = 0
+		}
+		if !w.stalled && w.idleTicks >= stallTicks {
+			b.stallLocked(w, now)
+		}
+		if w.stalled {
+			again = true
+			if now.Sub(w.stalledSince) >= b.opts.HandoffTimeout && now.Sub(w.lastPong) >= b.opts.HandoffTimeout {
+				w.stuck = true
+				b.stats.stuckKills++
+				b.routeLocked(w)
+				kill = append(kill, w)
+				continue
+			}
+			if w.unreadLocked() > 0 {
+				for _, k := range w.links {
+					b.reclaimLocked(k)
+				}
+			}
+			_ = w.ctl.TryWriteFrame(b.pingBuf) // a full socket: the next tick pings again
+		}
+		if w.unreadLocked() > 0 {
+			again = true
+		}
+	}
+	if again {
+		b.armStallCheckLocked()
+	}
+	b.mu.Unlock()
+	for _, w := range kill {
+		w.log.Error().Dur("timeout", b.opts.HandoffTimeout).Msg("worker stopped reading its connections and answers nothing; killing it")
+		_ = w.Kill(syscall.SIGKILL)
+	}
+}
+
+// stallLocked takes w out of routing and takes back what it has not read.
+func (b *Balancer) stallLocked(w *Worker, now time.Time) {
+	if w.stalls == 0 {
+		w.stalledSince = now
+	}
+	w.stalled = true
+	w.stalls++
+	w.idleTicks = 0
+	b.stats.stalls++
+	b.routeLocked(w)
+	b.notifyLocked()
+	n := w.reclaimed
+	for _, k := range w.links {
+		b.reclaimLocked(k) // what it cannot take for lack of room, the next check does
+	}
+	if b.badLogLimit.allow() {
+		w.log.Warn().Uint64("reclaimed", w.reclaimed-n).Msg("worker is not reading its connections; routing around it")
+	}
+}
