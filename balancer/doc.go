@@ -21,31 +21,55 @@
 // # The path of a connection
 //
 // One goroutine per listener accepts with raw accept4 until EAGAIN (no
-// epoll registration of accepted fds, no goroutine per connection), then
-// the Policy picks a worker for each fd and each worker gets its batch in
-// one sendmsg of up to 253 fds. The master keeps its own copy of every fd
-// until the worker acknowledges it; the worker acks as soon as the fd is
-// queued for Accept. So:
+// epoll registration of accepted fds, no goroutine per connection), with
+// SOCK_NONBLOCK and the client's sockaddr, which travels with the fd. The
+// Policy picks a worker for each fd and each worker gets its batch in one
+// sendmsg on its conns socket for that listener (see package ipc); then
+// the master closes its copies, one close_range per run of fd numbers.
+// That is the whole per-connection cost in the master: no ack, no copy
+// kept, no close later. Socket options (TCP_NODELAY, keep-alive,
+// TCP_USER_TIMEOUT) are set once on the listener, and accepted sockets
+// inherit them.
 //
-//   - a worker that dies before acking: its unacked connections go to
-//     other workers, once the master has seen it exit;
-//   - a worker that stops acking for Options.HandoffTimeout: it is killed
-//     first, and then the same happens;
-//   - no worker can take a connection: it waits in a queue bounded by
-//     Options.MaxPending, and is dispatched as soon as one can;
-//   - a failed sendmsg (full socket, dead worker): the batch goes to
-//     other workers.
+// The failure half is reclaim: the master keeps its own copy of each
+// worker's end of its conns sockets, and reads back what the worker never
+// read when
 //
-// Workers report closed connections in batches, which is the load that
-// LeastLoaded balances.
+//   - the worker dies: its unread connections go to other workers;
+//   - the worker stalls (has unread connections and reads none for two
+//     10ms checks, by its counter page): it is routed around at once, and
+//     routed again when it answers a ping with an Accept waiting; one that
+//     answers nothing for Options.HandoffTimeout is killed;
+//   - the worker closes the listener: what it read and never accepted it
+//     hands back in a Return frame, and the rest is reclaimed;
+//   - a send fails (full socket, ETOOMANYREFS): the batch goes to other
+//     workers.
+//
+// While no worker can take a connection, it waits in a queue bounded by
+// Options.MaxPending and is dispatched as soon as one can. Each worker
+// counts the connections it read and closed on its counter page, which
+// is the load LeastLoaded balances, and the master's measure of progress.
 //
 // # Fd ownership
 //
 // Each listening socket is owned by its accept goroutine, which closes it
-// at Shutdown after a last pass over the backlog. Each accepted fd is owned
-// by the master's dispatch state (under one mutex) until the worker acks
-// it, or is closed if it is dropped. Each worker's control socket is owned
-// by its Worker and closed once the process has been reaped.
+// at Shutdown after a last pass over the backlog. An accepted fd is owned
+// by the dispatch state (under Balancer.mu) until a sendmsg carries it,
+// when the master closes its copy; from then on it belongs to whoever
+// reads its frame: the worker, or the master by reclaim, which owns it
+// again. A connection the pending queue cannot hold is closed. Each
+// worker's control socket and counter page are owned by its Worker and
+// closed once the process has been reaped; each conns socket (both ends)
+// by its link, closed once it has been read empty (a link that could not
+// be emptied for lack of fd room is kept and retried).
+//
+// # Locking
+//
+// One mutex, Balancer.mu, guards the balancer, every Worker's fields
+// marked so, every listener's candidate list and scratch space, and the
+// stats. Nothing blocks while it is held: sends and reclaims are
+// non-blocking, pings use TryWriteFrame, and process starts, binds and
+// waits happen outside it. Helpers that need it end in Locked.
 //
 // # Events
 //

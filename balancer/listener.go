@@ -187,62 +187,70 @@ func (l *listener) setOptions(o Options) error {
 // keepAliveProbes is TCP_KEEPCNT, as Go sets it.
 const keepAliveProbes = 9
 
-// acceptLoop accepts in batches until EAGAIN and dispatches each batch. It
-// runs until stop, then accepts what is left in the backlog, dispatches it
-// and closes the socket. It allocates nothing per connection.
+// acceptLoop accepts in batches until EAGAIN and dispatches each batch
+// from inside the poller's callback, so that after EAGAIN it goes straight
+// back to waiting: one accept4 that fails per wakeup, not two. It runs
+// until stop, then accepts what is left in the backlog, dispatches it and
+// closes the socket. It allocates nothing per connection.
 func (b *Balancer) acceptLoop(l *listener) {
 	defer close(l.done)
 	defer l.close()
 	l.batch = make([]ipc.Handoff, 0, acceptBatch)
 	var aerr syscall.Errno
+	progress := false
 	final := false
 	var sa unix.RawSockaddrAny
 	accept := func(fd uintptr) bool {
-		for len(l.batch) < cap(l.batch) {
-			// Non-blocking, so that the worker's os.NewFile puts it in
-			// its poller as it is; and with the client's address, which
-			// travels with it so the worker needs no getpeername.
-			salen := uint32(unix.SizeofSockaddrAny)
-			nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)),
-				unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
-			switch e {
-			case 0:
-				h := ipc.Handoff{FD: int32(nfd)}
-				if salen <= ipc.MaxAddr {
-					h.AddrLen = uint8(salen)
-					copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
+		for {
+			empty := false
+			for len(l.batch) < cap(l.batch) && !empty && aerr == 0 {
+				// Non-blocking, so that the worker's os.NewFile puts it in
+				// its poller as it is; and with the client's address,
+				// which travels with it so the worker needs no getpeername.
+				salen := uint32(unix.SizeofSockaddrAny)
+				nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)),
+					unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
+				switch e {
+				case 0:
+					h := ipc.Handoff{FD: int32(nfd)}
+					if salen <= ipc.MaxAddr {
+						h.AddrLen = uint8(salen)
+						copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
+					}
+					l.batch = append(l.batch, h)
+				case unix.EINTR, unix.ECONNABORTED:
+				case unix.EAGAIN:
+					empty = true
+				default:
+					aerr = e
 				}
-				l.batch = append(l.batch, h)
-				continue
-			case unix.EINTR, unix.ECONNABORTED:
-				continue
-			case unix.EAGAIN:
-				return len(l.batch) > 0 || final
 			}
-			aerr = e
-			return true
+			if len(l.batch) > 0 {
+				b.accepted(l, l.batch)
+				l.batch = l.batch[:0]
+				progress = true
+			}
+			switch {
+			case aerr != 0:
+				return true // back off outside
+			case empty:
+				return final // wait for more, unless this is the last pass
+			}
+			// A full batch: the backlog may hold more.
 		}
-		return true
 	}
 	backoff := time.Duration(0)
 	for {
-		l.batch, aerr = l.batch[:0], 0
-		var err error
+		aerr, progress = 0, false
 		if final {
-			// Control runs accept once, whatever the deadline.
-			err = l.rc.Control(func(fd uintptr) { accept(fd) })
-		} else {
-			err = l.rc.Read(accept)
-		}
-		n := len(l.batch)
-		if n > 0 {
-			b.accepted(l, l.batch)
-		}
-		if final && (err != nil || n < cap(l.batch)) {
+			// Control runs accept once, whatever the deadline; it
+			// accepts until EAGAIN.
+			_ = l.rc.Control(func(fd uintptr) { accept(fd) })
 			return
 		}
+		err := l.rc.Read(accept)
 		if err != nil {
-			// A deadline set by stop: last passes over the backlog.
+			// A deadline set by stop: a last pass over the backlog.
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				final = true
 				continue
@@ -250,8 +258,8 @@ func (b *Balancer) acceptLoop(l *listener) {
 			b.log.Error().Err(err).Str("listener", l.bound.String()).Msg("listener failed")
 			return
 		}
-		if aerr == 0 || n > 0 {
-			backoff = 0 // progress: the next error starts the backoff afresh
+		if progress {
+			backoff = 0 // the next error starts the backoff afresh
 		}
 		if aerr == 0 {
 			continue

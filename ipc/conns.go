@@ -33,22 +33,17 @@ type ConnsSocket struct {
 // ConnsPair makes a listener's conns socket. send is the master's sending
 // end, already shut for reading so that the worker cannot fill its queue;
 // recv is the worker's end, whose fd the master hands to the worker (see
-// Fd) and keeps, to take back what the worker never read.
+// Fd) and keeps, to take back what the worker never read. Both are
+// unpolled (scm.NewUnpolledConn): the master never waits on them, and in
+// its poller every read by the worker, and every send, would be an event
+// that wakes it for nothing. So they are for TrySend and Recv without
+// wait only, under the caller's lock.
 func ConnsPair() (send, recv *ConnsSocket, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, os.NewSyscallError("socketpair", err)
 	}
-	a, err := scm.NewConn(fds[0])
-	if err != nil {
-		_ = unix.Close(fds[1])
-		return nil, nil, err
-	}
-	b, err := scm.NewConn(fds[1])
-	if err != nil {
-		_ = a.Close()
-		return nil, nil, err
-	}
+	a, b := scm.NewUnpolledConn(fds[0]), scm.NewUnpolledConn(fds[1])
 	_ = a.ShutdownRead()
 	return NewConnsSocket(a), NewConnsSocket(b), nil
 }

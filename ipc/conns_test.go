@@ -326,7 +326,8 @@ func TestConnsSocketRecvEmptyAndEOF(t *testing.T) {
 
 func TestConnsSocketCloseUnblocksRecv(t *testing.T) {
 	t.Parallel()
-	_, recv := newConnsPair(t)
+	_, master := newConnsPair(t)
+	recv := dupSocket(t, master) // the worker's copy, which waits
 	done := make(chan error, 1)
 	go func() {
 		var m ipc.Message
@@ -428,11 +429,26 @@ func TestConnsSocketSharedReaders(t *testing.T) {
 		}
 		return send.Close() // the readers read on to EOF
 	})
-	for r, sock := range []*ipc.ConnsSocket{master, worker, master, worker} {
+	// The master's copy is unpolled: it reads without waiting, as
+	// reclaim does, under a lock of its own; the worker's copies wait.
+	var masterMu sync.Mutex
+	worker2 := dupSocket(t, master)
+	for r, sock := range []*ipc.ConnsSocket{master, worker, master, worker2} {
 		g.Go(func() error {
 			var m ipc.Message
 			for {
-				err := sock.Recv(&m, true, nil)
+				var err error
+				if sock == master {
+					masterMu.Lock()
+					err = sock.Recv(&m, false, nil)
+					masterMu.Unlock()
+					if errors.Is(err, unix.EAGAIN) {
+						time.Sleep(20 * time.Microsecond)
+						continue
+					}
+				} else {
+					err = sock.Recv(&m, true, nil)
+				}
 				if err == io.EOF {
 					return nil
 				}

@@ -10,6 +10,29 @@
 // The socket is never a path on disk, so only the master and that one
 // worker can reach it.
 //
+// # The conns sockets
+//
+// For each listener a worker listens on, the master makes a second
+// socketpair that carries only Conns frames, master to worker
+// ([ConnsPair]). The master sends on one end (shut for reading, so that the
+// worker cannot fill it) and keeps the other, the worker's end, of which
+// the worker gets its own copy in the ListenReply. Since the master holds
+// the worker's end too, whatever the worker has not read stays readable:
+// when the worker dies, stalls or closes the listener, the master reads it
+// back, fds included ([ConnsSocket.Recv]), and serves it elsewhere. A
+// SEQPACKET message goes whole to exactly one reader, so this is safe
+// while the worker lives, and a connection is never read by two processes.
+// The master therefore keeps no copy of a handed-off fd and needs no ack.
+//
+// # The counter page
+//
+// Each worker also inherits one page of shared memory, fd [PageFD]
+// ([Page], [Counters]): the worker counts there, with atomic adds, the
+// connections it read and closed, and says whether it has fd room and an
+// Accept waiting. The master reads it when it picks a worker, with no
+// frame and no syscall. What a worker writes there is untrusted; the
+// master clamps it, and a worker can only lie about itself.
+//
 // # Frames
 //
 // Each SOCK_SEQPACKET message is one frame of at most [MaxFrame] bytes:
@@ -22,11 +45,18 @@
 //	Hello       w→m  pid u32
 //	Listen      w→m  req u32, network str, address str
 //	ListenReply m→w  req u32, listener u32, errno u32, address str,
-//	                 syscall str, error str    (errno 0 and error "" = success)
-//	Conns       m→w  listener u32, n u16, n × conn id u64; exactly n fds attached
-//	Report      w→m  nacked u16, nclosed u16, conn ids u64 (acked, then closed)
-//	Return      w→m  listener u32, n u16, n × conn id u64; exactly n fds attached
+//	                 syscall str, error str; on success (listener ≠ 0,
+//	                 errno 0, error "") 1 fd: the worker's end of the
+//	                 listener's conns socket
+//	Conns       m→w  on a conns socket only: listener u32, n u16,
+//	                 n × (len u8, len bytes of the client's raw sockaddr);
+//	                 exactly n fds attached
+//	Return      w→m  listener u32, n u16; exactly n fds attached: conns the
+//	                 worker read and hands back unaccepted; n 0 says only
+//	                 "no longer listening"
 //	Disconnect  m→w  (empty)
+//	Ping        m→w  (empty): the worker answers Pong at once
+//	Pong        w→m  (empty)
 //	User        both  JSON bytes; flag [FlagMore] when more fragments follow
 //
 // A user message longer than one frame is cut into fragments that are
@@ -34,10 +64,19 @@
 // them; the receiver reassembles up to [MaxMessage] bytes. Every other
 // frame is independent.
 //
+// # Order
+//
+// Frames on one socket arrive in the order sent. Conns frames travel on
+// their own sockets, so they are not ordered with the control socket's
+// frames, with one exception that the protocol relies on: a sendmsg has
+// queued its frame when it returns, so every Conns frame sent before a
+// Disconnect is readable when the worker reads the Disconnect.
+//
 // # Fd ownership
 //
-// [Conn.Read] hands the caller every fd it returns; on error it has closed
-// them all. Writers keep ownership of the fds they send (see [scm]).
+// [Conn.Read] and [ConnsSocket.Recv] hand the caller every fd they return;
+// on error they have closed them all. Writers keep ownership of the fds
+// they send (see [scm]); the master closes its copies right after a send.
 //
 // # Robustness
 //

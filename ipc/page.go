@@ -16,7 +16,8 @@ import (
 // makes it and passes it to the worker as fd PageFD.
 //
 // Everything in it is written by the worker and is untrusted: a worker can
-// only lie about itself, and the master clamps what it reads.
+// only lie about itself, and the master clamps what it reads. Its layout
+// is part of the protocol, as Version is: a field is added only at the end.
 type Page struct {
 	mem []byte
 	c   *Counters

@@ -209,7 +209,8 @@ func TestCountersLayout(t *testing.T) {
 		{name: "Closed", got: unsafe.Offsetof(c.Closed), want: 8},
 		{name: "FrameFDs", got: unsafe.Offsetof(c.FrameFDs), want: 16},
 		{name: "NoRoom", got: unsafe.Offsetof(c.NoRoom), want: 20},
-		{name: "size", got: unsafe.Sizeof(c), want: 24},
+		{name: "Readers", got: unsafe.Offsetof(c.Readers), want: 24},
+		{name: "size", got: unsafe.Sizeof(c), want: 32},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s at %d, want %d", tt.name, tt.got, tt.want)

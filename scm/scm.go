@@ -119,10 +119,67 @@ func NewConn(fd int) (*Conn, error) {
 	return c, nil
 }
 
+// NewUnpolledConn takes ownership of fd, a connected SOCK_SEQPACKET Unix
+// socket, and returns a Conn over it that is not registered with the
+// runtime poller: only TryReadMsg, TryWriteMsg, Control and the queue
+// ioctls work on it, and only from one goroutine at a time or under the
+// caller's lock (Close must not race with them). It is for a socket this
+// process only ever uses without waiting, whose readiness events would
+// only wake the poller for nothing: the master's ends of a conns socket,
+// which would otherwise turn writable on every read by the worker. fd's
+// O_NONBLOCK flag is left as it is (it is shared with every copy of the
+// socket, such as the worker's); every call passes MSG_DONTWAIT.
+func NewUnpolledConn(fd int) *Conn {
+	c := &Conn{rc: &unpolled{fd: fd}, woob: make([]byte, OOBSize), roob: make([]byte, OOBSize)}
+	c.wfn = c.doWrite
+	c.rfn = c.doRead
+	return c
+}
+
+// unpolled is the syscall.RawConn of an unpolled Conn: it runs f at once,
+// and never waits.
+type unpolled struct {
+	fd     int
+	closed bool
+}
+
+var errWouldBlock = errors.New("scm: an unpolled socket cannot wait")
+
+func (u *unpolled) Control(f func(fd uintptr)) error {
+	if u.closed {
+		return os.ErrClosed
+	}
+	f(uintptr(u.fd))
+	return nil
+}
+
+func (u *unpolled) Read(f func(fd uintptr) bool) error {
+	if u.closed {
+		return os.ErrClosed
+	}
+	if !f(uintptr(u.fd)) {
+		return errWouldBlock
+	}
+	return nil
+}
+
+func (u *unpolled) Write(f func(fd uintptr) bool) error { return u.Read(f) }
+
+func (u *unpolled) close() error {
+	if u.closed {
+		return nil
+	}
+	u.closed = true
+	return os.NewSyscallError("close", unix.Close(u.fd))
+}
+
 // Close closes the socket. A read or write blocked on it returns an error
 // matching os.ErrClosed. Close is safe to call more than once.
 func (c *Conn) Close() error {
 	c.closed.Store(true)
+	if u, ok := c.rc.(*unpolled); ok {
+		return u.close()
+	}
 	err := c.f.Close()
 	if errors.Is(err, os.ErrClosed) {
 		return nil
@@ -196,7 +253,11 @@ func (c *Conn) doWrite(fd uintptr) bool {
 // does, as Close promises.
 func (c *Conn) rawErr(op string, err error) error {
 	if c.closed.Load() {
-		return &os.PathError{Op: op, Path: c.f.Name(), Err: os.ErrClosed}
+		name := "handoff-unpolled"
+		if c.f != nil {
+			name = c.f.Name()
+		}
+		return &os.PathError{Op: op, Path: name, Err: os.ErrClosed}
 	}
 	return err
 }

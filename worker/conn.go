@@ -25,8 +25,8 @@ import (
 // A Conn is not a *net.TCPConn or *net.UnixConn. Code that type-asserts
 // one silently does without: grpc-go, for one, sets TCP_USER_TIMEOUT only
 // on a *net.TCPConn. Set such options on the master's listening socket
-// (accepted sockets inherit them on Linux), or use the listener option that
-// returns a real *net.TCPConn.
+// (accepted sockets inherit them on Linux), or listen with
+// ListenConfig.StdConns, which makes Accept return the real *net.TCPConn.
 //
 // Fd ownership: a Conn owns its fd from newConn on. Close closes it, and
 // so does the *os.File's finalizer if a Conn is dropped unclosed. File

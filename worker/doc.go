@@ -14,19 +14,31 @@
 //
 // Under a master, [Listen] asks the master to open the address, or to share
 // the one it already has open, and returns a [*Listener] fed with the
-// connections the master hands off. Its Accept returns a [*TCPConn] or
-// [*UnixConn], which embed the real *net.TCPConn or *net.UnixConn (made by
-// net.FileConn), so http.Server keeps sendfile, splice and CloseWrite and
-// RemoteAddr is the true client address. The wrapper exists only to tell
-// the master when the connection is closed, which is how the master knows
-// each worker's load. Use [TCPConn.NetConn] to reach the inner conn.
+// connections the master hands off. Accept reads them itself from the
+// listener's own conns socket (whose end came with the master's reply):
+// no goroutine and no channel in between, so it returns as soon as the
+// frame arrives, as Accept on a kernel socket returns from accept4.
 //
-// A connection is acknowledged to the master as soon as it is queued for
-// Accept; until then the master keeps its own copy and re-dispatches it if
-// this worker dies. Acks and close reports are batched into Report frames.
+// Accept returns a [*Conn]: the received socket fd, registered with the
+// runtime poller by os.NewFile, with its addresses taken from the handoff
+// frame, so it costs no dup and no getpeername. It has what net/http and
+// most libraries reach through interfaces (sendfile through ReadFrom,
+// CloseWrite, SyscallConn, the socket options). It is not a *net.TCPConn:
+// code that type-asserts one does without, as grpc-go does for
+// TCP_USER_TIMEOUT; set such options on the master's listener, or use
+// [ListenConfig] with StdConns for the real *net.TCPConn, at about six
+// syscalls more per connection.
+//
+// Nothing is acknowledged: a connection is this worker's once it has read
+// its frame, and what it has not read the master takes back if this worker
+// dies, stalls or closes the listener. The worker counts the connections
+// it read and closed on a page of memory it shares with the master, which
+// is how the master sees its load and its progress, with no message.
+// A reader reads a frame only while the process has room for all of its
+// fds; otherwise it leaves it for the master, which serves it elsewhere.
 //
 // Closing a Listener tells the master to stop routing to it; connections
-// queued but not yet accepted go back to the master, which hands them to
+// read but not yet accepted go back to the master, which hands them to
 // another worker (or closes them if there is none).
 //
 // # Lifecycle
@@ -41,7 +53,8 @@
 // waits for such connections instead.
 // When the master dies, even by SIGKILL, the control socket reads EOF: the
 // worker closes its listeners and sends itself SIGTERM, within a
-// millisecond and without polling.
+// millisecond and without polling. The worker answers the master's pings
+// at once; a worker that answers none while it reads nothing is killed.
 //
 // # Messages
 //
@@ -52,8 +65,9 @@
 //
 // # Fd ownership
 //
-// Each fd received from the master is owned by the Listener's queue until
-// Accept turns it into a conn (net.FileConn dups it, and the original is
-// closed at once), after which the conn owns it. Fds still queued when the
-// Listener closes are sent back to the master and closed here.
+// Each fd read off a conns socket is owned by the Listener's queue until
+// Accept wraps it in a conn, which owns it from then on (with StdConns,
+// net.FileConn dups it and the original is closed at once). Fds still
+// queued when the Listener closes are sent back to the master and closed
+// here. The conns socket is owned by its Listener and closed by Close.
 package worker

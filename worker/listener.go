@@ -195,7 +195,12 @@ func remoteAddr(network string, h ipc.Handoff) net.Addr {
 		}
 	case unix.AF_UNIX:
 		if network == "unix" {
-			name := sa[2:]
+			// As package net has it: "@" for an unnamed socket, and
+			// the leading NUL of an abstract name shown as "@".
+			name := append([]byte{'@'}, sa[min(len(sa), 3):]...)
+			if len(sa) > 2 && sa[2] != 0 {
+				name = sa[2:]
+			}
 			for i, c := range name {
 				if c == 0 {
 					name = name[:i]

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -16,11 +17,14 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/ipc"
+	"github.com/handoff-go/handoff/scm"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
 // masterListener opens the real listener that stands in for the master's,
-// skipping the test where the network is not available.
+// skipping the test where the network is not available. "tcp wildcard"
+// listens on 0.0.0.0.
 func masterListener(t *testing.T, network string) net.Listener {
 	t.Helper()
 	var ln net.Listener
@@ -28,6 +32,8 @@ func masterListener(t *testing.T, network string) net.Listener {
 	switch network {
 	case "tcp", "tcp4":
 		ln, err = net.Listen(network, "127.0.0.1:0")
+	case "tcp wildcard":
+		ln, err = net.Listen("tcp4", "0.0.0.0:0")
 	case "tcp6":
 		ln, err = net.Listen(network, "[::1]:0")
 		if err != nil {
@@ -55,82 +61,49 @@ func cloexec(t *testing.T, fd int) bool {
 	return flags&unix.FD_CLOEXEC != 0
 }
 
-func TestAcceptReturnsTheRealConn(t *testing.T) {
+func TestAcceptReturnsWorkingConns(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name    string
-		network string
+		name     string
+		listen   string // masterListener's network
+		network  string // the worker's network
+		wildcard bool   // the listener's address is 0.0.0.0: LocalAddr comes from the kernel
 	}{
-		{name: "tcp", network: "tcp"},
-		{name: "tcp6", network: "tcp6"},
-		{name: "unix", network: "unix"},
+		{name: "tcp", listen: "tcp", network: "tcp"},
+		{name: "tcp wildcard", listen: "tcp wildcard", network: "tcp", wildcard: true},
+		{name: "tcp6", listen: "tcp6", network: "tcp6"},
+		{name: "unix", listen: "unix", network: "unix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln := masterListener(t, tt.network)
+			ln := masterListener(t, tt.listen)
 			fm := startMaster(t)
 			l := fm.listen(t, tt.network, ln.Addr().String())
 			if l.Addr().Network() != ln.Addr().Network() || l.Addr().String() != ln.Addr().String() {
 				t.Errorf("Addr %s %s, want the master's %s %s", l.Addr().Network(), l.Addr(), ln.Addr().Network(), ln.Addr())
 			}
+			if got := l.laddr == nil; got != tt.wildcard {
+				t.Errorf("listener's laddr is %v; want it nil only for a wildcard address", l.laddr)
+			}
 			const n = 3
 			clients, fds := connectN(t, ln, n)
-			if _, err := fm.handoff(l.id, fds); err != nil {
+			if err := fm.handoff(l.id, fds); err != nil {
 				t.Fatal(err)
 			}
-			// The worker received the fds close-on-exec, and they are queued.
-			l.mu.Lock()
-			queued := slices.Clone(l.fds[l.head:])
-			l.mu.Unlock()
-			if len(queued) != n {
-				t.Fatalf("%d fds queued, want %d", len(queued), n)
-			}
-			for _, fd := range queued {
-				if !cloexec(t, fd) {
-					t.Errorf("received fd %d is not close-on-exec", fd)
-				}
+			// Nothing is read off the socket before Accept.
+			if r := fm.ctr.Received.Load(); r != 0 {
+				t.Errorf("%d conns received before any Accept", r)
 			}
 			conns := acceptN(t, l, n)
 			for i, c := range conns {
-				var rc interface {
-					Control(func(fd uintptr)) error
+				wc, ok := c.(*Conn)
+				if !ok {
+					t.Fatalf("Accept returned %T, want *Conn", c)
 				}
-				switch tt.network {
-				case "unix":
-					uc, ok := c.(*UnixConn)
-					if !ok {
-						t.Fatalf("Accept returned %T, want *UnixConn", c)
-					}
-					if uc.NetConn() == nil {
-						t.Fatal("NetConn is nil")
-					}
-					rc, _ = uc.NetConn().SyscallConn()
-					if got, want := c.LocalAddr().String(), ln.Addr().String(); got != want {
-						t.Errorf("conn %d: LocalAddr %q, want %q", i, got, want)
-					}
-				default:
-					tc, ok := c.(*TCPConn)
-					if !ok {
-						t.Fatalf("Accept returned %T, want *TCPConn", c)
-					}
-					if tc.NetConn() == nil {
-						t.Fatal("NetConn is nil")
-					}
-					rc, _ = tc.NetConn().SyscallConn()
-					// http.Server needs these of the real *net.TCPConn.
-					if _, ok := c.(io.ReaderFrom); !ok {
-						t.Error("conn is not an io.ReaderFrom: no sendfile or splice")
-					}
-					if _, ok := c.(interface{ CloseWrite() error }); !ok {
-						t.Error("conn has no CloseWrite")
-					}
-					if got, want := c.RemoteAddr().String(), clients[i].LocalAddr().String(); got != want {
-						t.Errorf("conn %d: RemoteAddr %s, want the client's address %s", i, got, want)
-					}
-					if got, want := c.LocalAddr().String(), clients[i].RemoteAddr().String(); got != want {
-						t.Errorf("conn %d: LocalAddr %s, want %s", i, got, want)
-					}
+				rc, err := wc.SyscallConn()
+				if err != nil {
+					t.Fatal(err)
 				}
 				if err := rc.Control(func(fd uintptr) {
 					if !cloexec(t, int(fd)) {
@@ -139,7 +112,23 @@ func TestAcceptReturnsTheRealConn(t *testing.T) {
 				}); err != nil {
 					t.Fatal(err)
 				}
-				// Each conn is the one its client dialed.
+				// http.Server reaches these through interfaces.
+				if _, ok := c.(io.ReaderFrom); !ok {
+					t.Error("conn is not an io.ReaderFrom: no sendfile")
+				}
+				if _, ok := c.(interface{ CloseWrite() error }); !ok {
+					t.Error("conn has no CloseWrite")
+				}
+				if got, want := c.RemoteAddr().String(), clients[i].LocalAddr().String(); got != want {
+					t.Errorf("conn %d: RemoteAddr %q, want the client's address %q", i, got, want)
+				}
+				if got, want := c.LocalAddr().String(), clients[i].RemoteAddr().String(); got != want {
+					t.Errorf("conn %d: LocalAddr %q, want %q", i, got, want)
+				}
+				if got, want := c.RemoteAddr().Network(), clients[i].LocalAddr().Network(); got != want {
+					t.Errorf("conn %d: RemoteAddr network %q, want %q", i, got, want)
+				}
+				// Each conn is the one its client dialed, both ways.
 				msg := fmt.Sprintf("hello %d", i)
 				if _, err := clients[i].Write([]byte(msg)); err != nil {
 					t.Fatal(err)
@@ -149,12 +138,25 @@ func TestAcceptReturnsTheRealConn(t *testing.T) {
 				if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
 					t.Fatalf("conn %d read %q, %v; want %q", i, buf, err, msg)
 				}
+				if _, err := c.Write(buf); err != nil {
+					t.Fatal(err)
+				}
+				_ = clients[i].SetReadDeadline(time.Now().Add(waitTimeout))
+				if _, err := io.ReadFull(clients[i], buf); err != nil || string(buf) != msg {
+					t.Fatalf("client %d read %q, %v; want %q", i, buf, err, msg)
+				}
 			}
+			fm.waitCounters(t, n, 0)
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			fm.waitCounters(t, n, n)
+			expectEOF(t, clients...)
 		})
 	}
 }
 
-func TestEveryConnsFrameIsAcked(t *testing.T) {
+func TestEveryConnIsReceived(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name   string
@@ -170,34 +172,37 @@ func TestEveryConnsFrameIsAcked(t *testing.T) {
 			ln := masterListener(t, "tcp")
 			fm := startMaster(t)
 			l := fm.listen(t, "tcp", ln.Addr().String())
-			var all []uint64
-			var held []int
-			t.Cleanup(func() { closeFDs(held) })
+			var clients []net.Conn
 			for _, n := range tt.frames {
-				_, fds := connectN(t, ln, n)
-				held = append(held, fds...)
-				ids, err := fm.send(l.id, fds)
-				if err != nil {
+				cs, fds := connectN(t, ln, n)
+				clients = append(clients, cs...)
+				if err := fm.handoff(l.id, fds); err != nil {
 					t.Fatal(err)
 				}
-				all = append(all, ids...)
 			}
-			fm.wait(t, "acks", func() bool {
-				for _, id := range all {
-					if fm.acked[id] == 0 {
-						return false
-					}
-				}
-				return true
-			})
-			fm.barrier(t)
-			fm.mu.Lock()
-			for id, k := range fm.acked {
-				if k != 1 || !slices.Contains(all, id) {
-					t.Errorf("conn %d acked %d times; handed off: %v", id, k, all)
+			// Accept hands them out in the order the master sent them.
+			conns := acceptN(t, l, len(clients))
+			for i, c := range conns {
+				if got, want := c.RemoteAddr().String(), clients[i].LocalAddr().String(); got != want {
+					t.Fatalf("conn %d is from %s, want %s", i, got, want)
 				}
 			}
-			fm.mu.Unlock()
+			total := uint64(len(clients))
+			fm.waitCounters(t, total, 0)
+			if n := fm.unread(t, l.id); n != 0 {
+				t.Errorf("%d bytes left unread in the conns socket", n)
+			}
+			p, err := fm.sock(l.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n, err := p.send.Unsent(); err != nil || n != 0 {
+				t.Errorf("master's end: Unsent %d, %v; want 0", n, err)
+			}
+			if fds := fm.reclaim(t, l.id); len(fds) != 0 {
+				closeFDs(fds)
+				t.Errorf("%d conns reclaimed, want none", len(fds))
+			}
 		})
 	}
 }
@@ -208,93 +213,95 @@ func TestConcurrentAccept(t *testing.T) {
 	fm := startMaster(t)
 	l := fm.listen(t, "tcp", ln.Addr().String())
 	const acceptors, n = 8, 2 * ipc.MaxConns
-	type result struct {
-		ids []uint64
-		err error
-	}
-	results := make(chan result, acceptors)
+	var mu sync.Mutex
+	var accepted []string // the clients' addresses, one per Accept
+	var g errgroup.Group
 	for range acceptors {
-		go func() {
-			var r result
+		g.Go(func() error {
 			for {
 				c, err := l.Accept()
+				if isClosed(err) {
+					return nil
+				}
 				if err != nil {
-					if !isClosed(err) {
-						r.err = err
-					}
-					results <- r
-					return
+					return err
 				}
-				switch c := c.(type) {
-				case *TCPConn:
-					r.ids = append(r.ids, c.closer.id)
-				default:
-					r.err = fmt.Errorf("Accept returned %T", c)
+				if _, ok := c.(*Conn); !ok {
+					_ = c.Close()
+					return fmt.Errorf("Accept returned %T", c)
 				}
-				_ = c.Close()
+				mu.Lock()
+				accepted = append(accepted, c.RemoteAddr().String())
+				mu.Unlock()
+				if err := c.Close(); err != nil {
+					return err
+				}
 			}
-		}()
+		})
 	}
-	var ids []uint64
+	var want []string
 	for _, k := range []int{ipc.MaxConns, 1, ipc.MaxConns - 1} {
-		_, fds := connectN(t, ln, k)
-		got, err := fm.handoff(l.id, fds)
-		if err != nil {
+		clients, fds := connectN(t, ln, k)
+		for _, c := range clients {
+			want = append(want, c.LocalAddr().String())
+		}
+		if err := fm.handoff(l.id, fds); err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, got...)
 	}
-	fm.waitClosed(t, ids)
+	fm.waitCounters(t, n, n)
 	_ = l.Close()
-	var accepted []uint64
-	for range acceptors {
-		r := recv(t, results, "an acceptor")
-		if r.err != nil {
-			t.Error(r.err)
-		}
-		accepted = append(accepted, r.ids...)
+	if err := g.Wait(); err != nil {
+		t.Error(err)
 	}
 	slices.Sort(accepted)
-	if distinct := len(slices.Compact(slices.Clone(accepted))); len(accepted) != n || distinct != n {
-		t.Errorf("%d conns accepted, %d of them distinct; want each of %d once", len(accepted), distinct, n)
+	slices.Sort(want)
+	if !slices.Equal(accepted, want) {
+		t.Errorf("%d conns accepted, want each of %d once", len(accepted), n)
 	}
-	if r := fm.takeReturn(t, l.id); len(r.ids) != 0 {
+	if r := fm.takeReturn(t, l.id); len(r.fds) != 0 {
 		closeFDs(r.fds)
-		t.Errorf("conns %v returned, want all accepted", r.ids)
+		t.Errorf("%d conns returned, want all accepted", len(r.fds))
 	}
 }
 
-func TestCloseIsReportedOnce(t *testing.T) {
+func TestCloseIsCountedOnce(t *testing.T) {
 	t.Parallel()
 	ln := masterListener(t, "tcp")
 	fm := startMaster(t)
 	l := fm.listen(t, "tcp", ln.Addr().String())
 	const n = 20
 	clients, fds := connectN(t, ln, n)
-	ids, err := fm.handoff(l.id, fds)
-	if err != nil {
+	if err := fm.handoff(l.id, fds); err != nil {
 		t.Fatal(err)
 	}
 	conns := acceptN(t, l, n)
-	for _, c := range conns {
-		if err := c.Close(); err != nil {
-			t.Errorf("close: %v", err)
+	// Two Closes race on each conn: one closes it, the other gets
+	// net.ErrClosed, and the page counts one.
+	for i, c := range conns {
+		var g errgroup.Group
+		errs := make([]error, 2)
+		for j := range errs {
+			g.Go(func() error { errs[j] = c.Close(); return nil })
 		}
-		_ = c.Close() // a second Close must not be reported again
-	}
-	fm.waitClosed(t, ids)
-	time.Sleep(10 * reportDelay) // room for a wrong second report
-	fm.barrier(t)
-	fm.mu.Lock()
-	for _, id := range ids {
-		if k := fm.closed[id]; k != 1 {
-			t.Errorf("conn %d reported closed %d times, want once", id, k)
+		_ = g.Wait()
+		if (errs[0] == nil) == (errs[1] == nil) {
+			t.Errorf("conn %d: the two Closes returned %v and %v; want one nil", i, errs[0], errs[1])
+		}
+		for _, err := range errs {
+			if err != nil && !isClosed(err) {
+				t.Errorf("conn %d: the losing Close: %v, want net.ErrClosed", i, err)
+			}
+		}
+		if err := c.Close(); !isClosed(err) {
+			t.Errorf("conn %d: a third Close: %v, want net.ErrClosed", i, err)
 		}
 	}
-	if len(fm.closed) != n {
-		t.Errorf("%d conns reported closed, want %d", len(fm.closed), n)
+	fm.waitCounters(t, n, n)
+	time.Sleep(10 * time.Millisecond) // room for a wrong second count
+	if c := fm.ctr.Closed.Load(); c != n {
+		t.Errorf("%d closes counted, want %d", c, n)
 	}
-	fm.mu.Unlock()
 	// The worker's conn held the last copy of each fd: clients see EOF.
 	expectEOF(t, clients...)
 }
@@ -303,13 +310,16 @@ func TestListenerClose(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
-		queued   int // conns handed off
-		accepted int // of which accepted before Close
+		read     int   // conns in the frame that Accept reads
+		accepted int   // of which accepted before Close
+		unread   []int // conns per frame handed off after it, never read
 	}{
-		{name: "nothing queued", queued: 0},
-		{name: "all accepted", queued: 2, accepted: 2},
-		{name: "queued conns go back", queued: 5, accepted: 2},
-		{name: "a full frame goes back", queued: ipc.MaxConns},
+		{name: "nothing handed off"},
+		{name: "all accepted", read: 2, accepted: 2},
+		{name: "queued conns go back", read: 5, accepted: 2},
+		{name: "a full frame goes back", read: ipc.MaxConns, accepted: 1},
+		{name: "unread frames stay", read: 2, accepted: 1, unread: []int{3, 4}},
+		{name: "a full unread frame stays", unread: []int{ipc.MaxConns}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,18 +327,25 @@ func TestListenerClose(t *testing.T) {
 			ln := masterListener(t, "tcp")
 			fm := startMaster(t)
 			l := fm.listen(t, "tcp", ln.Addr().String())
-			clients, fds := connectN(t, ln, tt.queued)
-			var ids []uint64
-			if tt.queued > 0 {
-				var err error
-				if ids, err = fm.handoff(l.id, fds); err != nil {
+			var clients []net.Conn
+			if tt.read > 0 {
+				cs, fds := connectN(t, ln, tt.read)
+				clients = append(clients, cs...)
+				if err := fm.handoff(l.id, fds); err != nil {
+					t.Fatal(err)
+				}
+				acceptN(t, l, tt.accepted)
+			}
+			for _, k := range tt.unread {
+				cs, fds := connectN(t, ln, k)
+				clients = append(clients, cs...)
+				if err := fm.handoff(l.id, fds); err != nil {
 					t.Fatal(err)
 				}
 			}
-			acceptN(t, l, tt.accepted)
 			// With nothing left queued, Accept blocks until Close.
 			blocked := make(chan error, 1)
-			if tt.accepted == tt.queued {
+			if tt.accepted == tt.read && len(tt.unread) == 0 {
 				go func() {
 					c, err := l.Accept()
 					if c != nil {
@@ -343,7 +360,7 @@ func TestListenerClose(t *testing.T) {
 					t.Errorf("Close %d: %v", i+1, err)
 				}
 			}
-			if tt.accepted == tt.queued {
+			if tt.accepted == tt.read && len(tt.unread) == 0 {
 				if err := recv(t, blocked, "the blocked Accept"); !isClosed(err) {
 					t.Errorf("blocked Accept after Close: %v, want a *net.OpError matching net.ErrClosed", err)
 				}
@@ -353,25 +370,45 @@ func TestListenerClose(t *testing.T) {
 					t.Errorf("Accept after Close: %v, %v; want a *net.OpError matching net.ErrClosed", c, err)
 				}
 			}
-			// One Return frame, even an empty one, carries what was queued.
+			// One Return frame, even an empty one, carries what was read
+			// and not accepted, in order.
 			r := fm.takeReturn(t, l.id)
-			defer closeFDs(r.fds)
-			if want := ids[tt.accepted:]; !slices.Equal(r.ids, want) {
-				t.Errorf("Return frame ids %v, want %v", r.ids, want)
-			}
-			if len(r.fds) != len(r.ids) {
-				t.Fatalf("Return frame has %d fds for %d ids", len(r.fds), len(r.ids))
+			t.Cleanup(func() { closeFDs(r.fds) })
+			if want := tt.read - tt.accepted; len(r.fds) != want {
+				t.Fatalf("Return frame with %d fds, want %d", len(r.fds), want)
 			}
 			fm.barrier(t)
 			if n := fm.returnsFor(l.id); n != 0 {
 				t.Errorf("%d more Return frames after a second Close", n)
 			}
-			// The returned fds are the unaccepted clients' conns.
-			for i, fd := range r.fds {
+			// What was never read stays in the socket for the master.
+			reclaimed := fm.reclaim(t, l.id)
+			t.Cleanup(func() { closeFDs(reclaimed) })
+			if want := sum(tt.unread); len(reclaimed) != want {
+				t.Fatalf("%d conns reclaimed, want %d", len(reclaimed), want)
+			}
+			fm.waitCounters(t, uint64(tt.read), 0)
+			// The fds the master got back are the unaccepted clients'
+			// conns: it serves them, and when it closes its copies, the
+			// last ones, the clients read EOF.
+			back := append(slices.Clone(r.fds), reclaimed...)
+			for i, fd := range back {
 				echoThrough(t, fd, clients[tt.accepted+i])
 			}
+			closeFDs(r.fds)
+			closeFDs(reclaimed)
+			r.fds, reclaimed = nil, nil
+			expectEOF(t, clients[tt.accepted:]...)
 		})
 	}
+}
+
+func sum(ns []int) int {
+	s := 0
+	for _, n := range ns {
+		s += n
+	}
+	return s
 }
 
 // echoThrough writes through the master's copy of a returned fd and checks
@@ -400,66 +437,71 @@ func echoThrough(t *testing.T, fd int, client net.Conn) {
 	}
 }
 
-func TestConnsForAnUnknownListenerGoBack(t *testing.T) {
+func TestStdConns(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name   string
-		closed bool // the listener existed and was closed
+		name    string
+		network string
+		want    func(net.Conn) bool
 	}{
-		{name: "never opened"},
-		{name: "closed"},
+		{name: "tcp", network: "tcp", want: func(c net.Conn) bool { _, ok := c.(*net.TCPConn); return ok }},
+		{name: "unix", network: "unix", want: func(c net.Conn) bool { _, ok := c.(*net.UnixConn); return ok }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln := masterListener(t, "tcp")
+			ln := masterListener(t, tt.network)
 			fm := startMaster(t)
-			lid := uint32(99)
-			if tt.closed {
-				l := fm.listen(t, "tcp", ln.Addr().String())
-				_ = l.Close()
-				closeFDs(fm.takeReturn(t, l.id).fds)
-				lid = l.id
-			}
-			clients, fds := connectN(t, ln, 3)
-			t.Cleanup(func() { closeFDs(fds) })
-			ids, err := fm.send(lid, fds)
-			if err != nil {
+			l := fm.listenWith(t, tt.network, ln.Addr().String(), ListenConfig{StdConns: true})
+			clients, fds := connectN(t, ln, 2)
+			if err := fm.handoff(l.id, fds); err != nil {
 				t.Fatal(err)
 			}
-			r := fm.takeReturn(t, lid)
-			defer closeFDs(r.fds)
-			if !slices.Equal(r.ids, ids) || len(r.fds) != len(ids) {
-				t.Fatalf("Return frame: ids %v with %d fds, want %v with %d", r.ids, len(r.fds), ids, len(ids))
-			}
-			fm.barrier(t)
-			fm.mu.Lock()
-			for _, id := range ids {
-				if fm.acked[id] != 0 {
-					t.Errorf("conn %d for an unknown listener was acked", id)
+			for i, c := range acceptN(t, l, 2) {
+				if !tt.want(c) {
+					t.Fatalf("Accept returned %T with StdConns", c)
 				}
+				if got, want := c.RemoteAddr().String(), clients[i].LocalAddr().String(); got != want {
+					t.Errorf("conn %d: RemoteAddr %q, want %q", i, got, want)
+				}
+				if _, err := c.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				_ = c.Close()
 			}
-			fm.mu.Unlock()
-			for i, fd := range r.fds {
-				echoThrough(t, fd, clients[i])
-			}
+			// net.FileConn's dup is the conn's only fd: the received one
+			// was closed, so the clients see EOF once the conns close.
+			expectEOFAfter(t, "x", clients...)
+			fm.waitCounters(t, 2, 0) // the page cannot see such a conn close
 		})
 	}
 }
 
-func TestAcceptOfANonSocketFD(t *testing.T) {
+// expectEOFAfter checks that each client reads data and then end of
+// stream.
+func expectEOFAfter(t *testing.T, data string, clients ...net.Conn) {
+	t.Helper()
+	for i, c := range clients {
+		_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+		b, err := io.ReadAll(c)
+		if err != nil || string(b) != data {
+			t.Errorf("client %d: read %q, %v; want %q then EOF", i, b, err, data)
+		}
+	}
+}
+
+func TestStdConnsAcceptOfANonSocketFD(t *testing.T) {
 	t.Parallel()
 	ln := masterListener(t, "tcp")
 	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	l := fm.listenWith(t, "tcp", ln.Addr().String(), ListenConfig{StdConns: true})
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(p[1])
 	_, fds := connectN(t, ln, 1)
-	ids, err := fm.handoff(l.id, []int{p[0], fds[0]})
-	if err != nil {
+	if err := fm.handoff(l.id, []int{p[0], fds[0]}); err != nil {
 		t.Fatal(err)
 	}
 	c, err := l.Accept()
@@ -467,11 +509,22 @@ func TestAcceptOfANonSocketFD(t *testing.T) {
 	if err == nil || errors.Is(err, net.ErrClosed) || !errors.As(err, &op) || op.Op != "accept" {
 		t.Fatalf("Accept of a pipe: %v, %v; want an accept *net.OpError", c, err)
 	}
-	fm.waitClosed(t, ids[:1]) // the master's count stays true
-	conns := acceptN(t, l, 1)
-	if _, ok := conns[0].(*TCPConn); !ok {
-		t.Errorf("the next Accept returned %T, want *TCPConn", conns[0])
+	fm.waitCounters(t, 2, 1) // the master's count stays true
+	if !pipeReadsEOF(t, p[1]) {
+		t.Error("the worker kept its copy of the pipe")
 	}
+	conns := acceptN(t, l, 1)
+	if _, ok := conns[0].(*net.TCPConn); !ok {
+		t.Errorf("the next Accept returned %T, want *net.TCPConn", conns[0])
+	}
+}
+
+// pipeReadsEOF reports whether writing to w, a pipe's write end, fails
+// with EPIPE: every copy of the read end is closed.
+func pipeReadsEOF(t *testing.T, w int) bool {
+	t.Helper()
+	_, err := unix.Write(w, []byte{0})
+	return errors.Is(err, unix.EPIPE)
 }
 
 func TestHTTPServeAndShutdown(t *testing.T) {
@@ -490,7 +543,7 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 				return
 			}
 			if err == nil {
-				_, err = fm.handoff(l.id, []int{fd})
+				err = fm.handoff(l.id, []int{fd})
 			}
 			if err != nil {
 				acceptDone <- err
@@ -571,9 +624,9 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 	if err := recv(t, serveDone, "Serve to return"); !errors.Is(err, http.ErrServerClosed) {
 		t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
 	}
-	if r := fm.takeReturn(t, l.id); len(r.ids) != 0 || len(r.fds) != 0 {
+	if r := fm.takeReturn(t, l.id); len(r.fds) != 0 {
 		closeFDs(r.fds)
-		t.Errorf("Shutdown returned conns %v to the master, want none", r.ids)
+		t.Errorf("Shutdown returned %d conns to the master, want none", len(r.fds))
 	}
 	select {
 	case err := <-shutdownDone:
@@ -592,18 +645,8 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 	if err := recv(t, acceptDone, "the master's accept loop"); err != nil {
 		t.Fatal(err)
 	}
-	// Every conn was handed off once, acked once and reported closed once.
-	fm.wait(t, "close reports", func() bool { return len(fm.closed) == len(fm.acked) })
-	fm.mu.Lock()
-	defer fm.mu.Unlock()
-	if len(fm.acked) != n+1 {
-		t.Errorf("%d conns handed off, want %d", len(fm.acked), n+1)
-	}
-	for id, k := range fm.closed {
-		if k != 1 || fm.acked[id] != 1 {
-			t.Errorf("conn %d: acked %d times, reported closed %d times; want once each", id, fm.acked[id], k)
-		}
-	}
+	// Every conn was received once and closed once.
+	fm.waitCounters(t, n+1, n+1)
 }
 
 // TestNoFDLeak counts this process's fds, both sides of the handoff,
@@ -612,11 +655,12 @@ func TestNoFDLeak(t *testing.T) {
 	ln := masterListener(t, "tcp")
 	fm := startMaster(t)
 	l := fm.listen(t, "tcp", ln.Addr().String())
-	round := func(n int) {
+	ls := fm.listenWith(t, "tcp", ln.Addr().String(), ListenConfig{StdConns: true})
+	var received, closed uint64
+	round := func(l *Listener, n int) {
 		t.Helper()
 		clients, fds := connectN(t, ln, n)
-		ids, err := fm.handoff(l.id, fds)
-		if err != nil {
+		if err := fm.handoff(l.id, fds); err != nil {
 			t.Fatal(err)
 		}
 		for range n {
@@ -629,29 +673,245 @@ func TestNoFDLeak(t *testing.T) {
 		for _, c := range clients {
 			_ = c.Close()
 		}
-		fm.waitClosed(t, ids)
+		received += uint64(n)
+		if !l.std {
+			closed += uint64(n)
+		}
+		fm.waitCounters(t, received, closed)
 	}
-	round(10) // warm up: the poller, timers
+	round(l, 10) // warm up: the poller, timers
+	round(ls, 10)
 	before := fdCount(t)
 	sizes := []int{1, 7, 64, ipc.MaxConns}
 	const total = 3000
 	for i, done := 0, 0; done < total; i++ {
 		n := min(sizes[i%len(sizes)], total-done)
-		round(n)
+		round(l, n)
 		done += n
 	}
-	// Conns queued on a closed listener: the worker closes its copies.
+	round(ls, 100)
+	// Conns read but not accepted by a closed listener go back, and the
+	// worker closes its copies; unread ones stay with the master.
 	l2 := fm.listen(t, "tcp", ln.Addr().String())
 	clients, fds := connectN(t, ln, 100)
-	if _, err := fm.handoff(l2.id, fds); err != nil {
+	if err := fm.handoff(l2.id, fds); err != nil {
 		t.Fatal(err)
 	}
+	unreadClients, fds := connectN(t, ln, 50)
+	if err := fm.handoff(l2.id, fds); err != nil {
+		t.Fatal(err)
+	}
+	acceptN(t, l2, 1)[0].Close()
 	_ = l2.Close()
 	closeFDs(fm.takeReturn(t, l2.id).fds)
-	for _, c := range clients {
+	closeFDs(fm.reclaim(t, l2.id))
+	for _, c := range append(clients, unreadClients...) {
 		_ = c.Close()
 	}
-	if after := fdCount(t); after != before {
-		t.Errorf("%d fds open after %d handoffs, %d before", after, total+100, before)
+	// l2's conns socket, which the master keeps, is the only new fd pair.
+	if after := fdCount(t); after != before+2 {
+		t.Errorf("%d fds open after %d handoffs, %d before (and 2 for a new conns socket)", after, total+250, before)
+	}
+}
+
+func TestBadConnsFramesAreSkipped(t *testing.T) {
+	t.Parallel()
+	ln := masterListener(t, "tcp")
+	fm := startMaster(t)
+	// The master answers with a conns socket whose sending end the test
+	// writes raw frames on.
+	fm.mu.Lock()
+	fm.onListen = func(string, string) listenAnswer { return listenAnswer{hold: true} }
+	fm.mu.Unlock()
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeFDs(sp[:])
+	type listenResult struct {
+		ln  net.Listener
+		err error
+	}
+	done := make(chan listenResult, 1)
+	go func() {
+		ln, err := fm.c.listen("tcp", ln.Addr().String(), false)
+		done <- listenResult{ln, err}
+	}()
+	fm.wait(t, "the Listen frame", func() bool { return len(fm.listens) == 1 })
+	if err := fm.ctl.WriteFrame(ipc.AppendListenReply(nil, 1, 9, 0, ln.Addr().String(), "", ""), sp[1:]); err != nil {
+		t.Fatal(err)
+	}
+	r := recv(t, done, "listen")
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	l := r.ln.(*Listener)
+	defer l.Close()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	clients, fds := connectN(t, ln, 1)
+	defer closeFDs(fds)
+	bad := []struct {
+		name  string
+		frame []byte
+		fds   []int
+	}{
+		{name: "other version", frame: []byte{ipc.Version + 1, byte(ipc.KindConns), 0, 0}, fds: p[:1]},
+		{name: "not a Conns frame", frame: ipc.AppendReturn(nil, 9, 1), fds: p[:1]},
+		{name: "Conns with too few fds", frame: ipc.AppendConns(nil, 9, make([]ipc.Handoff, 2)), fds: p[:1]},
+		{name: "Conns with too many fds", frame: ipc.AppendConns(nil, 9, nil), fds: p[:1]},
+		{name: "junk", frame: []byte{1, 2, 3}},
+	}
+	for _, b := range bad {
+		var oob []byte
+		if len(b.fds) > 0 {
+			oob = unix.UnixRights(b.fds...)
+		}
+		if err := unix.Sendmsg(sp[0], b.frame, oob, nil, 0); err != nil {
+			t.Fatalf("%s: %v", b.name, err)
+		}
+	}
+	closeFDs(p[:1])
+	good := handoffOf(fds[0])
+	if err := unix.Sendmsg(sp[0], ipc.AppendConns(nil, 9, []ipc.Handoff{good}), unix.UnixRights(fds[0]), nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Accept skips the bad frames, closing their fds, and takes the good.
+	c := acceptN(t, l, 1)[0]
+	if got, want := c.RemoteAddr().String(), clients[0].LocalAddr().String(); got != want {
+		t.Errorf("accepted the conn of %s, want %s", got, want)
+	}
+	if !pipeReadsEOF(t, p[1]) {
+		t.Error("the worker kept a copy of a bad frame's fd")
+	}
+	if n := fm.ctr.Received.Load(); n != 1 {
+		t.Errorf("%d conns received, want 1", n)
+	}
+}
+
+// envNoRoomChild makes the test binary run TestNoRoom's scenario itself:
+// it lowers its fd limit, which only a child process may do.
+const envNoRoomChild = "HANDOFF_WORKER_TEST_NOROOM_CHILD"
+
+// TestNoRoom re-executes the test binary to run noRoomScenario in a child
+// whose fd limit is low enough to fill.
+func TestNoRoom(t *testing.T) {
+	if os.Getenv(envNoRoomChild) == "1" {
+		noRoomScenario(t)
+		return
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNoRoom$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), envNoRoomChild+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: TestNoRoom")) {
+		t.Fatalf("the child did not run the scenario:\n%s", out)
+	}
+}
+
+// noRoomScenario fills the fd table so that a listener's reader has no
+// room for a whole frame: it must leave the frame in the socket, say so on
+// the counter page, and read it once a conn closes.
+func noRoomScenario(t *testing.T) {
+	const limit = 64
+	lim := unix.Rlimit{Cur: limit, Max: limit}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	ln := masterListener(t, "tcp")
+	fm := startMaster(t)
+	frameFDs := ipc.FrameFDs(limit)
+	if got := fm.ctr.FrameFDs.Load(); got != uint32(frameFDs) {
+		t.Fatalf("counter page FrameFDs %d, want %d for a limit of %d", got, frameFDs, limit)
+	}
+	l := fm.listen(t, "tcp", ln.Addr().String())
+	clients, fds := connectN(t, ln, 2)
+	if err := fm.handoff(l.id, fds[:1]); err != nil {
+		t.Fatal(err)
+	}
+	first := acceptN(t, l, 1)[0]
+	if err := fm.handoff(l.id, fds[1:]); err != nil {
+		t.Fatal(err)
+	}
+	// Leave frameFDs fds free: one short of room for a frame.
+	fill := fillFDs(t, frameFDs)
+	defer closeFDs(fill)
+
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	accepted := make(chan result, 1)
+	go func() {
+		c, err := l.Accept()
+		accepted <- result{c, err}
+	}()
+	deadline := time.Now().Add(waitTimeout)
+	for fm.ctr.NoRoom.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the reader did not say it has no room")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(3 * roomPoll) // it polls, and still finds no room
+	select {
+	case r := <-accepted:
+		t.Fatalf("Accept returned %v, %v without fd room", r.c, r.err)
+	default:
+	}
+	if n := fm.unread(t, l.id); n == 0 {
+		t.Error("the frame is not in the socket any more")
+	}
+	if r := fm.ctr.Received.Load(); r != 1 {
+		t.Errorf("%d conns received without room, want only the first", r)
+	}
+	// A conn closes: one fd more is free, and the frame fits.
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := recv(t, accepted, "Accept once there is room")
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.c.Close()
+	if got, want := r.c.RemoteAddr().String(), clients[1].LocalAddr().String(); got != want {
+		t.Errorf("accepted the conn of %s, want %s", got, want)
+	}
+	fm.waitCounters(t, 2, 1)
+	if fm.ctr.NoRoom.Load() != 0 {
+		t.Error("NoRoom still set after the read")
+	}
+}
+
+// fillFDs opens copies of /dev/null until only free fds are left free,
+// and returns them for the caller to close.
+func fillFDs(t *testing.T, free int) []int {
+	t.Helper()
+	var fds []int
+	for {
+		n, err := scm.FreeFDs()
+		if err != nil {
+			closeFDs(fds)
+			t.Fatal(err)
+		}
+		if n <= free {
+			if n < free {
+				closeFDs(fds)
+				t.Fatalf("%d fds free already, want %d", n, free)
+			}
+			return fds
+		}
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			closeFDs(fds)
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
 	}
 }

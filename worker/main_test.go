@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
@@ -32,35 +33,44 @@ func TestMain(m *testing.M) {
 const waitTimeout = 10 * time.Second
 
 // fakeMaster plays the master in-process: it holds the master's end of a
-// control socketpair, answers Listen frames, hands off fds of real
-// connections and records what the worker sends. The worker side is a
-// controlClient whose readLoop runs as it does in a worker process.
+// control socketpair, answers Listen frames with a conns socket per
+// listener, hands off fds of real connections on those sockets and
+// records what the worker sends. The worker side is a controlClient whose
+// readLoop runs as it does in a worker process, with a counter page of its
+// own (ctr).
 type fakeMaster struct {
-	ctl      *ipc.Conn      // the master's end
+	ctl      *ipc.Conn      // the master's end of the control socket
 	c        *controlClient // the worker's end, under test
+	ctr      *ipc.Counters  // the worker's counter page
 	loopDone chan struct{}  // closed when c.readLoop returns
 	readDone chan struct{}  // closed when the master's reader returns
 
-	mu           sync.Mutex
+	mu           sync.Mutex    // guards the fields below
 	changed      chan struct{} // closed and replaced on every frame
 	onListen     func(network, address string) listenAnswer
-	nextListener uint32
-	nextConn     uint64
-	listens      [][2]string // network and address of each Listen frame
-	acked        map[uint64]int
-	closed       map[uint64]int
-	returns      []returned
-	users        [][]byte
-	barriers     int
-	badFrames    []error // what the worker got wrong
-	readErr      error   // why the reader stopped
+	nextListener uint32                // the last listener id given out by default
+	listens      [][2]string           // network and address of each Listen frame
+	socks        map[uint32]*connsPair // the first conns socket made for each listener id
+	allSocks     []*connsPair          // every conns socket made, closed by stop
+	returns      []returned            // Return frames not yet taken
+	users        [][]byte              // user messages, in order
+	pongs        int                   // Pong frames
+	barriers     int                   // barrier tags sent
+	badFrames    []error               // what the worker got wrong
+	readErr      error                 // why the reader stopped
+}
+
+// connsPair is the master's two ends of one listener's conns socket.
+type connsPair struct {
+	send *ipc.ConnsSocket // the master's sending end
+	recv *ipc.ConnsSocket // the master's copy of the worker's end, to reclaim
 }
 
 // listenAnswer is the fake master's reply to one Listen frame.
 type listenAnswer struct {
-	hold     bool // send no reply
-	listener uint32
-	address  string
+	hold     bool   // send no reply
+	listener uint32 // the listener id; 0 for a failure
+	address  string // the bound address
 	errno    syscall.Errno
 	syscall  string
 	err      string
@@ -69,9 +79,8 @@ type listenAnswer struct {
 // returned is one Return frame. Its fds belong to the fake master, which
 // closes them when it stops, unless a test takes them with takeReturn.
 type returned struct {
-	listener uint32
-	ids      []uint64
-	fds      []int
+	listener uint32 // the listener it is for
+	fds      []int  // the conns handed back
 }
 
 // startMaster connects a controlClient with id 1 to a fake master and runs
@@ -94,14 +103,15 @@ func startMaster(t *testing.T) *fakeMaster {
 		_ = mctl.Close()
 		t.Fatal(err)
 	}
+	ctr := new(ipc.Counters)
 	fm := &fakeMaster{
 		ctl:      mctl,
-		c:        newControlClient(1, ipc.NewConn(sc)),
+		c:        newControlClient(1, ipc.NewConn(sc), ctr),
+		ctr:      ctr,
 		loopDone: make(chan struct{}),
 		readDone: make(chan struct{}),
 		changed:  make(chan struct{}),
-		acked:    make(map[uint64]int),
-		closed:   make(map[uint64]int),
+		socks:    make(map[uint32]*connsPair),
 	}
 	go func() {
 		defer close(fm.loopDone)
@@ -112,7 +122,8 @@ func startMaster(t *testing.T) *fakeMaster {
 	return fm
 }
 
-// stop closes the master's end and waits for the worker to see it.
+// stop closes the master's end and waits for the worker to see it, then
+// closes every conns socket and every returned fd the master still holds.
 func (fm *fakeMaster) stop(t *testing.T) {
 	t.Helper()
 	_ = fm.ctl.Close()
@@ -135,6 +146,10 @@ func (fm *fakeMaster) stop(t *testing.T) {
 		closeFDs(fm.returns[i].fds)
 		fm.returns[i].fds = nil
 	}
+	for _, p := range fm.allSocks {
+		_, _ = p.send.Close(), p.recv.Close()
+	}
+	fm.allSocks, fm.socks = nil, map[uint32]*connsPair{}
 	if len(fm.badFrames) > 0 {
 		t.Errorf("the worker broke the protocol: %v", fm.badFrames)
 	}
@@ -155,38 +170,43 @@ func (fm *fakeMaster) read() {
 			return
 		}
 		var reply []byte
+		var sock *ipc.ConnsSocket
 		fm.update(func() {
 			switch m.Kind {
 			case ipc.KindListen:
 				fm.listens = append(fm.listens, [2]string{m.Network, m.Address})
-				reply = fm.answer(&m)
-			case ipc.KindReport:
-				for _, id := range m.IDs {
-					fm.acked[id]++
-				}
-				for _, id := range m.Closed {
-					fm.closed[id]++
-					if fm.acked[id] == 0 {
-						fm.badFrames = append(fm.badFrames, fmt.Errorf("conn %d reported closed before it was acked", id))
-					}
+				reply, sock, err = fm.answer(&m)
+				if err != nil {
+					fm.badFrames = append(fm.badFrames, fmt.Errorf("fake master: %w", err))
 				}
 			case ipc.KindReturn:
-				fm.returns = append(fm.returns, returned{m.Listener, slices.Clone(m.IDs), slices.Clone(fds)})
+				fm.returns = append(fm.returns, returned{m.Listener, slices.Clone(fds)})
 			case ipc.KindUser:
 				fm.users = append(fm.users, m.Payload)
+			case ipc.KindPong:
+				fm.pongs++
 			default:
 				closeFDs(fds)
 				fm.badFrames = append(fm.badFrames, fmt.Errorf("unexpected %s frame", m.Kind))
 			}
 		})
-		if reply != nil {
+		switch {
+		case sock != nil:
+			// The worker gets its own copy of the conns socket's fd.
+			var werr error
+			if err := sock.Fd(func(fd int) { werr = fm.ctl.WriteFrame(reply, []int{fd}) }); err != nil {
+				werr = err
+			}
+			_ = werr // the worker may be gone
+		case reply != nil:
 			_ = fm.ctl.WriteFrame(reply, nil)
 		}
 	}
 }
 
-// answer builds the reply to a Listen frame, or nil to hold it; under mu.
-func (fm *fakeMaster) answer(m *ipc.Message) []byte {
+// answer builds the reply to a Listen frame, or nil to hold it, and for a
+// success the conns socket whose worker's end goes with it; under mu.
+func (fm *fakeMaster) answer(m *ipc.Message) ([]byte, *ipc.ConnsSocket, error) {
 	var a listenAnswer
 	if fm.onListen != nil {
 		a = fm.onListen(m.Network, m.Address)
@@ -195,9 +215,22 @@ func (fm *fakeMaster) answer(m *ipc.Message) []byte {
 		a = listenAnswer{listener: fm.nextListener, address: m.Address}
 	}
 	if a.hold {
-		return nil
+		return nil, nil, nil
 	}
-	return ipc.AppendListenReply(nil, m.Req, a.listener, uint32(a.errno), a.address, a.syscall, a.err)
+	reply := ipc.AppendListenReply(nil, m.Req, a.listener, uint32(a.errno), a.address, a.syscall, a.err)
+	if a.listener == 0 {
+		return reply, nil, nil
+	}
+	send, recv, err := ipc.ConnsPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	p := &connsPair{send: send, recv: recv}
+	fm.allSocks = append(fm.allSocks, p)
+	if fm.socks[a.listener] == nil {
+		fm.socks[a.listener] = p
+	}
+	return reply, recv, nil
 }
 
 // update runs f under mu and wakes every waiter.
@@ -243,7 +276,13 @@ func (fm *fakeMaster) wait(t *testing.T, what string, ok func() bool) {
 // Cleanup.
 func (fm *fakeMaster) listen(t *testing.T, network, address string) *Listener {
 	t.Helper()
-	ln, err := fm.c.listen(network, address)
+	return fm.listenWith(t, network, address, ListenConfig{})
+}
+
+// listenWith is listen with lc's choices.
+func (fm *fakeMaster) listenWith(t *testing.T, network, address string, lc ListenConfig) *Listener {
+	t.Helper()
+	ln, err := fm.c.listen(network, address, lc.StdConns)
 	if err != nil {
 		t.Fatalf("listen %s %s: %v", network, address, err)
 	}
@@ -255,49 +294,113 @@ func (fm *fakeMaster) listen(t *testing.T, network, address string) *Listener {
 	return l
 }
 
-// send writes one Conns frame of fds, with fresh ids, for listener lid.
-// The master keeps its copies of fds.
-func (fm *fakeMaster) send(lid uint32, fds []int) ([]uint64, error) {
+// sock returns the master's ends of listener lid's conns socket.
+func (fm *fakeMaster) sock(lid uint32) (*connsPair, error) {
 	fm.mu.Lock()
-	ids := make([]uint64, len(fds))
-	for i := range ids {
-		fm.nextConn++
-		ids[i] = fm.nextConn
+	defer fm.mu.Unlock()
+	p := fm.socks[lid]
+	if p == nil {
+		return nil, fmt.Errorf("fake master: no conns socket for listener %d", lid)
 	}
-	fm.mu.Unlock()
-	return ids, fm.ctl.WriteFrame(ipc.AppendConns(nil, false, lid, ids), fds)
+	return p, nil
+}
+
+// send writes one Conns frame of fds, with their clients' addresses, on
+// listener lid's conns socket, as the master does with TrySend; while the
+// socket is full it retries. The caller keeps its copies of fds.
+func (fm *fakeMaster) send(lid uint32, fds []int) error {
+	p, err := fm.sock(lid)
+	if err != nil {
+		return err
+	}
+	hs := make([]ipc.Handoff, len(fds))
+	for i, fd := range fds {
+		hs[i] = handoffOf(fd)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		fm.mu.Lock() // TrySend is for one goroutine at a time
+		err = p.send.TrySend(lid, hs)
+		fm.mu.Unlock()
+		if !errors.Is(err, unix.EAGAIN) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // handoff hands fds to listener lid in one Conns frame and, as the real
-// master does, closes its copies once the worker has acked them all. The
-// fds are closed on every path.
-func (fm *fakeMaster) handoff(lid uint32, fds []int) ([]uint64, error) {
+// master does, closes its copies at once. The fds are closed on every
+// path.
+func (fm *fakeMaster) handoff(lid uint32, fds []int) error {
 	defer closeFDs(fds)
-	ids, err := fm.send(lid, fds)
-	if err != nil {
-		return nil, err
-	}
-	return ids, fm.await(fmt.Sprintf("acks of %d conns", len(ids)), func() bool {
-		for _, id := range ids {
-			if fm.acked[id] == 0 {
-				return false
-			}
-		}
-		return true
-	})
+	return fm.send(lid, fds)
 }
 
-// waitClosed waits until every id has been reported closed.
-func (fm *fakeMaster) waitClosed(t *testing.T, ids []uint64) {
+// reclaim reads back, from the master's copy of the worker's end of lid's
+// conns socket, every frame the worker never read, as a master does for a
+// dead or departed worker. The caller owns the fds.
+func (fm *fakeMaster) reclaim(t *testing.T, lid uint32) []int {
 	t.Helper()
-	fm.wait(t, fmt.Sprintf("close reports of %d conns", len(ids)), func() bool {
-		for _, id := range ids {
-			if fm.closed[id] == 0 {
-				return false
-			}
+	p, err := fm.sock(lid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fds []int
+	var m ipc.Message
+	for {
+		err := p.recv.Recv(&m, false, nil)
+		if errors.Is(err, unix.EAGAIN) {
+			return fds
 		}
-		return true
-	})
+		if err != nil {
+			closeFDs(fds)
+			t.Fatalf("reclaim: %v", err)
+		}
+		for _, h := range m.Handoffs {
+			fds = append(fds, int(h.FD))
+		}
+	}
+}
+
+// unread returns how many bytes of lid's conns socket the worker has not
+// read.
+func (fm *fakeMaster) unread(t *testing.T, lid uint32) int {
+	t.Helper()
+	p, err := fm.sock(lid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := p.recv.Unread()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// waitCounters waits until the worker's counter page says received conns
+// were read off its conns sockets and closed of them were closed.
+func (fm *fakeMaster) waitCounters(t *testing.T, received, closed uint64) {
+	t.Helper()
+	if err := fm.awaitCounters(received, closed); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitCounters is waitCounters, safe off the test goroutine. The page has
+// no wakeup, as for the real master: it polls.
+func (fm *fakeMaster) awaitCounters(received, closed uint64) error {
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		r, c := fm.ctr.Received.Load(), fm.ctr.Closed.Load()
+		if r == received && c == closed {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("counter page: %d received, %d closed; want %d and %d", r, c, received, closed)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // takeReturn waits for the first Return frame for listener lid and
@@ -344,6 +447,20 @@ func (fm *fakeMaster) barrier(t *testing.T) {
 	fm.wait(t, "a barrier message", func() bool {
 		return slices.ContainsFunc(fm.users, func(u []byte) bool { return string(u) == tag })
 	})
+}
+
+// handoffOf returns the handoff of fd, the server end of a connection, with
+// the client's raw address as accept4 gives it to the master.
+func handoffOf(fd int) ipc.Handoff {
+	h := ipc.Handoff{FD: int32(fd)}
+	var sa unix.RawSockaddrAny
+	salen := uint32(unix.SizeofSockaddrAny)
+	_, _, e := unix.Syscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
+	if e == 0 && salen <= ipc.MaxAddr {
+		h.AddrLen = uint8(salen)
+		copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
+	}
+	return h
 }
 
 // recv receives from ch, failing the test after waitTimeout.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/handoff-go/handoff/ipc"
 )
@@ -127,7 +128,7 @@ func TestListenReply(t *testing.T) {
 				return tt.answer
 			}
 			fm.mu.Unlock()
-			ln, err := fm.c.listen(tt.network, tt.address)
+			ln, err := fm.c.listen(tt.network, tt.address, false)
 			if tt.wantErr != nil {
 				var op *net.OpError
 				if err == nil {
@@ -169,7 +170,7 @@ func TestListenTwiceOnOneListenerID(t *testing.T) {
 	}
 	fm.mu.Unlock()
 	fm.listen(t, "tcp", "127.0.0.1:8080")
-	ln, err := fm.c.listen("tcp", "127.0.0.1:8080")
+	ln, err := fm.c.listen("tcp", "127.0.0.1:8080", false)
 	if !errors.Is(err, syscall.EADDRINUSE) {
 		t.Errorf("a second listener with the same id: %v, %v; want EADDRINUSE", ln, err)
 	}
@@ -190,19 +191,24 @@ func TestMessagesArriveInOrder(t *testing.T) {
 	for i := range 100 {
 		want = append(want, `{"i":`+strings.Repeat("1", i+1)+`}`)
 	}
-	// Nobody reads yet: the messages queue and the socket keeps moving,
-	// so a handoff behind them is still acked.
+	// Nobody reads yet: the messages queue and the control socket keeps
+	// moving, so a Ping behind them is still answered, and a listen.
 	for _, m := range want {
 		if err := fm.ctl.WriteUser([]byte(m)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := fm.ctl.WriteFrame(ipc.AppendPing(nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	fm.wait(t, "a Pong behind unread messages", func() bool { return fm.pongs == 1 })
 	ln := masterListener(t, "tcp")
 	l := fm.listen(t, "tcp", ln.Addr().String())
 	_, fds := connectN(t, ln, 1)
-	if _, err := fm.handoff(l.id, fds); err != nil {
+	if err := fm.handoff(l.id, fds); err != nil {
 		t.Fatal(err)
 	}
+	acceptN(t, l, 1)
 	ch := Messages()
 	if Messages() != ch {
 		t.Error("Messages returned a different channel on a second call")
@@ -288,9 +294,20 @@ func TestMasterGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// l1 has two conns queued; l2 has an Accept waiting.
-	clients, fds := connectN(t, ln, 2)
-	if _, err := fm.handoff(l1.(*Listener).id, fds); err != nil {
+	lid1 := l1.(*Listener).id
+	// l1 has read a frame of three conns and accepted one, so two are
+	// queued, and a frame of two more is unread; l2 has an Accept waiting.
+	clients, fds := connectN(t, ln, 3)
+	if err := fm.handoff(lid1, fds); err != nil {
+		t.Fatal(err)
+	}
+	c, err := l1.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	unread, fds := connectN(t, ln, 2)
+	if err := fm.handoff(lid1, fds); err != nil {
 		t.Fatal(err)
 	}
 	acceptErr := make(chan error, 1)
@@ -354,7 +371,19 @@ func TestMasterGone(t *testing.T) {
 		t.Errorf("Close after the master went away: %v", err)
 	}
 	// The worker closed the queued fds, the last copies: clients see EOF.
-	expectEOF(t, clients...)
+	expectEOF(t, clients[1:]...)
+	// What it never read is still in the socket, for a master to take
+	// back (a new master could not, but a live one reading a dead
+	// worker's socket does just this).
+	back := fm.reclaim(t, lid1)
+	if len(back) != len(unread) {
+		t.Errorf("%d conns reclaimed, want %d", len(back), len(unread))
+	}
+	closeFDs(back)
+	expectEOF(t, unread...)
+	if r, cl := fm.ctr.Received.Load(), fm.ctr.Closed.Load(); r != 3 || cl != 0 {
+		t.Errorf("counter page: %d received, %d closed; want 3 and 0", r, cl)
+	}
 }
 
 func TestDisconnectClosesListeners(t *testing.T) {
@@ -364,8 +393,7 @@ func TestDisconnectClosesListeners(t *testing.T) {
 	l1 := fm.listen(t, "tcp", ln.Addr().String())
 	l2 := fm.listen(t, "tcp", ln.Addr().String())
 	_, fds := connectN(t, ln, 1)
-	ids, err := fm.handoff(l1.id, fds)
-	if err != nil {
+	if err := fm.handoff(l1.id, fds); err != nil {
 		t.Fatal(err)
 	}
 	acceptErr := make(chan error, 1)
@@ -376,17 +404,22 @@ func TestDisconnectClosesListeners(t *testing.T) {
 		}
 		acceptErr <- err
 	}()
+	start := time.Now()
 	if err := fm.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := recv(t, acceptErr, "the waiting Accept"); !isClosed(err) {
 		t.Errorf("Accept after Disconnect: %v, want net.ErrClosed", err)
 	}
-	// What was queued before the Disconnect is still served: Accept takes
-	// it during the drain, and only then does the listener close.
+	if d := time.Since(start); d < drainGrace {
+		t.Errorf("an idle listener closed %v after Disconnect, before drainGrace (%v)", d, drainGrace)
+	}
+	// What was handed off before the Disconnect is still served, though
+	// it was still in the socket: Accept takes it during the drain, and
+	// only then does the listener close.
 	c, err := l1.Accept()
 	if err != nil {
-		t.Fatalf("Accept of the connection queued before Disconnect: %v", err)
+		t.Fatalf("Accept of the connection handed off before Disconnect: %v", err)
 	}
 	_ = c.Close()
 	if c, err := l1.Accept(); !isClosed(err) {
@@ -395,17 +428,21 @@ func TestDisconnectClosesListeners(t *testing.T) {
 	r1, r2 := fm.takeReturn(t, l1.id), fm.takeReturn(t, l2.id)
 	defer closeFDs(r1.fds)
 	defer closeFDs(r2.fds)
-	if len(r1.ids) != 0 || len(r2.ids) != 0 {
-		t.Errorf("Return frames %v and %v, want both empty", r1.ids, r2.ids)
+	if len(r1.fds) != 0 || len(r2.fds) != 0 {
+		t.Errorf("Return frames with %d and %d fds, want both empty", len(r1.fds), len(r2.fds))
 	}
-	_ = ids
-	// The worker is still connected: messages still flow.
+	fm.waitCounters(t, 1, 1)
+	// The worker is still connected: messages still flow, pings answered.
 	if err := fm.ctl.WriteUser([]byte(`"still here"`)); err != nil {
 		t.Fatal(err)
 	}
 	if m := recv(t, fm.c.inbox.channel(), "a message after Disconnect"); string(m) != `"still here"` {
 		t.Errorf("message %q", m)
 	}
+	if err := fm.ctl.WriteFrame(ipc.AppendPing(nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	fm.wait(t, "a Pong after Disconnect", func() bool { return fm.pongs == 1 })
 }
 
 func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
@@ -413,23 +450,46 @@ func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 	ln := masterListener(t, "tcp")
 	fm := startMaster(t)
 	l := fm.listen(t, "tcp", ln.Addr().String())
-	_, fds := connectN(t, ln, 2)
-	ids, err := fm.handoff(l.id, fds)
-	if err != nil {
+	// A frame of three is read and one accepted; a frame of two stays
+	// unread.
+	clients, fds := connectN(t, ln, 3)
+	if err := fm.handoff(l.id, fds); err != nil {
 		t.Fatal(err)
 	}
+	acceptN(t, l, 1)
+	unread, fds := connectN(t, ln, 2)
+	if err := fm.handoff(l.id, fds); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
 	if err := fm.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
 		t.Fatal(err)
 	}
-	// Nobody calls Accept: after the drain timeout they come back.
+	// Nobody calls Accept: after the drain timeout, what was read comes
+	// back, and what was not stays in the socket.
 	r := fm.takeReturn(t, l.id)
 	defer closeFDs(r.fds)
-	if len(r.ids) != 2 || r.ids[0] != ids[0] || r.ids[1] != ids[1] || len(r.fds) != 2 {
-		t.Errorf("Return frame %v with %d fds, want %v with 2", r.ids, len(r.fds), ids)
+	if d := time.Since(start); d < drainTimeout {
+		t.Errorf("the listener closed %v after Disconnect, before drainTimeout (%v)", d, drainTimeout)
+	}
+	if len(r.fds) != 2 {
+		t.Fatalf("Return frame with %d fds, want 2", len(r.fds))
+	}
+	for i, fd := range r.fds {
+		echoThrough(t, fd, clients[1+i])
+	}
+	back := fm.reclaim(t, l.id)
+	defer closeFDs(back)
+	if len(back) != 2 {
+		t.Fatalf("%d conns reclaimed, want 2", len(back))
+	}
+	for i, fd := range back {
+		echoThrough(t, fd, unread[i])
 	}
 	if c, err := l.Accept(); !isClosed(err) {
 		t.Errorf("Accept after the drain: %v, %v; want net.ErrClosed", c, err)
 	}
+	fm.waitCounters(t, 3, 0)
 }
 
 func TestBadFramesAreSkipped(t *testing.T) {
@@ -437,7 +497,8 @@ func TestBadFramesAreSkipped(t *testing.T) {
 	ln := masterListener(t, "tcp")
 	fm := startMaster(t)
 	l := fm.listen(t, "tcp", ln.Addr().String())
-	clients, fds := connectN(t, ln, 1)
+	clients, fds := connectN(t, ln, 2)
+	hs := []ipc.Handoff{handoffOf(fds[0]), handoffOf(fds[1])}
 	bad := []struct {
 		name  string
 		frame []byte
@@ -446,26 +507,48 @@ func TestBadFramesAreSkipped(t *testing.T) {
 		{name: "other version", frame: []byte{ipc.Version + 1, byte(ipc.KindUser), 0, 0, '1'}},
 		{name: "unknown kind", frame: []byte{ipc.Version, 200, 0, 0}},
 		{name: "short ListenReply", frame: []byte{ipc.Version, byte(ipc.KindListenReply), 0, 0, 1}},
-		{name: "Conns with too few fds", frame: ipc.AppendConns(nil, false, l.id, []uint64{1, 2}), fds: fds},
-		{name: "Report to a worker", frame: ipc.AppendReport(nil, []uint64{1}, nil)},
+		{name: "ListenReply without its fd", frame: ipc.AppendListenReply(nil, 1, 5, 0, "127.0.0.1:1", "", "")},
+		{name: "Conns on the control socket", frame: ipc.AppendConns(nil, l.id, hs[:1]), fds: fds[:1]},
+		{name: "Conns with too few fds", frame: ipc.AppendConns(nil, l.id, hs), fds: fds[1:]},
+		{name: "Return to a worker", frame: ipc.AppendReturn(nil, l.id, 0)},
+		{name: "Pong to a worker", frame: ipc.AppendPong(nil)},
 	}
 	for _, b := range bad {
 		if err := fm.ctl.WriteFrame(b.frame, b.fds); err != nil {
 			t.Fatalf("%s: %v", b.name, err)
 		}
 	}
-	closeFDs(fds) // the worker closed its copy of the bad frame's fd
+	closeFDs(fds) // the worker closed its copies of the bad frames' fds
 	if err := fm.ctl.WriteUser([]byte(`"after"`)); err != nil {
 		t.Fatal(err)
 	}
 	if m := recv(t, fm.c.inbox.channel(), "a message after bad frames"); string(m) != `"after"` {
 		t.Errorf("message %q, want %q", m, `"after"`)
 	}
-	expectEOF(t, clients[0]) // the worker closed the dropped fd
+	expectEOF(t, clients...) // the worker closed the dropped fds
 	// Handoffs still work.
 	_, fds = connectN(t, ln, 1)
-	if _, err := fm.handoff(l.id, fds); err != nil {
+	if err := fm.handoff(l.id, fds); err != nil {
 		t.Fatal(err)
 	}
 	acceptN(t, l, 1)
+	fm.waitCounters(t, 1, 0)
+}
+
+func TestPingIsAnswered(t *testing.T) {
+	t.Parallel()
+	fm := startMaster(t)
+	const n = 5
+	for range n {
+		if err := fm.ctl.WriteFrame(ipc.AppendPing(nil), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fm.wait(t, "Pongs", func() bool { return fm.pongs == n })
+	fm.barrier(t)
+	fm.mu.Lock()
+	defer fm.mu.Unlock()
+	if fm.pongs != n {
+		t.Errorf("%d Pongs for %d Pings", fm.pongs, n)
+	}
 }

@@ -85,7 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.loadgen, "loadgen", "auto", "load generator: auto (wrk if on PATH), wrk, or go")
 	fs.StringVar(&c.profileDir, "cpuprofile-dir", "", "write a CPU profile of each handoff master's measured window to this directory")
 	fs.StringVar(&c.replot, "replot", "", "render the table, chart and JSON again from this results.json into -out, without running anything")
-	fs.IntVar(&c.masterProcs, "master-gomaxprocs", 0, "GOMAXPROCS of the handoff master process; 0 leaves Go's default (the CPU count)")
+	fs.IntVar(&c.masterProcs, "master-gomaxprocs", 1, "GOMAXPROCS of the handoff master process, 1 as in the handoff CLI (--master-procs); 0 leaves Go's default (the CPU count)")
 	fs.BoolVar(&c.perf, "perf", false, "perf record -g the server processes during each measured run, into -out/perf/")
 	fs.BoolVar(&c.perfStat, "perf-stat", true, "count the servers' syscalls and context switches with perf stat during each measured run, if perf is on PATH")
 

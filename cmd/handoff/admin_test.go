@@ -261,16 +261,25 @@ func TestCLIAdminEndpoints(t *testing.T) {
 		}
 	}
 
-	mfs := metricsOf(t, admin)
-	// Close reports are batched: wait for the histogram and counters of
-	// every request, not only the startup request.
+	// The workers count their closes on their counter pages, which the
+	// master reads: every connection is closed, so none is active.
+	var mfs map[string]*dto.MetricFamily
+	waitFor(t, "every worker's connections reported closed", func() bool {
+		mfs = metricsOf(t, admin)
+		active := byWorker(t, mfs, "handoff_worker_connections_active")
+		sum := 0.0
+		for _, v := range active {
+			sum += v
+		}
+		return len(active) == 2 && sum == 0
+	})
 	dispatched := byWorker(t, mfs, "handoff_worker_connections_dispatched_total")
-	acks := byWorker(t, mfs, "handoff_worker_handoff_ack_seconds")
+	unread := byWorker(t, mfs, "handoff_worker_connections_unread")
 	total := 0.0
 	for _, w := range ws {
 		id := strconv.Itoa(w.ID)
-		if dispatched[id] < 1 || float64(w.Dispatched) > dispatched[id]+n || acks[id] < 1 {
-			t.Errorf("worker %s: dispatched %v, acks %v; /workers %+v", id, dispatched[id], acks[id], w)
+		if dispatched[id] < 1 || float64(w.Dispatched) > dispatched[id]+n || unread[id] != 0 {
+			t.Errorf("worker %s: dispatched %v, unread %v; /workers %+v", id, dispatched[id], unread[id], w)
 		}
 		total += dispatched[id]
 	}

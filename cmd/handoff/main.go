@@ -31,6 +31,7 @@ type config struct {
 	maxUnread         int
 	tcpKeepAlive      time.Duration
 	tcpUserTimeout    time.Duration
+	masterProcs       int
 	reloadConcurrency int
 	user              string
 	admin             string
@@ -61,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.maxPending, "max-pending", balancer.DefaultMaxPending, "accepted connections held while no worker can take them; past this the newest are closed")
 	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more")
 	fs.DurationVar(&c.tcpKeepAlive, "tcp-keepalive", balancer.DefaultKeepAlive, "TCP keep-alive idle time and probe interval of every connection, set once on the listening socket; 0 turns keep-alive off")
+	fs.IntVar(&c.masterProcs, "master-procs", 1, "GOMAXPROCS of the master process (the workers keep Go's default): the master's work is one accept loop per listener, and one P spares it the Go runtime's wakeups of idle threads; 0 leaves Go's default")
 	fs.DurationVar(&c.tcpUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every connection, set once on the listening socket: how long sent data may go unacknowledged before the kernel drops the connection; 0 leaves the kernel's default")
 	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP)")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
@@ -111,6 +113,8 @@ Flags:
 		return nil, errors.New("--shutdown-timeout and --handoff-timeout must be positive")
 	case c.maxPending < 1 || c.maxUnread < 1 || c.reloadConcurrency < 1:
 		return nil, errors.New("--max-pending, --max-unread and --reload-concurrency must be at least 1")
+	case c.masterProcs < 0:
+		return nil, fmt.Errorf("--master-procs must be 0 or more, not %d", c.masterProcs)
 	case c.tcpKeepAlive < 0 || c.tcpUserTimeout < 0:
 		return nil, errors.New("--tcp-keepalive and --tcp-user-timeout must not be negative")
 	case c.shutdownDelay < 0:

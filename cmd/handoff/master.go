@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -17,6 +18,9 @@ import (
 // code. Its loop owns every decision about the lifecycle; the slow steps
 // (reload, upgrade, shutdown) run on goroutines that report back to it.
 func runMaster(c *config) int {
+	if c.masterProcs > 0 {
+		runtime.GOMAXPROCS(c.masterProcs)
+	}
 	log := newLogger(c)
 	// Catch signals before any worker exists, so none is missed.
 	sigs := make(chan os.Signal, 4)
