@@ -207,8 +207,11 @@ func (b *Balancer) acceptLoop(l *listener) {
 				// Non-blocking, so that the worker's os.NewFile puts it in
 				// its poller as it is; and with the client's address,
 				// which travels with it so the worker needs no getpeername.
+				// A raw syscall: on a non-blocking socket accept4 cannot
+				// block, and entersyscall would wake the runtime's sysmon
+				// thread on every connection of an otherwise idle master.
 				salen := uint32(unix.SizeofSockaddrAny)
-				nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)),
+				nfd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, fd, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)),
 					unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 				switch e {
 				case 0:

@@ -19,7 +19,7 @@ func CloseFDs(fds []int) {
 	case 0:
 		return
 	case 1:
-		_ = unix.Close(fds[0])
+		rawClose(fds[0])
 		return
 	}
 	slices.Sort(fds)
@@ -34,18 +34,23 @@ func CloseFDs(fds []int) {
 }
 
 // closeRun closes the fds lo..hi, every one of which the caller owns.
+// The syscalls are raw: closing a socket that is not the last reference,
+// or has no linger set, does not block, and entersyscall would wake the
+// runtime's sysmon thread.
 func closeRun(lo, hi int) {
 	if lo == hi {
-		_ = unix.Close(lo)
+		rawClose(lo)
 		return
 	}
-	if err := unix.CloseRange(uint(lo), uint(hi), 0); err == nil {
+	if _, _, e := unix.RawSyscall(unix.SYS_CLOSE_RANGE, uintptr(lo), uintptr(hi), 0); e == 0 {
 		return
 	}
 	for fd := lo; fd <= hi; fd++ {
-		_ = unix.Close(fd)
+		rawClose(fd)
 	}
 }
+
+func rawClose(fd int) { _, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
 
 // Room tells a reader of fds whether this process has room for n more fds
 // before it reads a message that may carry n of them. A message read

@@ -231,7 +231,9 @@ func (c *Conn) write(p []byte, fds []int, wait bool) error {
 // wait for writability and call it again.
 func (c *Conn) doWrite(fd uintptr) bool {
 	for {
-		_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wmsg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		// Raw: with MSG_DONTWAIT it cannot block, and skipping
+		// entersyscall spares the runtime's sysmon a wakeup per message.
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&c.wmsg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		switch e {
 		case 0:
 			c.werr = nil
@@ -347,7 +349,8 @@ func (c *Conn) doRead(fd uintptr) bool {
 		return true
 	}
 	for {
-		r, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&c.rmsg)), unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
+		// Raw, as in doWrite: with MSG_DONTWAIT it cannot block.
+		r, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&c.rmsg)), unix.MSG_CMSG_CLOEXEC|unix.MSG_DONTWAIT)
 		switch e {
 		case 0:
 			c.rn = int(r)
