@@ -363,8 +363,12 @@ func TestCLIRoundRobinSplitsEvenly(t *testing.T) {
 	t.Logf("split %v; master fds %d before, %d after", counts, before, after)
 }
 
-// load runs new-connection and keep-alive clients until stop, and
-// returns how many requests were sent and how many failed.
+// loadClients is how many clients load runs, half of them on new
+// connections and half keep-alive, each with one request at a time.
+const loadClients = 6
+
+// load runs loadClients clients against url until stop, and returns how
+// many requests were sent and how many failed.
 func load(t *testing.T, url string, stop <-chan struct{}) func() (sent, failed int, first error) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -398,7 +402,7 @@ func load(t *testing.T, url string, stop <-chan struct{}) func() (sent, failed i
 			mu.Unlock()
 		}
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < loadClients/2; i++ {
 		wg.Add(2)
 		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}})
 		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}})
