@@ -18,6 +18,7 @@ import (
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for the zero Options.
@@ -155,7 +156,8 @@ type Balancer struct {
 	orphans    []*link       // links of gone workers still holding connections
 	sentFDs    []int         // the master's copies of fds just sent, to close
 	pingBuf    []byte        // the ping frame
-	room       scm.Room      // the master's own fd room, for reclaiming
+	room       scm.Room      // the master's own fd room
+	fdReserve  int           // fds kept free for the master's own needs; see maxFDReserve
 	changed    chan struct{} // closed and replaced on every state change
 
 	stopAccept     chan struct{}
@@ -240,6 +242,11 @@ func New(opts Options) (*Balancer, error) {
 			return nil, err
 		}
 		b.cred = cred
+	}
+	b.fdReserve = maxFDReserve
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
+		b.fdReserve = fdReserveFor(lim.Cur)
 	}
 	b.pendTimer = time.AfterFunc(time.Hour, b.retryPending)
 	b.pendTimer.Stop()
@@ -440,7 +447,7 @@ func (b *Balancer) Start() error {
 	b.started = true
 	b.mu.Unlock()
 	for i := 0; i < b.opts.Workers; i++ {
-		if _, err := b.fork(&slot{}, false); err != nil {
+		if _, err := b.fork(&slot{}); err != nil {
 			return err
 		}
 	}
@@ -450,7 +457,7 @@ func (b *Balancer) Start() error {
 // Fork starts one more worker, with env added to its environment on top of
 // Options.Env. If it crashes it is restarted with the same env.
 func (b *Balancer) Fork(env ...string) (*Worker, error) {
-	return b.fork(&slot{env: env}, false)
+	return b.fork(&slot{env: env})
 }
 
 // Workers returns the workers that have not exited, by id.
@@ -559,7 +566,7 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 	if dead {
 		return nil // gone already; its slot restarts by itself
 	}
-	nw, err := b.fork(old.slot, true)
+	nw, err := b.fork(old.slot)
 	if err != nil {
 		return err
 	}
@@ -586,10 +593,7 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 		nw.abandon()
 		return fmt.Errorf("replacing worker %d: %w", old.id, err)
 	}
-	b.mu.Lock()
-	nw.probation = false
-	b.mu.Unlock()
-	old.Disconnect()
+	old.disconnect()
 	return nil
 }
 
@@ -618,7 +622,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 		<-l.done
 	}
 	for _, w := range b.Workers() {
-		w.Disconnect()
+		w.disconnect()
 	}
 	err := b.waitFor(ctx, func() bool { return len(b.workers) == 0 })
 	if err != nil {

@@ -22,6 +22,11 @@ import (
 // How long a worker whose conns socket is full gets no new connections.
 const blockedFor = 5 * time.Millisecond
 
+// maxPendingRetry bounds the pending queue's retry interval, which doubles
+// from 1ms while connections wait; each retry also closes those whose
+// client has gone.
+const maxPendingRetry = 100 * time.Millisecond
+
 // accepted dispatches a batch of freshly accepted connections.
 func (b *Balancer) accepted(l *listener, hs []ipc.Handoff) {
 	b.mu.Lock()
@@ -147,12 +152,12 @@ func (b *Balancer) pendLocked(l *listener, h ipc.Handoff) {
 		closeFD(int(h.FD))
 		return
 	}
-	if b.pending >= b.opts.MaxPending {
+	if b.pending >= b.opts.MaxPending || !b.room.For(b.fdReserve) {
 		closeFD(int(h.FD))
 		b.stats.dropped++
 		if b.dropLogLimit.allow() {
-			b.log.Error().Int("max_pending", b.opts.MaxPending).Uint64("dropped_total", b.stats.dropped).
-				Msg("no worker can take connections and the pending queue is full; closing new connections")
+			b.log.Error().Int("max_pending", b.opts.MaxPending).Int("pending", b.pending).Uint64("dropped_total", b.stats.dropped).
+				Msg("no worker can take connections and the pending queue is full (or the master's fds are); closing new connections")
 		}
 		return
 	}
@@ -168,7 +173,7 @@ func (b *Balancer) armPendingLocked() {
 		return
 	}
 	b.pendArmed = true
-	b.pendDelay = min(max(2*b.pendDelay, time.Millisecond), 100*time.Millisecond)
+	b.pendDelay = min(max(2*b.pendDelay, time.Millisecond), maxPendingRetry)
 	b.pendTimer.Reset(b.pendDelay)
 }
 
@@ -182,10 +187,19 @@ func (b *Balancer) retryPending() {
 		return
 	}
 	for _, l := range b.listeners {
+		var n int
+		n, l.pollBuf = l.pending.prune(l.pollBuf)
+		b.pending -= n
+		b.stats.gone += uint64(n)
+	}
+	for _, l := range b.listeners {
 		b.drainPendingLocked(l)
 	}
 	if b.pending > 0 || len(b.orphans) > 0 {
 		b.armPendingLocked()
+	}
+	if b.pending == 0 {
+		b.pendDelay = 0
 	}
 }
 
@@ -262,7 +276,7 @@ func (b *Balancer) reclaimLocked(k *link) bool {
 	w := k.w
 	var m ipc.Message
 	maxFDs := w.frameFDs()
-	room := func() bool { return b.room.For(maxFDs) }
+	room := func() bool { return b.room.For(maxFDs + b.fdReserve) }
 	for {
 		err := k.recv.Recv(&m, false, room)
 		switch {

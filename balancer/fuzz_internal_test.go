@@ -243,8 +243,8 @@ type fuzzMaster struct {
 }
 
 // startFuzzMaster starts a balancer and its worker. The worker is on
-// probation, as a reload's replacement is, so its death is never
-// followed by a restart, which would fork the test binary.
+// a retired slot, so its death is never followed by a restart, which
+// would fork the test binary.
 func startFuzzMaster(t *testing.T) *fuzzMaster {
 	t.Helper()
 	b, err := New(Options{OnEvent: func(Event) {}})
@@ -281,8 +281,7 @@ func startFuzzMaster(t *testing.T) *fuzzMaster {
 	b.nextID++
 	id := b.nextID
 	b.mu.Unlock()
-	w := b.newWorker(id, &slot{}, cmd, ctl, nil)
-	w.probation = true
+	w := b.newWorker(id, &slot{retired: true}, cmd, ctl, nil)
 	fm.w = w
 	b.mu.Lock()
 	b.workers = append(b.workers, w)

@@ -17,6 +17,19 @@ import (
 // acceptBatch is the most connections accepted before they are dispatched.
 const acceptBatch = 512
 
+// maxFDReserve bounds how many fds the master keeps free for itself
+// (Balancer.fdReserve): a worker's control socket, counter page and conns
+// sockets, the pipes and pidfd of starting it, the admin port and the log.
+// The accept loop stops accepting, and the pending queue stops growing,
+// before the master's fd table is that full, so a flood of connections
+// can never leave it unable to restart a worker; the flood waits in the
+// kernel's backlog, which costs the master nothing. The reserve is a
+// quarter of the fd limit, between 8 and maxFDReserve.
+const maxFDReserve = 64
+
+// fdReserveFor is the reserve for an fd limit; see maxFDReserve.
+func fdReserveFor(limit uint64) int { return int(min(max(limit/4, 8), maxFDReserve)) }
+
 // Backoff for accept errors that mean "out of fds or memory", as
 // http.Server does for temporary errors.
 const (
@@ -43,6 +56,7 @@ type listener struct {
 	loads      []WorkerLoad
 	touched    []*link
 	pending    handoffQueue
+	pollBuf    []unix.PollFd // pending.prune's scratch
 	reclaimBuf []ipc.Handoff
 
 	// Accept scratch, owned by the accept goroutine.
@@ -203,6 +217,13 @@ func (b *Balancer) acceptLoop(l *listener) {
 	accept := func(fd uintptr) bool {
 		for {
 			empty := false
+			// Accept only while the master keeps its reserve of fds (for
+			// a worker's sockets, a restart, the admin port): past it,
+			// connections wait in the kernel's backlog, which costs the
+			// master nothing, instead of starving it.
+			if !b.room.For(len(l.batch) + b.fdReserve) {
+				aerr = unix.EMFILE
+			}
 			for len(l.batch) < cap(l.batch) && !empty && aerr == 0 {
 				// Non-blocking, so that the worker's os.NewFile puts it in
 				// its poller as it is; and with the client's address,
@@ -215,6 +236,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 					unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 				switch e {
 				case 0:
+					b.room.Took(1)
 					h := ipc.Handoff{FD: int32(nfd)}
 					if salen <= ipc.MaxAddr {
 						h.AddrLen = uint8(salen)
@@ -351,6 +373,37 @@ type handoffQueue struct {
 func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
 func (q *handoffQueue) push(h ipc.Handoff) { q.hs = append(q.hs, h) }
+
+// prune closes the queued connections whose client has gone: it sent FIN
+// or RST (POLLRDHUP, POLLHUP, POLLERR). It returns how many it closed. A
+// client that half-closes and then waits for its answer is closed too if
+// it had to wait here, that is, while no worker could take connections:
+// the master cannot tell it from one that gave up, and holding an fd for
+// every client that left starves the master.
+func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
+	live := q.hs[q.head:]
+	scratch = scratch[:0]
+	for _, h := range live {
+		scratch = append(scratch, unix.PollFd{Fd: h.FD, Events: unix.POLLRDHUP})
+	}
+	if len(scratch) == 0 {
+		return 0, scratch
+	}
+	if n, err := unix.Poll(scratch, 0); err != nil || n == 0 {
+		return 0, scratch
+	}
+	kept, closed := live[:0], 0
+	for i, h := range live {
+		if scratch[i].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+			closeFD(int(h.FD))
+			closed++
+			continue
+		}
+		kept = append(kept, h)
+	}
+	q.hs = q.hs[:q.head+len(kept)]
+	return closed, scratch
+}
 
 // take removes and returns every queued connection; the slice stays valid
 // until the next take, so connections can be pushed back meanwhile.

@@ -15,6 +15,7 @@ type Stats struct {
 	Redispatched   uint64            // connections handed to another worker after a failure, a stall, an exit or a return
 	Reclaimed      uint64            // connections taken back unread from a worker's sockets
 	Dropped        uint64            // connections closed because the pending queue was full
+	Gone           uint64            // queued connections closed because their client had gone
 	Pending        int               // connections waiting for a worker now
 	Forked         uint64            // worker processes started
 	Restarts       uint64            // unexpected worker exits that were restarted
@@ -59,6 +60,7 @@ func (b *Balancer) Stats() Stats {
 		Redispatched:   b.stats.redispatched,
 		Reclaimed:      b.stats.reclaimed,
 		Dropped:        b.stats.dropped,
+		Gone:           b.stats.gone,
 		Pending:        b.pending,
 		Forked:         b.stats.forked,
 		Restarts:       b.stats.restarts,
@@ -116,6 +118,7 @@ type stats struct {
 	redispatched   uint64
 	reclaimed      uint64
 	dropped        uint64
+	gone           uint64
 	forked         uint64
 	restarts       uint64
 	protocolErrors uint64

@@ -46,6 +46,7 @@ func (s State) String() string {
 // slot is a worker's place in the pool: its replacement after a crash or
 // a reload takes the same slot, with the same env and crash history.
 type slot struct {
+	retired  bool // Disconnect was asked for its worker: it stays empty
 	env      []string
 	crashes  int
 	restarts int         // workers that exited unexpectedly in this slot
@@ -103,7 +104,6 @@ type Worker struct {
 	// Under Balancer.mu.
 	state         State
 	disconnecting bool // exits from now on are expected
-	probation     bool // a reload's replacement not yet listening: never restarted
 	links         map[*listener]*link
 	broken        bool      // a send failed for good, or it broke the protocol; waiting for exit
 	stalled       bool      // not reading its conns sockets; see stall.go
@@ -217,8 +217,17 @@ func (w *Worker) Kill(sig os.Signal) error {
 // Disconnect drains the worker gracefully: the master stops routing
 // connections to it at once, its listeners close (Accept returns
 // net.ErrClosed), it gets SIGTERM, and after Options.ShutdownTimeout
-// SIGKILL. It is not restarted.
+// SIGKILL. It is not restarted: its slot stays empty.
 func (w *Worker) Disconnect() {
+	w.b.mu.Lock()
+	w.slot.retired = true
+	w.b.mu.Unlock()
+	w.disconnect()
+}
+
+// disconnect is Disconnect without retiring the slot, for a reload's old
+// worker (its slot has the replacement) and for Shutdown.
+func (w *Worker) disconnect() {
 	b := w.b
 	b.mu.Lock()
 	if w.disconnecting || w.state == StateDead {
@@ -261,7 +270,8 @@ func (w *Worker) Disconnect() {
 	}()
 }
 
-// abandon kills a worker that is not wanted, without restarting it.
+// abandon kills a worker that is not wanted, a reload's replacement that
+// failed to come up; its slot is restarted only if that leaves it empty.
 func (w *Worker) abandon() {
 	w.b.mu.Lock()
 	w.disconnecting = true
@@ -280,9 +290,8 @@ func (w *Worker) routable() bool {
 	return w.routableLocked()
 }
 
-// fork starts a worker process in s. A worker on probation is not
-// restarted if it dies before its probation is lifted.
-func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
+// fork starts a worker process in s.
+func (b *Balancer) fork(s *slot) (*Worker, error) {
 	b.mu.Lock()
 	if b.stopping {
 		b.mu.Unlock()
@@ -327,7 +336,6 @@ func (b *Balancer) fork(s *slot, probation bool) (*Worker, error) {
 		return nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
 	}
 	w := b.newWorker(id, s, cmd, ctl, page)
-	w.probation = probation
 	b.mu.Lock()
 	b.workers = append(b.workers, w)
 	b.stats.forked++
@@ -440,7 +448,12 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		b.stats.exits = make(map[string]uint64)
 	}
 	b.stats.exits[exitReason(ev)]++
-	restart := !w.disconnecting && !w.probation && !b.stopping
+	// A slot has one worker at a time, alive or starting: it is restarted
+	// only if it is left empty (no replacement from a reload or a restart
+	// is there) and was not retired. So a worker killed while its reload
+	// replacement starts is not also restarted, and a replacement that
+	// fails after its predecessor died still leaves the slot a worker.
+	restart := !b.stopping && !w.slot.retired && !b.restarting[w.slot] && !b.slotFilledLocked(w.slot)
 	var delay time.Duration
 	if restart {
 		if uptime >= StableUptime {
@@ -498,16 +511,28 @@ func (b *Balancer) cancelRestartsLocked() {
 	}
 }
 
-// restart forks a replacement into s, after its backoff.
+// slotFilledLocked reports whether s has a worker that is alive and not
+// leaving.
+func (b *Balancer) slotFilledLocked(s *slot) bool {
+	for _, w := range b.workers {
+		if w.slot == s && w.state != StateDead && !w.disconnecting {
+			return true
+		}
+	}
+	return false
+}
+
+// restart forks a replacement into s, after its backoff, unless the slot
+// was filled or retired meanwhile.
 func (b *Balancer) restart(s *slot) {
 	b.mu.Lock()
 	delete(b.restarting, s)
-	stop := b.stopping
+	skip := b.stopping || s.retired || b.slotFilledLocked(s)
 	b.mu.Unlock()
-	if stop {
+	if skip {
 		return
 	}
-	if _, err := b.fork(s, false); err != nil && !errors.Is(err, ErrClosed) {
+	if _, err := b.fork(s); err != nil && !errors.Is(err, ErrClosed) {
 		b.log.Error().Err(err).Msg("restarting worker failed; retrying")
 		b.mu.Lock()
 		if !b.stopping {
