@@ -85,7 +85,7 @@ func (b *Balancer) checkStalls() {
 	}
 	b.mu.Unlock()
 	for _, w := range kill {
-		w.log.Error().Dur("timeout", b.opts.HandoffTimeout).Msg("worker stopped reading its connections and answers nothing; killing it")
+		w.log.Error().Str("timeout", b.opts.HandoffTimeout.String()).Msg("worker stopped reading its connections and answers nothing; killing it")
 		_ = w.Kill(syscall.SIGKILL)
 	}
 }

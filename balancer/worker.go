@@ -264,7 +264,7 @@ func (w *Worker) disconnect() {
 		select {
 		case <-w.exited:
 		case <-t.C:
-			w.log.Warn().Dur("timeout", b.opts.ShutdownTimeout).Msg("worker did not drain in time; killing it")
+			w.log.Warn().Str("timeout", b.opts.ShutdownTimeout.String()).Msg("worker did not drain in time; killing it")
 			_ = w.Kill(syscall.SIGKILL)
 		}
 	}()
@@ -472,7 +472,7 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	if !ev.ExitedAfterDisconnect {
 		l = w.log.Warn()
 	}
-	l = l.Int("code", ev.Code).Bool("after_disconnect", ev.ExitedAfterDisconnect).Dur("uptime", uptime)
+	l = l.Int("code", ev.Code).Bool("after_disconnect", ev.ExitedAfterDisconnect).Str("uptime", uptime.Round(time.Millisecond).String())
 	if ev.Signal != nil {
 		l = l.Str("signal", ev.Signal.String())
 	}
@@ -485,7 +485,7 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 		if w.slot.crashes >= 3 {
 			e = w.log.Error().Bool("crash_loop", true)
 		}
-		e.Int("crashes", w.slot.crashes).Dur("restart_in", delay).Msg("worker died unexpectedly; restarting")
+		e.Int("crashes", w.slot.crashes).Str("restart_in", delay.String()).Msg("worker died unexpectedly; restarting")
 	}
 	b.events.push(DisconnectEvent{Worker: w})
 	b.events.push(ev)
