@@ -178,8 +178,9 @@ func (w *Worker) IsConnected() bool {
 	return w.state < StateDead && !w.broken && !w.stuck
 }
 
-// Send sends v, as JSON, to the worker. Messages arrive in order, and in
-// order with the connections handed off around them. A value larger than
+// Send sends v, as JSON, to the worker. Messages arrive in the order sent.
+// Connections travel on sockets of their own, so a message is not ordered
+// with the connections handed off around it. A value larger than
 // ipc.MaxMessage once marshalled returns an error matching
 // ipc.ErrMessageTooLarge and nothing is sent.
 func (w *Worker) Send(v any) error {

@@ -39,7 +39,8 @@ func Listen(network, address string) (net.Listener, error) {
 }
 
 // Send sends v, marshalled as JSON, to the master. Messages arrive in
-// order, and in order with the connections around them. A value larger
+// the order sent (connections travel on sockets of their own, so there is
+// no order between a message and a connection). A value larger
 // than ipc.MaxMessage once marshalled returns an error matching
 // ipc.ErrMessageTooLarge, and nothing is sent.
 func Send(v any) error {
