@@ -18,6 +18,14 @@
 // arguments; the program tells the two roles apart with worker.IsWorker.
 // Workers also make the master open addresses with worker.Listen.
 //
+// Each worker has a slot, which keeps one worker at a time, alive or
+// starting: a worker that exits is restarted, with backoff, only if that
+// leaves its slot empty (no reload replacement is there) and Disconnect
+// did not retire it. The master keeps a reserve of fds for itself (a
+// quarter of its limit, 8 to 64): it stops accepting before its table is
+// that full, so a flood waits in the kernel's backlog and a worker can
+// always be restarted.
+//
 // # The path of a connection
 //
 // One goroutine per listener accepts with raw accept4 until EAGAIN (no
