@@ -14,8 +14,8 @@ import (
 	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+	"golang.org/x/net/netutil"
 )
 
 // This file is the --admin HTTP server: GET /metrics (Prometheus text),
@@ -51,7 +51,10 @@ func (s balancerSource) WorkerStats() []balancer.WorkerStats {
 	return out
 }
 
-// adminHandler serves the admin endpoints from src.
+// adminHandler serves the admin endpoints from src. GET /metrics is
+// rendered at most once per metricsCacheTTL and paced (see
+// metricsHandler), so a flood of scrapers costs the master's one P next to
+// nothing.
 func adminHandler(src statsSource) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -60,7 +63,7 @@ func adminHandler(src statsSource) http.Handler {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.Handle("GET /metrics", newMetricsHandler(reg))
 	mux.HandleFunc("GET /workers", func(w http.ResponseWriter, r *http.Request) {
 		serveWorkers(w, src.WorkerStats())
 	})
@@ -122,6 +125,21 @@ func serveHealth(w http.ResponseWriter, s balancer.Stats) {
 	}
 }
 
+// defaultAdminMaxConns is the default of --admin-max-conns.
+const defaultAdminMaxConns = 64
+
+// The admin server's timeouts: a connection that sends no request header
+// within adminReadHeaderTimeout, whose request is not read within
+// adminReadTimeout, whose response is not written within
+// adminWriteTimeout, or that stays idle between requests for
+// adminIdleTimeout is closed, and its slot under --admin-max-conns freed.
+const (
+	adminReadHeaderTimeout = 5 * time.Second
+	adminReadTimeout       = 10 * time.Second
+	adminWriteTimeout      = 10 * time.Second // above metricsMaxWait
+	adminIdleTimeout       = 30 * time.Second // longer than a scrape interval of 15s
+)
+
 // adminServer is the running --admin server.
 type adminServer struct {
 	srv   *http.Server
@@ -135,21 +153,37 @@ type adminServer struct {
 const adminDrainTimeout = 5 * time.Second
 
 // serveAdmin serves h on ln until stop. It owns ln.
-func serveAdmin(ln net.Listener, h http.Handler, log zerolog.Logger) *adminServer {
+//
+// It serves at most maxConns connections at once, so that the admin port
+// can never take the master's fd table: it then holds at most maxConns+1
+// fds. Connections past the cap wait in the kernel's listen backlog rather
+// than being accepted and refused: a waiting connection takes none of the
+// master's fds and none of its CPU (accepting and closing a flood would
+// burn the master's one P, which dispatch needs), and a health check that
+// waits is answered once a slot frees, which the timeouts above bound,
+// instead of being failed. When the backlog too is full the kernel drops
+// the SYN and the client retries.
+func serveAdmin(ln net.Listener, h http.Handler, maxConns int, log zerolog.Logger) *adminServer {
+	if maxConns < 1 {
+		maxConns = defaultAdminMaxConns
+	}
 	a := &adminServer{
 		srv: &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       time.Minute,
+			ReadHeaderTimeout: adminReadHeaderTimeout,
+			ReadTimeout:       adminReadTimeout,
+			WriteTimeout:      adminWriteTimeout,
+			IdleTimeout:       adminIdleTimeout,
+			ErrorLog:          httpErrorLog(log, "admin server"),
 		},
-		ln:   ln,
+		ln:   netutil.LimitListener(ln, maxConns),
 		done: make(chan struct{}),
 	}
 	a.drain = httpdrain.New(a.srv)
-	log.Info().Str("address", ln.Addr().String()).Msg("admin server: /metrics, /workers, /healthz")
+	log.Info().Str("address", ln.Addr().String()).Int("max_conns", maxConns).Msg("admin server: /metrics, /workers, /healthz")
 	go func() {
 		defer close(a.done)
-		err := a.srv.Serve(ln)
+		err := a.srv.Serve(a.ln)
 		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			log.Error().Err(err).Msg("admin server failed")
 		}

@@ -108,7 +108,7 @@ func TestAdminRoutes(t *testing.T) {
 func TestAdminServerStop(t *testing.T) {
 	t.Parallel()
 	ln := listenLoopback(t)
-	a := serveAdmin(ln, http.NotFoundHandler(), discardLogger())
+	a := serveAdmin(ln, http.NotFoundHandler(), defaultAdminMaxConns, discardLogger())
 	resp, err := http.Get("http://" + ln.Addr().String() + "/")
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func getAdmin(t *testing.T, admin, path string) (int, string) {
 }
 
 // waitFor polls cond every 20ms until it holds or 20s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -309,6 +309,8 @@ func TestCLIAdminEndpoints(t *testing.T) {
 		ws := workersOf(t, admin)
 		return len(ws) == 2 && (ws[0].Restarts == 1 || ws[1].Restarts == 1) && ws[0].State == "listening" && ws[1].State == "listening"
 	})
+	// /metrics may be up to metricsCacheTTL older than /workers.
+	time.Sleep(metricsCacheTTL)
 	mfs = metricsOf(t, admin)
 	if v := value(t, mfs, "handoff_worker_exits_total", "reason", "signal"); v != 1 {
 		t.Errorf("exits by signal %v, want 1", v)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
+	"github.com/rs/zerolog"
 )
 
 // maxDelay bounds the demo's ?delay= parameter.
@@ -53,19 +54,30 @@ const demoDrainTimeout = maxDelay + 10*time.Second
 // Disconnect to close its listeners before it closes them itself.
 const serveExitWait = 500 * time.Millisecond
 
+// demoServer is the demo worker's http.Server, which logs through log.
+func demoServer(id int, log zerolog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           demoHandler(id),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          httpErrorLog(log, "demo worker"),
+	}
+}
+
 // runDemoWorker serves the demo on every --listen address with an
 // unmodified http.Server, and drains on SIGTERM without failing a request
-// (see httpdrain.Drain).
+// (see httpdrain.Drain). It logs as the master does (see logFormat), with
+// the worker's id and pid on every line, the http.Server's included.
 func runDemoWorker(c *config) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	srv := &http.Server{Handler: demoHandler(worker.ID()), ReadHeaderTimeout: 10 * time.Second}
+	log := newLogger(c).With().Int("worker", worker.ID()).Int("pid", os.Getpid()).Logger()
+	srv := demoServer(worker.ID(), log)
 	drain := httpdrain.New(srv)
 	var lns []net.Listener
 	for _, s := range c.specs {
 		ln, err := worker.Listen(s.network, s.address)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "handoff demo worker %d: %v\n", worker.ID(), err)
+			log.Error().Err(err).Str("address", s.address).Msg("demo worker cannot listen")
 			for _, ln := range lns {
 				_ = ln.Close()
 			}
@@ -73,6 +85,7 @@ func runDemoWorker(c *config) int {
 		}
 		lns = append(lns, ln)
 	}
+	log.Debug().Strs("listen", c.listen).Msg("demo worker serving")
 	var wg sync.WaitGroup
 	errs := make(chan error, len(lns))
 	for _, ln := range lns {
@@ -89,7 +102,7 @@ func runDemoWorker(c *config) int {
 	select {
 	case <-ctx.Done():
 	case err := <-errs:
-		fmt.Fprintf(os.Stderr, "handoff demo worker %d: %v\n", worker.ID(), err)
+		log.Error().Err(err).Msg("demo worker stopped serving")
 		code = 1
 	}
 	// Under a master, SIGTERM comes after the master's Disconnect, which
@@ -105,7 +118,7 @@ func runDemoWorker(c *config) int {
 	case <-time.After(serveExitWait):
 	}
 	if !drain.Close(lns, demoDrainTimeout) {
-		fmt.Fprintf(os.Stderr, "handoff demo worker %d: requests still running after %v; closed them\n", worker.ID(), demoDrainTimeout)
+		log.Warn().Str("timeout", demoDrainTimeout.String()).Msg("demo worker: requests still running after the drain timeout; closed them")
 	}
 	wg.Wait()
 	return code

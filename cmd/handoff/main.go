@@ -25,6 +25,7 @@ type config struct {
 	policy            string
 	logFormat         string
 	logLevel          string
+	logLevelSet       bool // --log-level was given, not defaulted
 	shutdownTimeout   time.Duration
 	handoffTimeout    time.Duration
 	maxPending        int
@@ -35,6 +36,7 @@ type config struct {
 	reloadConcurrency int
 	user              string
 	admin             string
+	adminMaxConns     int
 	shutdownDelay     time.Duration
 	pidFile           string
 	upgradeTimeout    time.Duration
@@ -67,6 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP)")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
 	fs.StringVar(&c.admin, "admin", "", "serve GET /metrics (Prometheus), /workers (JSON) and /healthz on this HOST:PORT (default off); it has no authentication, so bind it to loopback, such as 127.0.0.1:9090")
+	fs.IntVar(&c.adminMaxConns, "admin-max-conns", defaultAdminMaxConns, "connections the --admin server serves at once; more wait in the kernel's listen backlog, taking none of the master's fds, until one closes (idle ones are closed after a few seconds)")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, turn /healthz to 503 at once and keep accepting this long before draining, so that an upstream load balancer stops sending first")
 	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
@@ -97,6 +100,7 @@ Flags:
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { c.logLevelSet = c.logLevelSet || f.Name == "log-level" })
 	c.listen = listen
 	if len(c.listen) == 0 {
 		c.listen = []string{defaultListen}
@@ -121,6 +125,8 @@ Flags:
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
 	case c.upgradeTimeout <= 0:
 		return nil, errors.New("--upgrade-timeout must be positive")
+	case c.adminMaxConns < 1:
+		return nil, fmt.Errorf("--admin-max-conns must be at least 1, not %d", c.adminMaxConns)
 	}
 	if c.admin != "" {
 		if _, _, err := net.SplitHostPort(c.admin); err != nil {
@@ -138,23 +144,6 @@ Flags:
 		c.specs = append(c.specs, s)
 	}
 	return c, nil
-}
-
-func newLogger(c *config) zerolog.Logger {
-	level, _ := zerolog.ParseLevel(c.logLevel)
-	var out io.Writer = os.Stderr
-	format := c.logFormat
-	if format == "" {
-		format = "json"
-		if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			format = "console"
-		}
-	}
-	if format == "console" {
-		out = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"}
-	}
-	zerolog.TimeFieldFormat = time.RFC3339Nano
-	return zerolog.New(out).Level(level).With().Timestamp().Logger()
 }
 
 func main() {

@@ -91,6 +91,19 @@ func TestParseFlags(t *testing.T) {
 		{name: "admin without port", args: []string{"--admin", "localhost"}, wantErr: "--admin"},
 		{name: "negative shutdown delay", args: []string{"--shutdown-delay", "-1s"}, wantErr: "--shutdown-delay"},
 		{name: "zero upgrade timeout", args: []string{"--upgrade-timeout", "0s"}, wantErr: "--upgrade-timeout"},
+		{name: "zero admin conns", args: []string{"--admin-max-conns", "0"}, wantErr: "--admin-max-conns"},
+		{name: "admin conns", args: []string{"--admin-max-conns", "8"}, check: func(c *config) error {
+			if c.adminMaxConns != 8 || c.logLevelSet {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
+		{name: "log level given", args: []string{"--log-level", "info"}, check: func(c *config) error {
+			if !c.logLevelSet {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,7 +132,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		t.Fatalf("--help: %v", err)
 	}
 	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "reload-concurrency", "user",
-		"admin", "loopback", "shutdown-delay", "pid-file", "upgrade-timeout", "SIGHUP", "SIGUSR2", "LISTEN_FDS", "FileDescriptorName"} {
+		"admin", "admin-max-conns", "loopback", "shutdown-delay", "pid-file", "upgrade-timeout", "SIGHUP", "SIGUSR2", "LISTEN_FDS", "FileDescriptorName"} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help does not mention %s:\n%s", f, out.String())
 		}
@@ -189,7 +202,7 @@ func (f fileLog) String() string {
 	return string(b)
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -214,12 +227,12 @@ func discardLogger() zerolog.Logger { return zerolog.Nop() }
 
 // startMaster runs the CLI with args (plus --listen on a free loopback
 // port) and waits until it serves.
-func startMaster(t *testing.T, args ...string) *master {
+func startMaster(t testing.TB, args ...string) *master {
 	t.Helper()
 	return startMasterAt(t, freePort(t), args...)
 }
 
-func startMasterAt(t *testing.T, addr string, args ...string) *master {
+func startMasterAt(t testing.TB, addr string, args ...string) *master {
 	t.Helper()
 	cmd := exec.Command(handoffBin, append([]string{"--listen", addr, "--log-format", "json"}, args...)...)
 	out := &syncBuffer{}
@@ -230,7 +243,7 @@ func startMasterAt(t *testing.T, addr string, args ...string) *master {
 // launch starts cmd, a handoff master whose JSON logs go to out, makes
 // sure it and its workers are killed when the test ends, and waits until
 // it serves HTTP on addr and all its workers listen.
-func launch(t *testing.T, cmd *exec.Cmd, addr string, out interface{ String() string }) *master {
+func launch(t testing.TB, cmd *exec.Cmd, addr string, out interface{ String() string }) *master {
 	t.Helper()
 	m := &master{cmd: cmd, addr: addr, out: out, done: make(chan error, 1)}
 	if err := m.cmd.Start(); err != nil {

@@ -64,6 +64,7 @@ func runMaster(c *config) int {
 			opts.Args = []string{}
 		}
 	}
+	opts.Env = append(opts.Env, workerLogEnv(c)...) // the demo logs as the master does
 	if os.Getenv("NOTIFY_SOCKET") != "" {
 		// The last value wins: only the master talks to systemd.
 		opts.Env = append(opts.Env, "NOTIFY_SOCKET=")
@@ -92,7 +93,7 @@ func runMaster(c *config) int {
 		return 1
 	}
 	serveAdminNow := func(ln net.Listener) {
-		admin = serveAdmin(ln, adminHandler(balancerSource{b: b, draining: &draining}), log)
+		admin = serveAdmin(ln, adminHandler(balancerSource{b: b, draining: &draining}), c.adminMaxConns, log)
 	}
 	if c.admin != "" {
 		ln, err := upg.Listen("tcp", c.admin)
@@ -123,6 +124,7 @@ func runMaster(c *config) int {
 	defer cancel()
 	ready := make(chan error, 1)
 	go func() { ready <- b.WaitReady(ctx) }()
+	parentExited := waitForParent(ctx, upg) // nil without one
 	var (
 		reloaded    = make(chan error, 1)
 		upgraded    = make(chan error, 1)
@@ -156,6 +158,9 @@ func runMaster(c *config) int {
 			notify.ready(os.Getpid(), upg.HasParent(), status())
 			log.Info().Msg("ready: workers listening")
 
+		case <-parentExited:
+			parentExited = nil
+
 		case <-reloaded: // Reload logs its own failure
 			reloading = false
 			if !stopping && isReady {
@@ -165,7 +170,7 @@ func runMaster(c *config) int {
 		case err := <-upgraded:
 			upgrading = false
 			if err != nil && !stopping {
-				log.Error().Err(err).Msg("upgrade failed; this master keeps serving")
+				upgradeFailed(log, err)
 				notify.ready(os.Getpid(), false, status())
 			}
 
@@ -214,6 +219,8 @@ func runMaster(c *config) int {
 				go func() { reloaded <- b.Reload(ctx) }()
 			case sig == syscall.SIGUSR2 && !isReady:
 				log.Warn().Msg("SIGUSR2 before the workers listen: no upgrade")
+			case sig == syscall.SIGUSR2 && parentExited != nil:
+				log.Warn().Msg("SIGUSR2 while the previous master still drains: no upgrade")
 			case sig == syscall.SIGUSR2 && !stopping && !upgrading:
 				upgrading = true
 				log.Info().Msg("SIGUSR2: upgrading the master")
@@ -230,7 +237,7 @@ func runMaster(c *config) int {
 					upg.Stop() // kills the new master before it takes over
 				}
 				if c.shutdownDelay > 0 {
-					log.Info().Str("signal", sig.String()).Dur("shutdown_delay", c.shutdownDelay).
+					log.Info().Str("signal", sig.String()).Str("shutdown_delay", c.shutdownDelay.String()).
 						Msg("unhealthy now; accepting until the shutdown delay ends; send again to stop at once")
 					delay = time.After(c.shutdownDelay)
 				} else {

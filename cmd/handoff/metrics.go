@@ -1,9 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
 )
 
 // collector is a prometheus.Collector that reads the balancer's counters
@@ -135,5 +142,136 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.wReclaimed, w.Reclaimed, id)
 		gauge(c.wRestarts, float64(w.Restarts), id)
 		gauge(c.wStarted, float64(w.Started.UnixNano())/1e9, id)
+	}
+}
+
+// GET /metrics is cheap whoever asks and however often: the exposition is
+// rendered at most once per metricsCacheTTL (one Stats call and one
+// WorkerStats call on the balancer, whose lock dispatch takes), by one
+// request while the others wait for its result, and every scrape then
+// writes the same bytes. Scrapes are also paced to one per
+// metricsInterval in all, by making them wait, which costs no CPU: a
+// flood of scrapers, each waiting for its answer before it asks again,
+// then costs the master's one P a bounded number of requests per second.
+const (
+	metricsCacheTTL = 250 * time.Millisecond
+	metricsInterval = 10 * time.Millisecond // at most 100 scrapes a second
+	metricsMaxWait  = time.Second           // a scrape that would wait longer gets 429
+)
+
+// metricsFormat is what GET /metrics serves: Prometheus text, which every
+// scraper accepts, so one rendering serves them all.
+var metricsFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
+
+// metricsHandler serves a Gatherer's metrics, rendered at most once per
+// ttl and paced to one scrape per interval.
+type metricsHandler struct {
+	gather   prometheus.Gatherer
+	ttl      time.Duration
+	interval time.Duration
+	maxWait  time.Duration
+	now      func() time.Time // time.Now, or a fake in tests
+
+	cur atomic.Pointer[exposition] // the latest rendering, or nil
+
+	// renderMu is held while rendering: one rendering at a time, and a
+	// request that waited for it uses its result.
+	renderMu sync.Mutex
+
+	// paceMu guards next; nothing blocks under it.
+	paceMu sync.Mutex
+	next   time.Time // when the next scrape may be answered
+}
+
+// exposition is one rendering of the metrics.
+type exposition struct {
+	body []byte
+	at   time.Time // when it was rendered
+	err  error     // from Gather, which may still have rendered something
+}
+
+func newMetricsHandler(g prometheus.Gatherer) *metricsHandler {
+	return &metricsHandler{gather: g, ttl: metricsCacheTTL, interval: metricsInterval, maxWait: metricsMaxWait, now: time.Now}
+}
+
+func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	wait, ok := h.reserve()
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many scrapes; try again in a second", http.StatusTooManyRequests)
+		return
+	}
+	if err := sleep(r.Context(), wait); err != nil {
+		return // the client has gone
+	}
+	e := h.exposition()
+	if e.err != nil && len(e.body) == 0 {
+		http.Error(w, "gathering metrics: "+e.err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", string(metricsFormat))
+	w.Header().Set("Content-Length", strconv.Itoa(len(e.body)))
+	_, _ = w.Write(e.body)
+}
+
+// reserve takes the next free slot, one per interval, and returns how long
+// to wait for it, or false if that is longer than maxWait.
+func (h *metricsHandler) reserve() (time.Duration, bool) {
+	h.paceMu.Lock()
+	defer h.paceMu.Unlock()
+	now := h.now()
+	slot := h.next
+	if slot.Before(now) {
+		slot = now
+	}
+	wait := slot.Sub(now)
+	if wait > h.maxWait {
+		return 0, false
+	}
+	h.next = slot.Add(h.interval)
+	return wait, true
+}
+
+// exposition returns a rendering at most ttl old, rendering it if need be.
+func (h *metricsHandler) exposition() *exposition {
+	if e := h.cur.Load(); e != nil && h.now().Sub(e.at) < h.ttl {
+		return e
+	}
+	h.renderMu.Lock()
+	defer h.renderMu.Unlock()
+	if e := h.cur.Load(); e != nil && h.now().Sub(e.at) < h.ttl {
+		return e // rendered while this one waited
+	}
+	e := h.render()
+	h.cur.Store(e)
+	return e
+}
+
+// render gathers and encodes every metric once. As promhttp does with
+// ContinueOnError, what was gathered is served even if something failed.
+func (h *metricsHandler) render() *exposition {
+	mfs, err := h.gather.Gather()
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, metricsFormat)
+	for _, mf := range mfs {
+		if encErr := enc.Encode(mf); encErr != nil && err == nil {
+			err = encErr
+		}
+	}
+	return &exposition{body: buf.Bytes(), at: h.now(), err: err}
+}
+
+// sleep waits for d, or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -60,6 +60,7 @@ func TestCLIStoppedWorkerIsRoutedAround(t *testing.T) {
 			t.Fatalf("request %d while worker %d was stopped was answered by worker %d, want %d", i, stopped.ID, id, other.ID)
 		}
 	}
+	time.Sleep(metricsCacheTTL) // a rendering from after the stall
 	mfs := metricsOf(t, admin)
 	if v := value(t, mfs, "handoff_worker_stalls_total"); v < 1 {
 		t.Errorf("handoff_worker_stalls_total %v, want at least 1", v)

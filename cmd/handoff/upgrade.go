@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cloudflare/tableflip"
+	"github.com/rs/zerolog"
 )
 
 // This file is the zero-downtime upgrade of the master itself, done by
@@ -72,4 +74,40 @@ func removePIDFile(path string) {
 	if err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
 		_ = os.Remove(path)
 	}
+}
+
+// waitForParent returns a channel closed once the old master that started
+// this one has exited, or nil if there is none. Until then tableflip
+// refuses to upgrade again. Its goroutine ends then, or when ctx is done.
+func waitForParent(ctx context.Context, upg *tableflip.Upgrader) <-chan struct{} {
+	if !upg.HasParent() {
+		return nil
+	}
+	exited := make(chan struct{})
+	go func() {
+		// An error says the old master misbehaved on its way out; it
+		// has gone all the same.
+		_ = upg.WaitForParent(ctx)
+		if ctx.Err() == nil {
+			close(exited)
+		}
+	}()
+	return exited
+}
+
+// errParentRunning is the text of tableflip's refusal to upgrade while the
+// old master that started this one still runs (its upgrader.go). It is not
+// a failure: the master keeps serving and may be upgraded once the old one
+// has drained. The master's loop checks first (waitForParent), so this is
+// only the race in which the old master exits meanwhile.
+const errParentRunning = "parent hasn't exited"
+
+// upgradeFailed logs an upgrade that did not happen: a refusal because the
+// previous master still drains is a warning, anything else an error.
+func upgradeFailed(log zerolog.Logger, err error) {
+	if err.Error() == errParentRunning {
+		log.Warn().Err(err).Msg("SIGUSR2 while the previous master still drains: no upgrade; this master keeps serving")
+		return
+	}
+	log.Error().Err(err).Msg("upgrade failed; this master keeps serving")
 }

@@ -224,3 +224,78 @@ func exitStats(t *testing.T, log string, pid int) (st struct {
 	t.Errorf("no exit line of master %d", pid)
 	return st
 }
+
+// A SIGUSR2 to a new master while the old one still drains is refused by
+// tableflip ("parent hasn't exited"): that is logged as a warning, not as
+// a failed upgrade, and the new master keeps serving.
+func TestCLIUpgradeRefusedWhileOldMasterDrains(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "handoff.pid")
+	logPath := filepath.Join(dir, "master.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := freePort(t)
+	cmd := exec.Command(handoffBin, "--listen", addr, "--pid-file", pidFile, "--log-format", "json", "--workers", "1")
+	cmd.Stdout, cmd.Stderr = logFile, logFile // see TestCLIUpgradeUnderLoad
+	m := launch(t, cmd, addr, fileLog(logPath))
+	_ = logFile.Close()
+	oldPID := m.cmd.Process.Pid
+	t.Cleanup(func() {
+		if pid := readPID(pidFile); pid > 0 && pid != oldPID {
+			stopProcessTree(t, pid)
+		}
+	})
+	waitFor(t, "the pid file", func() bool { return readPID(pidFile) == oldPID })
+	// A slow request keeps the old master's worker, and so the old
+	// master, draining after the handover.
+	slow := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 30 * time.Second}
+		resp, err := client.Get("http://" + addr + "/?delay=4s")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		slow <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the slow request under way
+	if err := m.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var newPID int
+	waitFor(t, "the new master", func() bool { newPID = readPID(pidFile); return newPID > 0 && newPID != oldPID })
+	if err := syscall.Kill(newPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	const refused = "SIGUSR2 while the previous master still drains"
+	waitFor(t, "the refusal", func() bool { return strings.Contains(m.out.String(), refused) })
+	if !alive(oldPID) {
+		t.Fatal("the old master exited before the second SIGUSR2 was handled: nothing was tested")
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("the slow request: %v", err)
+	}
+	select {
+	case err := <-m.done:
+		m.done <- err // for Cleanup
+		if err != nil {
+			t.Errorf("old master exit: %v, want 0", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("old master did not exit")
+	}
+	if ok := serveCount("http://"+addr+"/", 5); ok != 5 {
+		t.Errorf("the new master served %d of 5", ok)
+	}
+	for _, raw := range jsonLines(t, m.out.String()) {
+		l := decodeLine(t, raw)
+		if l.Level == "error" {
+			t.Errorf("error line: %v", raw)
+		}
+		if strings.Contains(l.Message, refused) && l.Level != "warn" {
+			t.Errorf("the refusal at level %q, want warn: %v", l.Level, raw)
+		}
+	}
+}
