@@ -2,7 +2,8 @@
 // network: every test builds its own hosts out of Linux network namespaces
 // (internal/netnstest) and runs a real master, whose workers are this test
 // binary re-executed (internal/testworker), against clients on other
-// hosts. Only public APIs of the project are used.
+// hosts; the TestFleet tests run HAProxy in front of several hosts, each
+// running the handoff CLI. Only public APIs of the project are used.
 //
 // # Hosts
 //
@@ -29,6 +30,25 @@
 //	5  TestUnixSocketInNamespace
 //	6  TestWorkerKilledUnderLoad
 //	7  TestWorkersRunAsAnotherUser
+//	8  TestFleetRealClientAddresses
+//	9  TestFleetDrainHost
+//	10 TestFleetRollingRestartAndUpgrade
+//	11 TestFleetHostKilled
+//	12 TestFleetBalance
+//
+// # The fleet
+//
+// The TestFleet tests put HAProxy (mode tcp, send-proxy-v2, HTTP checks of
+// each host's --admin /healthz; see haproxyConfig) in the network's server
+// host, the hub, and use its client hosts as two client hosts and three
+// handoff hosts. Each handoff host runs the real handoff CLI, built by
+// TestMain, started in its namespace with netnstest's Host.Start; its
+// workers are this test binary again (fleetWorkerMain), which wrap their
+// listener with go-proxyproto and trust only HAProxy's address. Clients
+// reach only HAProxy; only HAProxy reaches the hosts. Every process is
+// stopped by its pid in t.Cleanup: HAProxy, each master the test started,
+// a master's successor after SIGUSR2 (from --pid-file), and their workers.
+// The fleet tests run one at a time: their health checks are timed.
 //
 // # Running
 //

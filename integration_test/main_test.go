@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -19,9 +22,37 @@ import (
 	"go.uber.org/goleak"
 )
 
+// handoffBin is the handoff CLI, built by TestMain, that the fleet tests
+// run on every host, as a user would.
+var handoffBin string
+
+// TestMain is also the workers' main: a balancer or a handoff CLI
+// re-executes this test binary, and a worker serves instead of running
+// the tests.
 func TestMain(m *testing.M) {
+	fleetWorkerMain()
 	testworker.Main()
-	goleak.VerifyTestMain(m)
+	dir, err := os.MkdirTemp("", "handoff-integration")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	handoffBin = filepath.Join(dir, "handoff")
+	build := exec.Command("go", "build", "-race", "-o", handoffBin, "github.com/handoff-go/handoff/cmd/handoff")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building the handoff CLI: %v\n%s", err, out)
+		_ = os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // Bounds of every wait and request in this package.

@@ -29,7 +29,9 @@
 // that thread, so no other goroutine ever runs in the wrong namespace.
 // Sockets stay in the namespace they were created in, so a listener or
 // conn made by [Host.Do], [Host.Listen] or [Host.DialContext] is used
-// afterwards from any goroutine. Netlink sockets are opened the same way,
+// afterwards from any goroutine. A process started by [Host.Start] is
+// forked from such a thread, so it and its children have the host's
+// network. Netlink sockets are opened the same way,
 // inside the namespace, so netlink never switches threads itself.
 //
 // # Address plan

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
 	"syscall"
 	"time"
 
@@ -42,6 +43,15 @@ func (h *Host) IPv6() netip.Addr { return h.ipv6 }
 // run in the namespace.
 func (h *Host) Do(fn func() error) error {
 	return inNamespace(h.ns, fn)
+}
+
+// Start starts cmd inside the host's namespace: it is forked from a
+// thread switched into the namespace, so the process, and every process it
+// forks, has the host's network and nothing else. The caller waits for it
+// and stops it. A cmd.SysProcAttr.Pdeathsig fires when the test process
+// exits (the forking thread is not ended: Do puts it back).
+func (h *Host) Start(cmd *exec.Cmd) error {
+	return h.Do(cmd.Start)
 }
 
 // Listen is lc.Listen run inside the host's namespace. It refuses a socket

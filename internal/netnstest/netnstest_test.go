@@ -3,8 +3,11 @@ package netnstest
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +87,39 @@ func TestClientsReachServerFromTheirOwnAddresses(t *testing.T) {
 		got, err := netip.ParseAddrPort(strings.TrimSpace(line))
 		if err != nil || got.Addr() != d.want || got.String() != c.LocalAddr().String() {
 			t.Errorf("%s dialing %v: server saw %q, want %v (%v)", d.host.Name, d.to.Addr(), line, c.LocalAddr(), err)
+		}
+	}
+}
+
+// TestStartRunsAProcessInTheNamespace: a process started by Start has the
+// host's network namespace, and its children too.
+func TestStartRunsAProcessInTheNamespace(t *testing.T) {
+	t.Parallel()
+	n := New(t, Config{Subnet: 206, Clients: 1})
+	self, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []*Host{n.Server, n.Clients[0]} {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(h.ns), &st); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("net:[%d]", st.Ino)
+		if want == self {
+			t.Fatalf("%s shares the test process's namespace %s", h.Name, self)
+		}
+		cmd := exec.Command("/bin/sh", "-c", "readlink /proc/self/ns/net; sh -c 'readlink /proc/self/ns/net'")
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := h.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%s: %v: %s", h.Name, err, out.String())
+		}
+		if got := out.String(); got != want+"\n"+want+"\n" {
+			t.Errorf("%s: the process and its child are in %q, want %s twice", h.Name, got, want)
 		}
 	}
 }
