@@ -119,6 +119,7 @@ func (b *Balancer) flushLocked(k *link, now time.Time) []ipc.Handoff {
 	w := k.w
 	err := k.send.TrySend(k.l.id, hs)
 	if err == nil {
+		k.maxFrame = max(k.maxFrame, len(hs))
 		for i := range hs {
 			b.sentFDs = append(b.sentFDs, int(hs[i].FD))
 		}
@@ -152,7 +153,9 @@ func (b *Balancer) pendLocked(l *listener, h ipc.Handoff) {
 		closeFD(int(h.FD))
 		return
 	}
-	if b.pending >= b.opts.MaxPending || !b.room.For(b.fdReserve) {
+	// The fd is already the master's: queueing it takes no room. What
+	// bounds the queue by the fd table is the accept loop's reserve.
+	if b.pending >= b.opts.MaxPending {
 		closeFD(int(h.FD))
 		b.stats.dropped++
 		if b.dropLogLimit.allow() {
@@ -275,8 +278,7 @@ func (l *listener) addWorker(w *Worker) {
 func (b *Balancer) reclaimLocked(k *link) bool {
 	w := k.w
 	var m ipc.Message
-	maxFDs := w.frameFDs()
-	room := func() bool { return b.room.For(maxFDs + b.fdReserve) }
+	room := func() bool { return b.room.For(k.maxFrame + b.fdReserve) }
 	for {
 		err := k.recv.Recv(&m, false, room)
 		switch {
@@ -289,13 +291,20 @@ func (b *Balancer) reclaimLocked(k *link) bool {
 			}
 			return false
 		case errors.Is(err, ipc.ErrFDsLost):
-			b.stats.lostFDs++
-			w.log.Error().Err(err).Msg("fds lost while taking back a worker's unread connections")
+			// Room was checked; something else took the fds meanwhile.
+			n := uint64(len(m.Handoffs))
+			w.reclaimed += n
+			b.stats.lostFDs += n
+			if b.badLogLimit.allow() {
+				w.log.Error().Err(err).Uint64("conns", n).Msg("connections lost while taking back a worker's unread ones")
+			}
 			continue
 		default:
 			// Only the master writes this socket, so this cannot happen;
 			// say so rather than spin.
-			w.log.Error().Err(err).Msg("taking back a worker's unread connections failed")
+			if b.badLogLimit.allow() {
+				w.log.Error().Err(err).Msg("taking back a worker's unread connections failed")
+			}
 			return true
 		}
 		n := uint64(len(m.Handoffs))
@@ -494,27 +503,32 @@ func (b *Balancer) returned(w *Worker, lid uint32, fds []int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l := b.listenerByID(lid)
+	// No longer routed there first, so what comes back goes elsewhere.
+	if l != nil && w.links[l] != nil {
+		b.dropLinkLocked(w.links[l])
+	}
+	// A worker hands back at most the connections it holds, each once.
+	held := int(w.heldLocked())
 	var hs []ipc.Handoff
+	seen := make(map[[2]uint64]bool, len(fds))
 	for _, fd := range fds {
-		h, ok := checkReturned(l, fd)
-		if !ok {
+		h, id, ok := checkReturned(l, fd)
+		if !ok || seen[id] || len(hs) >= held {
 			closeFD(fd)
 			b.stats.badReturns++
 			continue
 		}
+		seen[id] = true
 		hs = append(hs, h)
 	}
 	if n := len(fds) - len(hs); n > 0 && b.badLogLimit.allow() {
-		w.log.Warn().Int("fds", n).Msg("worker returned fds that are not connections of that listener; closed them")
+		w.log.Warn().Int("fds", n).Msg("worker returned fds that are not connections of that listener, or the same one twice; closed them")
 	}
 	n := uint64(len(hs))
 	w.returned += n
 	b.stats.redispatched += n
 	if l != nil && len(hs) > 0 {
 		b.dispatchLocked(l, hs)
-	}
-	if l != nil && w.links[l] != nil {
-		b.dropLinkLocked(w.links[l])
 	}
 }
 

@@ -44,7 +44,7 @@
 // read when
 //
 //   - the worker dies: its unread connections go to other workers;
-//   - the worker stalls (has unread connections and reads none for two
+//   - the worker stalls (has unread connections and reads none for three
 //     10ms checks, by its counter page): it is routed around at once, and
 //     routed again when it answers a ping with an Accept waiting; one that
 //     answers nothing for Options.HandoffTimeout is killed;

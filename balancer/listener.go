@@ -211,6 +211,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 	defer l.close()
 	l.batch = make([]ipc.Handoff, 0, acceptBatch)
 	var aerr syscall.Errno
+	reserveHit := false // aerr is the master's own reserve, not accept4's
 	progress := false
 	final := false
 	var sa unix.RawSockaddrAny
@@ -221,10 +222,11 @@ func (b *Balancer) acceptLoop(l *listener) {
 			// a worker's sockets, a restart, the admin port): past it,
 			// connections wait in the kernel's backlog, which costs the
 			// master nothing, instead of starving it.
-			if !b.room.For(len(l.batch) + b.fdReserve) {
-				aerr = unix.EMFILE
+			budget := min(b.room.Spare(b.fdReserve), cap(l.batch))
+			if budget == 0 {
+				aerr, reserveHit = unix.EMFILE, true
 			}
-			for len(l.batch) < cap(l.batch) && !empty && aerr == 0 {
+			for len(l.batch) < budget && !empty && aerr == 0 {
 				// Non-blocking, so that the worker's os.NewFile puts it in
 				// its poller as it is; and with the client's address,
 				// which travels with it so the worker needs no getpeername.
@@ -243,7 +245,11 @@ func (b *Balancer) acceptLoop(l *listener) {
 						copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
 					}
 					l.batch = append(l.batch, h)
-				case unix.EINTR, unix.ECONNABORTED:
+				case unix.EINTR, unix.ECONNABORTED,
+					// accept(2): errors pending on the new connection,
+					// to be retried like EAGAIN.
+					unix.ENETDOWN, unix.EPROTO, unix.ENOPROTOOPT, unix.EHOSTDOWN, unix.ENONET,
+					unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH:
 				case unix.EAGAIN:
 					empty = true
 				default:
@@ -261,12 +267,13 @@ func (b *Balancer) acceptLoop(l *listener) {
 			case empty:
 				return final // wait for more, unless this is the last pass
 			}
-			// A full batch: the backlog may hold more.
+			// A full batch, or the budget spent: the backlog may hold
+			// more, and the next pass asks for room again.
 		}
 	}
 	backoff := time.Duration(0)
 	for {
-		aerr, progress = 0, false
+		aerr, progress, reserveHit = 0, false, false
 		if final {
 			// Control runs accept once, whatever the deadline; it
 			// accepts until EAGAIN.
@@ -298,8 +305,10 @@ func (b *Balancer) acceptLoop(l *listener) {
 		backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
 		if b.acceptLogLimit.allow() {
 			msg := "accept failed; backing off"
-			switch aerr {
-			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
+			switch {
+			case reserveHit:
+				msg = "not accepting: the master is down to its reserve of fds; connections wait in the backlog"
+			case aerr == unix.EMFILE, aerr == unix.ENFILE, aerr == unix.ENOBUFS, aerr == unix.ENOMEM:
 				msg = "accept failed, out of fds or memory; backing off"
 			}
 			b.log.Warn().Str("listener", l.bound.String()).Err(os.NewSyscallError("accept4", aerr)).
@@ -317,32 +326,40 @@ func (b *Balancer) acceptLoop(l *listener) {
 // the kernel has it. A worker can hand back only sockets it holds; this
 // keeps it from passing anything else (a pipe, a socket of its own) on to
 // another worker.
-func checkReturned(l *listener, fd int) (ipc.Handoff, bool) {
+//
+// It also returns the socket's identity (device and inode), by which a
+// caller tells two fds of one socket apart from two sockets.
+func checkReturned(l *listener, fd int) (ipc.Handoff, [2]uint64, bool) {
+	var none [2]uint64
 	if l == nil {
-		return ipc.Handoff{}, false
+		return ipc.Handoff{}, none, false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return ipc.Handoff{}, none, false
 	}
 	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil || typ != unix.SOCK_STREAM {
-		return ipc.Handoff{}, false
+		return ipc.Handoff{}, none, false
 	}
 	if acc, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || acc != 0 {
-		return ipc.Handoff{}, false
+		return ipc.Handoff{}, none, false
 	}
 	local, err := unix.Getsockname(fd)
 	if err != nil || !sameSocket(l.bound, local) {
-		return ipc.Handoff{}, false
+		return ipc.Handoff{}, none, false
 	}
 	h := ipc.Handoff{FD: int32(fd)}
 	var sa unix.RawSockaddrAny
 	salen := uint32(unix.SizeofSockaddrAny)
 	if _, _, e := unix.Syscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen))); e != 0 {
-		return ipc.Handoff{}, false
+		return ipc.Handoff{}, none, false
 	}
 	if salen <= ipc.MaxAddr {
 		h.AddrLen = uint8(salen)
 		copy(h.Addr[:], (*[unix.SizeofSockaddrAny]byte)(unsafe.Pointer(&sa))[:salen])
 	}
-	return h, true
+	return h, [2]uint64{uint64(st.Dev), st.Ino}, true
 }
 
 // sameSocket reports whether local, a connection's own address, belongs to

@@ -8,7 +8,8 @@ import (
 // A worker that does not read its conns socket (stopped, hung, or out of
 // fds) is found by its counter page, with no frame and no syscall: if it
 // has connections waiting in its sockets and the count of those it read
-// has not moved for stallTicks checks stallTick apart, it is stalled. A
+// has not moved for stallTicks checks stallTick apart (20 to 30ms), and
+// the kernel confirms that its sockets hold unread data, it is stalled. A
 // stalled worker gets no new connections, and what it never read is taken
 // back at once and served by others (reclaimLocked): its clients wait
 // milliseconds, not a timeout. It is then pinged on its control socket
@@ -18,7 +19,7 @@ import (
 // for Options.HandoffTimeout is killed.
 const (
 	stallTick  = 10 * time.Millisecond
-	stallTicks = 2
+	stallTicks = 3
 )
 
 // armStallCheckLocked makes sure the stall check runs within stallTick.
@@ -43,7 +44,11 @@ func (b *Balancer) checkStalls() {
 	again := false
 	var kill []*Worker
 	for _, w := range b.workers {
-		if w.state == StateDead || w.stuck {
+		// A disconnecting worker is routed nothing new, and drains what
+		// it was sent; taking that back could leave it nowhere to go
+		// (at Shutdown no worker takes new connections). If it never
+		// reads it, its Return or its exit brings it back.
+		if w.state == StateDead || w.stuck || w.disconnecting {
 			continue
 		}
 		r := w.receivedLocked()
@@ -57,7 +62,7 @@ func (b *Balancer) checkStalls() {
 		default:
 			w.idleTicks = 0
 		}
-		if !w.stalled && w.idleTicks >= stallTicks {
+		if !w.stalled && w.idleTicks >= stallTicks && w.unreadInKernelLocked() {
 			b.stallLocked(w, now)
 		}
 		if w.stalled {
@@ -88,6 +93,18 @@ func (b *Balancer) checkStalls() {
 		w.log.Error().Str("timeout", b.opts.HandoffTimeout.String()).Msg("worker stopped reading its connections and answers nothing; killing it")
 		_ = w.Kill(syscall.SIGKILL)
 	}
+}
+
+// unreadInKernelLocked asks the kernel whether any of w's conns sockets
+// holds what w has not read: its page could be late (a read whose count is
+// not yet stored) or lie.
+func (w *Worker) unreadInKernelLocked() bool {
+	for _, k := range w.links {
+		if n, err := k.send.Unsent(); err != nil || n > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // stallLocked takes w out of routing and takes back what it has not read.

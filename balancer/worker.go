@@ -70,6 +70,11 @@ type link struct {
 	send *ipc.ConnsSocket
 	recv *ipc.ConnsSocket
 	out  []ipc.Handoff // the dispatch batch being built; under Balancer.mu
+
+	// maxFrame is the most fds of any frame sent here, which is the room
+	// a reclaim needs; under Balancer.mu. It is the master's own count,
+	// not the worker's page, which a worker could change.
+	maxFrame int
 }
 
 func newLink(w *Worker, l *listener) (*link, error) {
@@ -142,6 +147,14 @@ func (w *Worker) activeLocked() int {
 	r := w.receivedLocked()
 	held := r - min(w.returned, r)
 	return int(w.sent-w.reclaimed-r) + int(held-min(w.ctr.Closed.Load(), held))
+}
+
+// heldLocked is the number of connections the worker read and has neither
+// closed nor handed back, as far as its page says.
+func (w *Worker) heldLocked() uint64 {
+	r := w.receivedLocked()
+	held := r - min(w.returned, r)
+	return held - min(w.ctr.Closed.Load(), held)
 }
 
 // frameFDs is the most connections one frame to w may carry.

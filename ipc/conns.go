@@ -86,7 +86,9 @@ func (s *ConnsSocket) TrySend(listener uint32, hs []Handoff) error {
 // belong to the caller. With wait it waits for a frame, otherwise it
 // returns an error matching unix.EAGAIN when there is none. room, if not
 // nil, is asked before every read, and while it says false Recv returns
-// scm.ErrNoRoom and leaves the frame in the socket. A frame that is not a
+// scm.ErrNoRoom and leaves the frame in the socket. On an error matching
+// ErrFDsLost (MSG_CTRUNC) the fds are gone and m.Handoffs says how many
+// connections the frame carried, each with FD -1. A frame that is not a
 // well-formed Conns frame is dropped, its fds closed, and an error
 // matching ErrMalformed, ErrVersion, ErrUnknownKind or ErrFDs returned.
 func (s *ConnsSocket) Recv(m *Message, wait bool, room func() bool) error {
@@ -97,6 +99,11 @@ func (s *ConnsSocket) Recv(m *Message, wait bool, room func() bool) error {
 	case errors.Is(err, scm.ErrTruncated):
 		return fmt.Errorf("%w: frame over %d bytes: %w", ErrMalformed, MaxFrame, err)
 	case errors.Is(err, scm.ErrControlTruncated):
+		// The fds are gone; decode the frame so that the caller can
+		// count the connections lost (m.Handoffs, each FD -1).
+		if n > MaxFrame || Decode(s.rbuf[:n], m) != nil || m.Kind != KindConns {
+			m.Handoffs = m.Handoffs[:0]
+		}
 		return fmt.Errorf("%w: %w", ErrFDsLost, err)
 	case errors.Is(err, scm.ErrTooManyFDs), errors.Is(err, scm.ErrBadControl):
 		return fmt.Errorf("%w: %w", ErrFDs, err)

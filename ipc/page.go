@@ -71,6 +71,7 @@ func NewPage() (*Page, *os.File, error) {
 func InheritedPage() (*Page, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(PageFD, &st); err != nil {
+		_ = unix.Close(PageFD)
 		return nil, os.NewSyscallError("fstat", err)
 	}
 	if st.Size < pageSize {

@@ -93,6 +93,25 @@ func (r *Room) For(n int) bool {
 	return free >= n+1 // and one to spare for the next count
 }
 
+// Spare returns how many more fds may be taken while keeping reserve
+// free, counting exactly if it must (as For does). A caller that takes
+// several fds in a row asks once and counts down, rather than asking
+// before each.
+func (r *Room) Spare(reserve int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.counted.IsZero() && r.free-reserve >= roomSlack && time.Since(r.counted) < roomRecount {
+		return r.free - reserve
+	}
+	free, err := FreeFDs()
+	if err != nil {
+		r.counted = time.Time{}
+		return 0
+	}
+	r.free, r.counted = free, time.Now()
+	return max(free-reserve-1, 0)
+}
+
 // Took records that n fds arrived since the last count.
 func (r *Room) Took(n int) {
 	r.mu.Lock()

@@ -28,7 +28,8 @@ var (
 	ErrTruncated = errors.New("scm: message truncated (MSG_TRUNC)")
 	// ErrControlTruncated means the kernel dropped fds because the control
 	// buffer was too small or the receiver was at its fd limit
-	// (MSG_CTRUNC). The fds that did arrive were closed.
+	// (MSG_CTRUNC). The fds that did arrive were closed; the data did
+	// arrive, and its length is returned with this error.
 	ErrControlTruncated = errors.New("scm: control data truncated (MSG_CTRUNC)")
 	// ErrBadControl means a control message could not be parsed. Every fd
 	// that could be found in it was closed.
@@ -338,6 +339,11 @@ func (c *Conn) read(p []byte, fds []int, wait bool, ok func() bool) (n, nfds int
 	}
 	if err != nil {
 		closeAll(fds[:nfds])
+		if err == ErrControlTruncated {
+			// The data arrived whole: its length lets the caller learn
+			// what the message carried, and count what was lost.
+			return n, 0, err
+		}
 		return 0, 0, err
 	}
 	return n, nfds, nil

@@ -100,10 +100,18 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		l.mu.Unlock()
 		if err := l.read(); err != nil {
+			if err == errMasterClosed {
+				_ = l.Close()
+				return nil, l.opError(net.ErrClosed)
+			}
 			return nil, err
 		}
 	}
 }
+
+// errMasterClosed is read's answer when the master closed its end of the
+// conns socket.
+var errMasterClosed = errors.New("worker: the master closed the conns socket")
 
 // read reads one frame into the queue, waiting for it, unless another
 // Accept already did. It reads only while this process has room for a
@@ -131,11 +139,16 @@ func (l *Listener) read() error {
 		return l.opError(net.ErrClosed)
 	case errors.Is(err, io.EOF):
 		// The master closed its end: it died, or it stopped routing
-		// here for good. Nothing more will come.
-		_ = l.Close()
-		return l.opError(net.ErrClosed)
+		// here for good. Nothing more will come; Accept closes l (not
+		// here: Close waits for readMu).
+		return errMasterClosed
 	case errors.Is(err, ipc.ErrFDsLost):
 		// Room was checked, so something else took the fds meanwhile.
+		// The connections are gone: count them read and closed, so
+		// that the master's view of this worker stays true.
+		n := uint64(len(l.msg.Handoffs))
+		l.c.ctr.Received.Add(n)
+		l.c.ctr.Closed.Add(n)
 		l.c.fdsLost(err)
 		return nil
 	case ipc.IsProtocolError(err):
@@ -147,12 +160,8 @@ func (l *Listener) read() error {
 	l.c.room.Took(len(hs))
 	l.c.ctr.Received.Add(uint64(len(hs)))
 	l.mu.Lock()
-	if l.closed {
-		// Close ran while this frame was read: it goes back too.
-		l.mu.Unlock()
-		l.c.returnConns(l.id, hs)
-		return nil
-	}
+	// Even if Close has begun: it waits for this read (readMu) and then
+	// hands back the whole queue in one Return frame.
 	if l.head == len(l.queue) {
 		l.queue, l.head = l.queue[:0], 0
 	}
@@ -258,12 +267,19 @@ func (l *Listener) Close() error {
 		return nil
 	}
 	l.closed = true
-	rest := l.queue[l.head:]
-	l.queue, l.head = nil, 0
 	close(l.done)
 	l.mu.Unlock()
-	// Wakes a waiting Accept, and waits for a read in progress.
+	// Closing the socket wakes an Accept waiting on it; readMu then waits
+	// for a read in progress, whose frame joins the queue. So one Return
+	// frame hands back everything read and not accepted, and no frame
+	// comes after it: the master may take a later Listen for a new one.
 	_ = l.sock.Close()
+	l.readMu.Lock()
+	l.mu.Lock()
+	rest := l.queue[l.head:]
+	l.queue, l.head = nil, 0
+	l.mu.Unlock()
+	l.readMu.Unlock()
 	l.c.listenerClosed(l, rest)
 	return nil
 }
