@@ -99,7 +99,7 @@ func (c *controlClient) waitForRoom(done <-chan struct{}) {
 
 // fdsLost reports fds the kernel dropped on their way in.
 func (c *controlClient) fdsLost(err error) {
-	_, _ = os.Stderr.WriteString("handoff worker: " + err.Error() + "\n")
+	logError("handoff worker: " + err.Error())
 }
 
 func (c *controlClient) listen(network, address string, std bool) (net.Listener, error) {

@@ -95,8 +95,27 @@ func init() {
 }
 
 func fatalf(format string, args ...any) {
-	_, _ = os.Stderr.WriteString("handoff " + fmt.Sprintf(format, args...) + "\n")
+	logError("handoff " + fmt.Sprintf(format, args...))
 	os.Exit(2)
+}
+
+// EnvLogFormat is the environment variable in which a handoff CLI master
+// tells its workers its log format; with "json", the few lines this
+// package itself writes to stderr are JSON too.
+const EnvLogFormat = "HANDOFF_LOG_FORMAT"
+
+// logError writes msg to stderr, as a JSON line if the master logs JSON.
+func logError(msg string) {
+	if os.Getenv(EnvLogFormat) == "json" {
+		b, _ := json.Marshal(struct {
+			Level   string `json:"level"`
+			PID     int    `json:"pid"`
+			Message string `json:"message"`
+		}{"error", os.Getpid(), msg})
+		_, _ = os.Stderr.Write(append(b, '\n'))
+		return
+	}
+	_, _ = os.Stderr.WriteString(msg + "\n")
 }
 
 // killSelf sends this process SIGTERM, so the program's own shutdown runs.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"github.com/handoff-go/handoff/worker"
 	"io"
 	"log"
 	"os"
@@ -20,8 +21,8 @@ import (
 // log, so that their lines match the master's even when --log-format was
 // left to its default or the workers run a COMMAND that re-runs handoff.
 const (
-	envLogFormat = "HANDOFF_LOG_FORMAT" // json or console, as resolved by the master
-	envLogLevel  = "HANDOFF_LOG_LEVEL"  // debug, info, warn or error
+	envLogFormat = worker.EnvLogFormat // json or console, as resolved by the master
+	envLogLevel  = "HANDOFF_LOG_LEVEL" // debug, info, warn or error
 )
 
 // logFormat resolves --log-format: the flag if given, else (in a worker)
