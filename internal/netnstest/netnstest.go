@@ -100,7 +100,7 @@ func unavailable(t testing.TB, err error) {
 	if os.Getenv(EnvRequire) == "1" {
 		t.Fatalf("%v; %s=1 requires this test to run (it needs root, or CAP_SYS_ADMIN and CAP_NET_ADMIN)", err, EnvRequire)
 	}
-	t.Skipf("%v; this test needs root: run it as root, e.g. `sudo go test ./integration_test/` (with %s=1 it fails instead of skipping)", err, EnvRequire)
+	t.Skipf("%v; this test needs root: run it as root, e.g. `sudo go test ./integration_test/ ./internal/netnstest/` (with %s=1 it fails instead of skipping)", err, EnvRequire)
 }
 
 // close deletes every veth pair and closes every handle, collecting errors.
