@@ -640,7 +640,13 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 		b.dropPendingLocked(l)
 	}
 	for _, k := range b.orphans {
-		k.close() // no worker is left to serve what they hold
+		// No worker is left to serve what they hold: closing the
+		// sockets closes those connections.
+		if n := k.w.unreadLocked(); n > 0 {
+			b.stats.dropped += uint64(n)
+			b.log.Warn().Int("conns", n).Msg("shut down with connections a dead worker never read and no fd room to take back; closed them")
+		}
+		k.close()
 	}
 	b.orphans = nil
 	b.closed = true

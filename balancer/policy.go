@@ -17,7 +17,9 @@ type WorkerLoad struct {
 // now: those listening on that address, not draining, and under their
 // limit of unacknowledged handoffs. The slice is never empty, is reused
 // after Pick returns, and Pick must not keep it. Calls to one Policy never
-// overlap. An index out of range is treated as 0.
+// overlap. An index out of range is treated as 0. Pick runs under the
+// balancer's lock, on the path of every connection: it must be quick and
+// must never block.
 type Policy interface {
 	Pick(candidates []WorkerLoad) int
 }
