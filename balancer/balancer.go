@@ -613,9 +613,14 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 	b.stopping = true
 	b.cancelRestartsLocked()
 	ls := b.listeners
+	forked := b.stats.forked
 	b.notifyLocked()
 	b.mu.Unlock()
-	b.log.Info().Msg("shutting down: closing listeners, draining workers")
+	if forked > 0 {
+		b.log.Info().Msg("shutting down: closing listeners, draining workers")
+	} else {
+		b.log.Info().Msg("shutting down: closing listeners; no worker was started")
+	}
 	close(b.stopAccept)
 	for _, l := range ls {
 		_ = l.f.SetReadDeadline(time.Unix(1, 0))

@@ -49,7 +49,27 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
+// parseFlags parses the command line. Errors and their usage go to stderr;
+// the usage asked for with -h or --help goes to stdout, as GNU programs
+// do, so that `handoff --help | less` shows it.
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	return parseFlagsTo(args, os.Stdout, stderr)
+}
+
+// helpAsked reports whether args ask for the usage before any "--".
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--h", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("handoff", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -74,6 +94,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
 	fs.Usage = func() {
+		if helpAsked(args) && stdout != nil {
+			fs.SetOutput(stdout)
+		}
 		fmt.Fprintf(fs.Output(), `Usage: handoff [flags] [-- COMMAND [ARG...]]
 
 handoff is a master process that accepts every connection on its ports and
@@ -113,18 +136,26 @@ Flags:
 		return nil, fmt.Errorf("--policy must be round-robin or least-loaded, not %q", c.policy)
 	case c.logFormat != "" && c.logFormat != "json" && c.logFormat != "console":
 		return nil, fmt.Errorf("--log-format must be json or console, not %q", c.logFormat)
-	case c.shutdownTimeout <= 0 || c.handoffTimeout <= 0:
-		return nil, errors.New("--shutdown-timeout and --handoff-timeout must be positive")
-	case c.maxPending < 1 || c.maxUnread < 1 || c.reloadConcurrency < 1:
-		return nil, errors.New("--max-pending, --max-unread and --reload-concurrency must be at least 1")
+	case c.shutdownTimeout <= 0:
+		return nil, fmt.Errorf("--shutdown-timeout must be positive, not %s", c.shutdownTimeout)
+	case c.handoffTimeout <= 0:
+		return nil, fmt.Errorf("--handoff-timeout must be positive, not %s", c.handoffTimeout)
+	case c.maxPending < 1:
+		return nil, fmt.Errorf("--max-pending must be at least 1, not %d", c.maxPending)
+	case c.maxUnread < 1:
+		return nil, fmt.Errorf("--max-unread must be at least 1, not %d", c.maxUnread)
+	case c.reloadConcurrency < 1:
+		return nil, fmt.Errorf("--reload-concurrency must be at least 1, not %d", c.reloadConcurrency)
 	case c.masterProcs < 0:
 		return nil, fmt.Errorf("--master-procs must be 0 or more, not %d", c.masterProcs)
-	case c.tcpKeepAlive < 0 || c.tcpUserTimeout < 0:
-		return nil, errors.New("--tcp-keepalive and --tcp-user-timeout must not be negative")
+	case c.tcpKeepAlive < 0:
+		return nil, fmt.Errorf("--tcp-keepalive must not be negative, not %s", c.tcpKeepAlive)
+	case c.tcpUserTimeout < 0:
+		return nil, fmt.Errorf("--tcp-user-timeout must not be negative, not %s", c.tcpUserTimeout)
 	case c.shutdownDelay < 0:
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
 	case c.upgradeTimeout <= 0:
-		return nil, errors.New("--upgrade-timeout must be positive")
+		return nil, fmt.Errorf("--upgrade-timeout must be positive, not %s", c.upgradeTimeout)
 	case c.adminMaxConns < 1:
 		return nil, fmt.Errorf("--admin-max-conns must be at least 1, not %d", c.adminMaxConns)
 	}

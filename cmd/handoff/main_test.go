@@ -80,7 +80,21 @@ func TestParseFlags(t *testing.T) {
 		{name: "empty unix path", args: []string{"--listen", "unix:"}, wantErr: "path"},
 		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
-		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "positive"},
+		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "--shutdown-timeout must be positive, not -1s"},
+		// Each message names the one flag that is wrong, and its value.
+		{name: "zero handoff timeout", args: []string{"--handoff-timeout", "0s"}, wantErr: "--handoff-timeout must be positive, not 0s"},
+		{name: "zero max pending", args: []string{"--max-pending", "0"}, wantErr: "--max-pending must be at least 1, not 0"},
+		{name: "zero max unread", args: []string{"--max-unread", "0"}, wantErr: "--max-unread must be at least 1, not 0"},
+		{name: "zero reload concurrency", args: []string{"--reload-concurrency", "0"}, wantErr: "--reload-concurrency must be at least 1, not 0"},
+		{name: "negative keepalive", args: []string{"--tcp-keepalive", "-1s"}, wantErr: "--tcp-keepalive must not be negative, not -1s"},
+		{name: "negative user timeout", args: []string{"--tcp-user-timeout", "-2s"}, wantErr: "--tcp-user-timeout must not be negative, not -2s"},
+		{name: "negative master procs", args: []string{"--master-procs", "-1"}, wantErr: "--master-procs must be 0 or more, not -1"},
+		{name: "fast-path flags", args: []string{"--max-unread", "7", "--tcp-keepalive", "0", "--tcp-user-timeout", "3s", "--master-procs", "2"}, check: func(c *config) error {
+			if c.maxUnread != 7 || c.tcpKeepAlive != 0 || c.tcpUserTimeout != 3*time.Second || c.masterProcs != 2 {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
 		{name: "operations", args: []string{"--admin", "127.0.0.1:9090", "--shutdown-delay", "5s", "--pid-file", "/run/h.pid", "--listen", "web=:80"}, check: func(c *config) error {
 			if c.admin != "127.0.0.1:9090" || c.shutdownDelay != 5*time.Second || c.pidFile != "/run/h.pid" || c.upgradeTimeout != DefaultUpgradeTimeout ||
 				len(c.specs) != 1 || c.specs[0].name != "web" || c.specs[0].address != ":80" {
@@ -128,10 +142,11 @@ func TestParseFlags(t *testing.T) {
 func TestHelpDocumentsEveryFlag(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+	var errOut bytes.Buffer
+	if _, err := parseFlagsTo([]string{"--help"}, &out, &errOut); !errors.Is(err, flag.ErrHelp) || errOut.Len() != 0 {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "reload-concurrency", "user",
+	for _, f := range []string{"listen", "workers", "policy", "log-format", "log-level", "shutdown-timeout", "handoff-timeout", "max-pending", "max-unread", "tcp-keepalive", "tcp-user-timeout", "master-procs", "reload-concurrency", "user",
 		"admin", "admin-max-conns", "loopback", "shutdown-delay", "pid-file", "upgrade-timeout", "SIGHUP", "SIGUSR2", "LISTEN_FDS", "FileDescriptorName"} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help does not mention %s:\n%s", f, out.String())
