@@ -139,6 +139,13 @@ func runMaster(c *config) int {
 	status := func() string { return fmt.Sprintf("%d workers listening", b.Stats().Listening) }
 	shutdown := func() {
 		go func() { shutdownErr <- b.Shutdown(context.Background()) }()
+		// tableflip's copies of the listening sockets (kept for an
+		// upgrade) would keep the port in LISTEN for the whole drain, so
+		// that new clients' connections hang until the master exits. With
+		// them closed here and the balancer's own closed once its last
+		// accept pass is done, a new connection is refused at once. After
+		// an upgrade tableflip has closed them already; Stop is a no-op.
+		upg.Stop()
 	}
 	for {
 		select {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"syscall"
@@ -111,4 +113,61 @@ func TestCLIKilledWorkerCostsOnlyItsInProgress(t *testing.T) {
 	if failed > loadClients {
 		t.Errorf("%d of %d requests failed, more than the %d that can have been in progress", failed, sent, loadClients)
 	}
+}
+
+// After SIGTERM the port refuses new connections at once, while the
+// requests in flight finish: no client waits on a socket nobody accepts.
+func TestCLISigtermRefusesNewConnectionsAtOnce(t *testing.T) {
+	m := startMaster(t, "--workers", "2")
+	slow := make(chan error, 1)
+	go func() {
+		client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		_, err := served(client, "http://"+m.addr+"/?delay=3s")
+		slow <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the slow request is in flight
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	refused := false
+	for time.Since(sent) < time.Second {
+		c, err := net.DialTimeout("tcp", m.addr, 200*time.Millisecond)
+		if err != nil {
+			refused = errors.Is(err, syscall.ECONNREFUSED)
+			if refused {
+				break
+			}
+			continue
+		}
+		_ = c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !refused {
+		t.Errorf("a new connection was not refused within 1s of SIGTERM")
+	}
+	t.Logf("refused %v after SIGTERM", time.Since(sent).Round(time.Millisecond))
+	if err := <-slow; err != nil {
+		t.Errorf("the request in flight at SIGTERM failed: %v", err)
+	}
+}
+
+// With --shutdown-delay, new connections are still served during the
+// delay, after SIGTERM.
+func TestCLIShutdownDelayServesThenRefuses(t *testing.T) {
+	m := startMaster(t, "--workers", "1", "--shutdown-delay", "1s")
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if _, err := served(client, "http://"+m.addr+"/"); err != nil {
+		t.Fatalf("a request during the shutdown delay failed: %v", err)
+	}
+	waitFor(t, "new connections refused after the delay", func() bool {
+		c, err := net.DialTimeout("tcp", m.addr, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	})
 }
