@@ -184,16 +184,22 @@ func (b *Balancer) retryPending() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pendArmed = false
-	b.reclaimOrphansLocked()
-	if b.pending == 0 {
-		b.pendDelay = 0
-		return
-	}
+	// Close queued connections whose client left first: that frees fds,
+	// for taking back what dead workers never read.
 	for _, l := range b.listeners {
 		var n int
 		n, l.pollBuf = l.pending.prune(l.pollBuf)
 		b.pending -= n
 		b.stats.gone += uint64(n)
+	}
+	b.reclaimOrphansLocked()
+	if b.pending == 0 {
+		if len(b.orphans) > 0 {
+			b.armPendingLocked()
+		} else {
+			b.pendDelay = 0
+		}
+		return
 	}
 	for _, l := range b.listeners {
 		b.drainPendingLocked(l)
@@ -458,8 +464,21 @@ func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string)
 	}); err != nil {
 		werr = err
 	}
+	if werr != nil {
+		// Say so, without the fd (ETOOMANYREFS: too many fds in flight
+		// for this user), rather than leave the worker waiting.
+		k.close()
+		b.mu.Lock()
+		b.stats.listenErrors++
+		b.mu.Unlock()
+		if b.badLogLimit.allow() {
+			w.log.Warn().Err(werr).Str("address", l.bound.String()).Msg("sending a worker its conns socket failed")
+		}
+		_ = w.ctl.WriteFrame(listenErrorReply(req, address, &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: werr}), nil)
+		return
+	}
 	b.mu.Lock()
-	if werr != nil || w.state >= StateDisconnecting || w.links[l] != nil {
+	if w.state >= StateDisconnecting || w.links[l] != nil {
 		b.mu.Unlock()
 		k.close()
 		return
