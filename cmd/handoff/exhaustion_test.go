@@ -51,7 +51,7 @@ func hold(addr string, n int) (opened int, release func()) {
 // serveN makes n sequential requests on new connections and returns how
 // many were answered 200.
 func serveN(url string, n int) int {
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	ok := 0
 	for i := 0; i < n; i++ {
 		resp, err := client.Get(url)

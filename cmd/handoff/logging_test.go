@@ -188,7 +188,7 @@ func TestCLIJSONLogsEveryLine(t *testing.T) {
 	// admin server's Accept fails with EMFILE and net/http logs it.
 	m := startUnderFDLimit(t, limit, "--workers", "2", "--admin", admin, "--admin-max-conns", "1000", "--log-level", "debug")
 	url := "http://" + m.addr + "/"
-	if ok := serveCount(url, 20); ok != 20 {
+	if ok := serveN(url, 20); ok != 20 {
 		t.Fatalf("%d of 20 requests served", ok)
 	}
 	pids := m.workerPIDs()
@@ -205,12 +205,12 @@ func TestCLIJSONLogsEveryLine(t *testing.T) {
 	waitFor(t, "the admin server's Accept error", func() bool { return strings.Contains(m.out.String(), "http: Accept error") })
 	time.Sleep(2500 * time.Millisecond) // a few seconds of failing Accepts, rate-limited
 	release()
-	waitFor(t, "the master to serve again", func() bool { return serveCount(url, 1) == 1 })
+	waitFor(t, "the master to serve again", func() bool { return serveN(url, 1) == 1 })
 	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the rolling restart", func() bool { return strings.Contains(m.out.String(), "rolling restart done") })
-	if ok := serveCount(url, 20); ok != 20 {
+	if ok := serveN(url, 20); ok != 20 {
 		t.Errorf("%d of 20 requests served after SIGHUP", ok)
 	}
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -317,24 +317,6 @@ func holdIdle(t *testing.T, addr string, n int) (release func()) {
 	}
 	t.Cleanup(release)
 	return release
-}
-
-// serveCount makes n sequential requests on new connections, and returns
-// how many were answered 200.
-func serveCount(url string, n int) int {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	ok := 0
-	for i := 0; i < n; i++ {
-		resp, err := client.Get(url)
-		if err != nil {
-			continue
-		}
-		resp.Body.Close()
-		if resp.StatusCode == 200 {
-			ok++
-		}
-	}
-	return ok
 }
 
 // floodMetrics runs scrapers clients, each on its own keep-alive

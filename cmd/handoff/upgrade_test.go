@@ -286,7 +286,7 @@ func TestCLIUpgradeRefusedWhileOldMasterDrains(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("old master did not exit")
 	}
-	if ok := serveCount("http://"+addr+"/", 5); ok != 5 {
+	if ok := serveN("http://"+addr+"/", 5); ok != 5 {
 		t.Errorf("the new master served %d of 5", ok)
 	}
 	for _, raw := range jsonLines(t, m.out.String()) {
