@@ -238,7 +238,6 @@ func (b *Balancer) acceptLoop(l *listener) {
 					unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0, 0)
 				switch e {
 				case 0:
-					b.room.Took(1)
 					h := ipc.Handoff{FD: int32(nfd)}
 					if salen <= ipc.MaxAddr {
 						h.AddrLen = uint8(salen)
@@ -257,6 +256,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 				}
 			}
 			if len(l.batch) > 0 {
+				b.room.Took(len(l.batch)) // once a batch, not a lock per connection
 				b.accepted(l, l.batch)
 				l.batch = l.batch[:0]
 				progress = true

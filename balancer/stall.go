@@ -56,7 +56,7 @@ func (b *Balancer) checkStalls() {
 		switch {
 		case r != w.lastReceived:
 			w.lastReceived = r
-			w.idleTicks, w.stalls = 0, 0
+			w.idleTicks, w.stalledSince = 0, time.Time{}
 		case unread > 0:
 			w.idleTicks++
 		default:
@@ -109,11 +109,10 @@ func (w *Worker) unreadInKernelLocked() bool {
 
 // stallLocked takes w out of routing and takes back what it has not read.
 func (b *Balancer) stallLocked(w *Worker, now time.Time) {
-	if w.stalls == 0 {
+	if w.stalledSince.IsZero() {
 		w.stalledSince = now
 	}
 	w.stalled = true
-	w.stalls++
 	w.idleTicks = 0
 	b.stats.stalls++
 	b.routeLocked(w)

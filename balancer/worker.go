@@ -125,8 +125,7 @@ type Worker struct {
 	// Stall detection, under Balancer.mu; see stall.go.
 	lastReceived uint64    // its Received count at the last check
 	idleTicks    int       // checks in a row with unread connections and no progress
-	stalls       int       // stalls since it last made progress
-	stalledSince time.Time // the first stall since it last made progress
+	stalledSince time.Time // the first stall since it last made progress; zero after progress
 	lastPong     time.Time
 }
 
