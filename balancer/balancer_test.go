@@ -56,7 +56,9 @@ func TestRoundRobinIsExactAndLeaksNoFD(t *testing.T) {
 	}
 	t.Logf("split %v; %d stalls, %d reclaimed", counts, st.Stalls, st.Reclaimed)
 	c.waitIdle(t)
-	if after := fdCount(t); after != before {
+	// Settled, as before was: the test's own client, in this process, may
+	// still be closing its last connection.
+	if after := stableFDCount(t); after != before {
 		t.Errorf("master has %d fds after %d handoffs, %d before", after, n, before)
 	}
 }
