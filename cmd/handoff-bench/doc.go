@@ -1,7 +1,11 @@
 // Command handoff-bench measures handoff's master-side dispatch side by
 // side with what a user would otherwise pick, in one run on one machine.
 //
-//	go run ./cmd/handoff-bench [-duration 10s] [-workers N] [-out DIR]
+//	cd cmd/handoff-bench && go run . [-duration 10s] [-workers N] [-out DIR]
+//
+// It is a module of its own, so that its plotting dependencies stay out of
+// the library's go.mod; a replace directive in its go.mod builds it against
+// the library in ../.., as checked out.
 //
 // Servers, each with -workers worker processes and the same handler (it
 // answers "hello world\n", and spins the CPU for ?burn=DURATION):
