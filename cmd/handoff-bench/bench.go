@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // runBench runs every selected server against every selected workload.
@@ -27,7 +29,11 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &serverEnv{exe: exe, workers: c.workers, tmp: tmp, logs: filepath.Join(c.out, "logs"), masterProcs: c.masterProcs}
+	procFS, err := procfs.NewDefaultFS()
+	if err != nil {
+		return nil, fmt.Errorf("reading CPU and context switches: %w", err)
+	}
+	env := &serverEnv{exe: exe, workers: c.workers, tmp: tmp, logs: filepath.Join(c.out, "logs"), masterProcs: c.masterProcs, procFS: procFS}
 	servers := c.servers
 	if p, err := exec.LookPath("node"); err == nil {
 		env.node = p
@@ -154,7 +160,7 @@ func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen 
 		}
 	}
 	spec.duration = c.duration
-	before := takeSnapshot(ctx, s)
+	before := takeSnapshot(ctx, env.procFS, s)
 	if runEnv.profile != "" && s.master != nil {
 		_ = syscall.Kill(s.master.pid(), syscall.SIGUSR1)
 	}
@@ -181,7 +187,7 @@ func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen 
 		}
 	}
 	stopPerf()
-	after := takeSnapshot(ctx, s)
+	after := takeSnapshot(ctx, env.procFS, s)
 	if runEnv.profile != "" && s.master != nil {
 		_ = syscall.Kill(s.master.pid(), syscall.SIGUSR2)
 		run.Profile = runEnv.profile

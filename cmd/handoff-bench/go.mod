@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/handoff-go/handoff v0.0.0-00010101000000-000000000000
+	github.com/prometheus/procfs v0.22.0
 	github.com/rs/zerolog v1.35.1
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sys v0.50.0

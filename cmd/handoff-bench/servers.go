@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // The servers, in the order they run within a workload.
@@ -108,11 +110,12 @@ type serverEnv struct {
 	node        string // node's path, "" if absent
 	nodeJS      string // the Node cluster script
 	workers     int
-	tmp         string // per-bench temporary directory
-	logs        string // directory for the servers' stderr
-	profile     string // master CPU profile path for this run, "" for none
-	perfStat    string // perf's path, to count syscalls with perf stat; "" for not counting
-	masterProcs int    // the master's GOMAXPROCS, 0 for Go's default
+	tmp         string    // per-bench temporary directory
+	logs        string    // directory for the servers' stderr
+	profile     string    // master CPU profile path for this run, "" for none
+	perfStat    string    // perf's path, to count syscalls with perf stat; "" for not counting
+	masterProcs int       // the master's GOMAXPROCS, 0 for Go's default
+	procFS      procfs.FS // /proc, where each process's CPU and context switches are read
 }
 
 // startServer starts server name on a free port of 127.0.0.1 and waits

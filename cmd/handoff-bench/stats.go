@@ -2,98 +2,54 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // clockTick is USER_HZ, the unit of utime and stime in /proc/PID/stat:
 // 100 on every Linux architecture Go supports.
 const clockTick = 10 * time.Millisecond
 
-// procCPU parses the user+system CPU time out of a /proc/PID/stat line.
-// The command name, field 2, is in parentheses and may hold spaces and
-// parentheses itself, so fields are counted after its last ')'.
-func procCPU(stat []byte) (time.Duration, error) {
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("stat: no command name")
-	}
-	// After ") ": state is field 3, utime field 14, stime field 15.
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("stat: %d fields after the command name, want 13 or more", len(f))
-	}
-	utime, err := strconv.ParseUint(f[11], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("stat: utime: %w", err)
-	}
-	stime, err := strconv.ParseUint(f[12], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("stat: stime: %w", err)
-	}
-	return time.Duration(utime+stime) * clockTick, nil
-}
-
-// readCPU returns the CPU time process pid has used, 0 if it is gone.
-func readCPU(pid int) time.Duration {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+// readCPU returns the user+system CPU time (utime+stime of
+// /proc/PID/stat) process pid has used, 0 if it is gone.
+func readCPU(procFS procfs.FS, pid int) time.Duration {
+	p, err := procFS.Proc(pid)
 	if err != nil {
 		return 0
 	}
-	d, err := procCPU(b)
+	st, err := p.Stat()
 	if err != nil {
 		return 0
 	}
-	return d
+	return time.Duration(st.UTime+st.STime) * clockTick
 }
 
-// ctxSwitches parses voluntary plus involuntary context switches out of
-// a /proc/PID/task/TID/status file.
-func ctxSwitches(status []byte) (uint64, error) {
-	var n uint64
-	found := 0
-	for _, line := range strings.Split(string(status), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "voluntary_ctxt_switches" && k != "nonvoluntary_ctxt_switches") {
-			continue
-		}
-		c, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("status: %s: %w", k, err)
-		}
-		n += c
-		found++
+// readCtxSwitches sums the voluntary and involuntary context switches of
+// every thread of pid (/proc/PID/task/TID/status: /proc/PID/status has
+// only the main thread's); a thread that exited is no longer counted,
+// which Go runtimes rarely do. 0 if pid is gone.
+func readCtxSwitches(procFS procfs.FS, pid int) uint64 {
+	threads, err := procFS.AllThreads(pid)
+	if err != nil {
+		return 0
 	}
-	if found != 2 {
-		return 0, errors.New("status: no context switch counts")
-	}
-	return n, nil
-}
-
-// readCtxSwitches sums the context switches of every thread of pid; a
-// thread that exited is no longer counted, which Go runtimes rarely do.
-func readCtxSwitches(pid int) uint64 {
-	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/status")
 	var n uint64
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
+	for _, t := range threads {
+		st, err := t.NewStatus()
 		if err != nil {
 			continue
 		}
-		if c, err := ctxSwitches(b); err == nil {
-			n += c
-		}
+		n += st.VoluntaryCtxtSwitches + st.NonVoluntaryCtxtSwitches
 	}
 	return n
 }
@@ -125,8 +81,8 @@ type snapshot struct {
 }
 
 // takeSnapshot asks every worker of s for its count and reads the CPU of
-// every process. Workers that do not answer (dead) are left out.
-func takeSnapshot(ctx context.Context, s *server) snapshot {
+// every process from procFS. Workers that do not answer (dead) are left out.
+func takeSnapshot(ctx context.Context, procFS procfs.FS, s *server) snapshot {
 	snap := snapshot{at: time.Now(), served: map[int]uint64{}, workerCPU: map[int]time.Duration{}, workerCS: map[int]uint64{}}
 	socks, _ := filepath.Glob(filepath.Join(s.statsDir, "*.sock"))
 	for _, sock := range socks {
@@ -135,12 +91,12 @@ func takeSnapshot(ctx context.Context, s *server) snapshot {
 			continue
 		}
 		snap.served[pid] = served
-		snap.workerCPU[pid] = readCPU(pid)
-		snap.workerCS[pid] = readCtxSwitches(pid)
+		snap.workerCPU[pid] = readCPU(procFS, pid)
+		snap.workerCS[pid] = readCtxSwitches(procFS, pid)
 	}
 	if s.master != nil {
-		snap.masterCPU = readCPU(s.master.pid())
-		snap.masterCS = readCtxSwitches(s.master.pid())
+		snap.masterCPU = readCPU(procFS, s.master.pid())
+		snap.masterCS = readCtxSwitches(procFS, s.master.pid())
 	}
 	return snap
 }

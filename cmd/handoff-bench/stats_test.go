@@ -2,58 +2,127 @@ package main
 
 import (
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
-func TestProcCPU(t *testing.T) {
+// fakeProc is a /proc of its own in a temporary directory, for procfs to
+// read: stat holds /proc/PID/stat by pid, and status each thread's
+// /proc/PID/task/TID/status by pid and tid.
+func fakeProc(t *testing.T, stat map[int]string, status map[int]map[int]string) procfs.FS {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(path, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for pid, line := range stat {
+		write(filepath.Join(dir, strconv.Itoa(pid), "stat"), line)
+	}
+	for pid, threads := range status {
+		if err := os.MkdirAll(filepath.Join(dir, strconv.Itoa(pid), "task"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for tid, content := range threads {
+			write(filepath.Join(dir, strconv.Itoa(pid), "task", strconv.Itoa(tid), "status"), content)
+		}
+	}
+	fs, err := procfs.NewFS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestReadCPU(t *testing.T) {
 	t.Parallel()
-	// Fields 14 and 15 (utime, stime) are 250 and 50 in every line.
-	tail := " 0 0 0 0 0 0 0 0 0 250 50 0 0 20 0 4 0 1234 0 0"
+	// Fields 14 and 15 (utime, stime) are 250 and 50 in every line; the
+	// rest is as long as a real line (52 fields).
+	tail := " 0 0 0 0 0 0 0 0 0 250 50 0 0 20 0 4 0 1234 0 0" + strings.Repeat(" 0", 32) + "\n"
 	for _, tc := range []struct {
 		name, stat string
 		want       time.Duration
-		wantErr    string
 	}{
-		{"plain", "4242 (handoff-bench) S 1" + tail, 3 * time.Second, ""},
-		{"spaces in name", "4242 (my server) R 1" + tail, 3 * time.Second, ""},
-		{"parens in name", "4242 (a) (b) S) S 1" + tail, 3 * time.Second, ""},
-		{"no name", "4242 S 1 2 3", 0, "no command name"},
-		{"short", "4242 (x) S 1 2 3", 0, "fields"},
-		{"bad utime", "4242 (x) S 1 0 0 0 0 0 0 0 0 0 x 50", 0, "utime"},
-		{"bad stime", "4242 (x) S 1 0 0 0 0 0 0 0 0 0 250 -", 0, "stime"},
+		{"plain", "4242 (handoff-bench) S 1" + tail, 3 * time.Second},
+		{"spaces in name", "4242 (my server) R 1" + tail, 3 * time.Second},
+		{"parens in name", "4242 (a) (b) S) S 1" + tail, 3 * time.Second},
+		// Unreadable lines count as a process that is gone.
+		{"no name", "4242 S 1 2 3", 0},
+		{"short", "4242 (x) S 1 2 3", 0},
+		{"bad utime", "4242 (x) S 1 0 0 0 0 0 0 0 0 0 x 50" + strings.Repeat(" 0", 37), 0},
+		{"bad stime", "4242 (x) S 1 0 0 0 0 0 0 0 0 0 250 -" + strings.Repeat(" 0", 37), 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := procCPU([]byte(tc.stat))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Errorf("procCPU error = %v, want one containing %q", err, tc.wantErr)
-				}
-				return
+			fs := fakeProc(t, map[int]string{4242: tc.stat}, nil)
+			if got := readCPU(fs, 4242); got != tc.want {
+				t.Errorf("readCPU = %s, want %s", got, tc.want)
 			}
-			if err != nil || got != tc.want {
-				t.Errorf("procCPU = %s, %v; want %s", got, err, tc.want)
+			if got := readCPU(fs, 4243); got != 0 {
+				t.Errorf("readCPU of a pid not in /proc = %s, want 0", got)
 			}
 		})
 	}
 }
 
-func TestProcCPUSelf(t *testing.T) {
+func TestReadCtxSwitches(t *testing.T) {
 	t.Parallel()
-	b, err := os.ReadFile("/proc/self/stat")
+	status := func(voluntary, involuntary string) string {
+		return "Name:\tx\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t" + voluntary + "\nnonvoluntary_ctxt_switches:\t" + involuntary + "\n"
+	}
+	for _, tc := range []struct {
+		name    string
+		threads map[int]string
+		want    uint64
+	}{
+		{"one thread", map[int]string{7: status("120", "3")}, 123},
+		// /proc/PID/status has only the main thread's; every thread counts.
+		{"threads summed", map[int]string{7: status("120", "3"), 8: status("10", "0"), 9: status("1", "1")}, 135},
+		{"counts missing", map[int]string{7: "Name:\tx\n", 8: status("10", "0")}, 10},
+		{"bad number", map[int]string{7: status("x", "3"), 8: status("10", "0")}, 13},
+		{"no threads", map[int]string{}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fs := fakeProc(t, nil, map[int]map[int]string{7: tc.threads})
+			if got := readCtxSwitches(fs, 7); got != tc.want {
+				t.Errorf("readCtxSwitches = %d, want %d", got, tc.want)
+			}
+			if got := readCtxSwitches(fs, 8); got != 0 {
+				t.Errorf("readCtxSwitches of a pid not in /proc = %d, want 0", got)
+			}
+		})
+	}
+}
+
+func TestReadProcSelf(t *testing.T) {
+	t.Parallel()
+	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		t.Skip("no /proc:", err)
 	}
-	if _, err := procCPU(b); err != nil {
-		t.Errorf("procCPU(/proc/self/stat): %v", err)
+	// Spin until the kernel has charged this process a tick.
+	for end := time.Now().Add(5 * time.Second); readCPU(fs, os.Getpid()) == 0 && time.Now().Before(end); {
+		spin(time.Millisecond)
 	}
-	if readCPU(os.Getpid()) < 0 {
-		t.Error("readCPU of this process < 0")
+	if got := readCPU(fs, os.Getpid()); got <= 0 {
+		t.Errorf("readCPU of this process = %s, want more than 0", got)
 	}
-	if got := readCPU(-1); got != 0 {
+	if got := readCPU(fs, -1); got != 0 {
 		t.Errorf("readCPU(-1) = %s, want 0", got)
+	}
+	if readCtxSwitches(fs, os.Getpid()) == 0 {
+		t.Error("readCtxSwitches of this process = 0")
 	}
 }
 
@@ -117,30 +186,5 @@ func TestDiffSnapshots(t *testing.T) {
 	}
 	if most, least := (usage{}).split(); most != 0 || least != 0 {
 		t.Errorf("empty split = %d/%d", most, least)
-	}
-}
-
-func TestCtxSwitches(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		name, status string
-		want         uint64
-		ok           bool
-	}{
-		{"both", "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t3\n", 123, true},
-		{"one missing", "voluntary_ctxt_switches:\t120\n", 0, false},
-		{"bad number", "voluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t3\n", 0, false},
-		{"empty", "", 0, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			got, err := ctxSwitches([]byte(tc.status))
-			if (err == nil) != tc.ok || got != tc.want {
-				t.Errorf("ctxSwitches = %d, %v; want %d, ok %v", got, err, tc.want, tc.ok)
-			}
-		})
-	}
-	if readCtxSwitches(os.Getpid()) == 0 {
-		t.Error("readCtxSwitches of this process = 0")
 	}
 }
