@@ -61,11 +61,11 @@ func runBench(ctx context.Context, c *config, reg *registry) (*report, error) {
 			return nil, err
 		}
 	}
-	gen, err := chooseGenerator(c.loadgen, tmp)
+	gen, err := newWrkGenerator(tmp)
 	if err != nil {
 		return nil, err
 	}
-	rep := newReport(c, servers, gen.name(), env.node)
+	rep := newReport(c, servers, gen.path, env.node)
 	env.perfStat, rep.PerfStatNote = choosePerfStat(ctx, c.perfStat)
 	if rep.PerfStatNote != "" {
 		fmt.Fprintf(os.Stderr, "handoff-bench: not counting syscalls and context switches: %s\n", rep.PerfStatNote)
@@ -129,8 +129,8 @@ func withoutNode(servers []string) []string {
 
 // measure runs one server against one workload: start, warm up, measure,
 // stop. A failed run is recorded with its error.
-func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen generator, name, wl string, round int) (runResult, error) {
-	run := runResult{Server: name, Workload: wl, Round: round + 1, Workers: c.workers, Generator: gen.name()}
+func measure(ctx context.Context, c *config, reg *registry, env *serverEnv, gen *wrkGenerator, name, wl string, round int) (runResult, error) {
+	run := runResult{Server: name, Workload: wl, Round: round + 1, Workers: c.workers, Generator: "wrk"}
 	tag := fmt.Sprintf("%s-%s-r%d", wl, name, round+1)
 	runEnv := *env
 	if c.profileDir != "" && strings.HasPrefix(name, "handoff-") {

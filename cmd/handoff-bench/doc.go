@@ -28,9 +28,8 @@
 // and 4 client connections, so that batching cannot hide the master's
 // wakeups); skewed (half the connections keep alive, half
 // send Connection: close, and a tenth of all requests burn -burn of CPU).
-// The load comes from wrk when it is on PATH and otherwise from a built-in
-// Go generator; one generator serves every server of a run. Within each
-// workload the servers run one after another (rotated every round), so
+// The load comes from wrk, which must be on PATH (the skewed mix is its Lua
+// script). Within each workload the servers run one after another (rotated every round), so
 // drift hits all of them alike.
 //
 // Each server runs as a process group the bench started; they are stopped

@@ -5,17 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -35,13 +30,9 @@ func newConn(workload string) bool {
 	return workload == "new-conn" || lowConcurrency[workload] > 0
 }
 
-// requestTimeout is how long a request may take before it counts as a
-// timeout, in both generators (wrk's default).
+// requestTimeout is how long a request may take before wrk counts it as
+// a timeout (wrk's default).
 const requestTimeout = 2 * time.Second
-
-// maxRequestsPerConn bounds the built-in generator's loop per connection
-// whatever the duration.
-const maxRequestsPerConn = 50_000_000
 
 // loadSpec is one load run against one server.
 type loadSpec struct {
@@ -66,15 +57,6 @@ func newLoadSpec(c *config, wl string, port int) loadSpec {
 
 // burnPath is the path a burning request asks for.
 func (s loadSpec) burnPath() string { return "/?burn=" + s.burn.String() }
-
-// closeConn says whether connection (or wrk thread) i of a workload sends
-// Connection: close. In the skewed workload every other one does.
-func (s loadSpec) closeConn(i int) bool {
-	if newConn(s.workload) {
-		return true
-	}
-	return s.workload == "skewed" && i%2 == 1
-}
 
 // loadResult is what the client saw.
 type loadResult struct {
@@ -108,39 +90,22 @@ func (r loadResult) reqPerSec() float64 {
 	return float64(r.Requests) / r.Elapsed.Seconds()
 }
 
-// generator makes load.
-type generator interface {
-	name() string
-	run(ctx context.Context, spec loadSpec) (loadResult, error)
-}
-
-// chooseGenerator picks wrk or the built-in generator.
-func chooseGenerator(kind, tmp string) (generator, error) {
-	path, err := exec.LookPath("wrk")
-	switch kind {
-	case "go":
-		return goGenerator{}, nil
-	case "wrk":
-		if err != nil {
-			return nil, errors.New("-loadgen=wrk: wrk is not on PATH (apt-get install wrk)")
-		}
-	case "auto":
-		if err != nil {
-			return goGenerator{}, nil
-		}
-	}
-	return &wrkGenerator{path: path, dir: tmp}, nil
-}
-
-// wrkGenerator runs wrk with a Lua script whose done() prints the results
-// between markers, one "key value" a line.
+// wrkGenerator makes the load: it runs wrk with a Lua script whose done()
+// prints the results between markers, one "key value" a line.
 type wrkGenerator struct {
-	path string
-	dir  string
-	n    int
+	path string // wrk's path
+	dir  string // where the scripts are written
+	n    int    // scripts written, to name the next one
 }
 
-func (g *wrkGenerator) name() string { return "wrk" }
+// newWrkGenerator finds wrk on PATH; its scripts go in dir.
+func newWrkGenerator(dir string) (*wrkGenerator, error) {
+	path, err := exec.LookPath("wrk")
+	if err != nil {
+		return nil, errors.New("wrk is not on PATH (apt-get install wrk)")
+	}
+	return &wrkGenerator{path: path, dir: dir}, nil
+}
 
 // wrkArgs returns wrk's command line for spec, with its script at script.
 func wrkArgs(spec loadSpec, script string) []string {
@@ -319,213 +284,4 @@ func parseWrk(out []byte) (loadResult, error) {
 		return r, errors.New("wrk output: no end marker")
 	}
 	return r, errors.New("wrk output: no results block (did the Lua script run?)")
-}
-
-// goGenerator is the built-in load generator: one goroutine per
-// connection, each sending a request and reading the answer in a loop
-// until the duration ends, bounded by maxRequestsPerConn. Like wrk it
-// times a request from writing it to reading the last byte of the answer;
-// connecting is not included.
-type goGenerator struct{}
-
-func (goGenerator) name() string { return "go" }
-
-func (goGenerator) run(ctx context.Context, spec loadSpec) (loadResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, spec.duration+requestTimeout+time.Second)
-	defer cancel()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.port))
-	start := time.Now()
-	deadline := start.Add(spec.duration)
-	results := make([]connResult, spec.conns)
-	var wg sync.WaitGroup
-	for i := range spec.conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = runConn(ctx, addr, spec, i, deadline)
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err := ctx.Err(); err != nil && errors.Is(context.Cause(ctx), context.Canceled) {
-		return loadResult{}, err
-	}
-	var r loadResult
-	h := newHistogram()
-	for _, c := range results {
-		r.Requests += c.requests
-		r.Errors.Connect += c.errors.Connect
-		r.Errors.Read += c.errors.Read
-		r.Errors.Write += c.errors.Write
-		r.Errors.Status += c.errors.Status
-		r.Errors.Timeout += c.errors.Timeout
-		r.Burn += c.burn
-		if c.closing {
-			r.Close += c.sent
-		} else {
-			r.KeepAlive += c.sent
-		}
-		h.merge(c.hist)
-	}
-	r.Elapsed = elapsed
-	r.P50, r.P90, r.P99, r.Max = h.percentile(50), h.percentile(90), h.percentile(99), h.max
-	if spec.workload != "skewed" {
-		r.KeepAlive, r.Close, r.Burn = 0, 0, 0
-	}
-	return r, nil
-}
-
-// connResult is one generator connection's tally.
-type connResult struct {
-	requests, sent, burn uint64
-	closing              bool
-	errors               errorCounts
-	hist                 *histogram
-}
-
-func runConn(ctx context.Context, addr string, spec loadSpec, i int, deadline time.Time) connResult {
-	res := connResult{closing: spec.closeConn(i), hist: newHistogram()}
-	rng := rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))
-	header := "Host: " + addr + "\r\n"
-	if res.closing {
-		header += "Connection: close\r\n"
-	}
-	plain := []byte("GET / HTTP/1.1\r\n" + header + "\r\n")
-	burning := []byte("GET " + spec.burnPath() + " HTTP/1.1\r\n" + header + "\r\n")
-	var c net.Conn
-	var br *bufio.Reader
-	defer func() {
-		if c != nil {
-			_ = c.Close()
-		}
-	}()
-	d := net.Dialer{Timeout: requestTimeout}
-	for n := 0; n < maxRequestsPerConn && time.Now().Before(deadline) && ctx.Err() == nil; n++ {
-		if c == nil {
-			var err error
-			if c, err = d.DialContext(ctx, "tcp", addr); err != nil {
-				res.errors.Connect++
-				c = nil
-				time.Sleep(time.Millisecond)
-				continue
-			}
-			br = bufio.NewReader(c)
-		}
-		req := plain
-		if spec.workload == "skewed" && rng.Float64() < spec.burnFrac {
-			req = burning
-			res.burn++
-		}
-		res.sent++
-		t0 := time.Now()
-		_ = c.SetDeadline(t0.Add(requestTimeout))
-		if _, err := c.Write(req); err != nil {
-			res.errors.Write++
-			_ = c.Close()
-			c = nil
-			continue
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err == nil {
-			_, err = io.Copy(io.Discard, resp.Body)
-			_ = resp.Body.Close()
-		}
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				res.errors.Timeout++
-			} else {
-				res.errors.Read++
-			}
-			_ = c.Close()
-			c = nil
-			continue
-		}
-		res.hist.record(time.Since(t0))
-		res.requests++
-		if resp.StatusCode >= 400 {
-			res.errors.Status++
-		}
-		if res.closing || resp.Close {
-			_ = c.Close()
-			c = nil
-		}
-	}
-	return res
-}
-
-// histogram counts latencies in log-linear buckets: 1µs wide below 1ms,
-// 10µs below 10ms, 100µs below 100ms and 1ms up to 10s, so a percentile
-// is exact to 1%.
-type histogram struct {
-	counts []uint64
-	n      uint64
-	max    time.Duration
-}
-
-const histBuckets = 1000 + 900 + 900 + 9900 + 1
-
-func newHistogram() *histogram { return &histogram{counts: make([]uint64, histBuckets)} }
-
-func bucketOf(d time.Duration) int {
-	us := max(int64(d/time.Microsecond), 0)
-	switch {
-	case us < 1000:
-		return int(us)
-	case us < 10_000:
-		return 1000 + int((us-1000)/10)
-	case us < 100_000:
-		return 1900 + int((us-10_000)/100)
-	case us < 10_000_000:
-		return 2800 + int((us-100_000)/1000)
-	}
-	return histBuckets - 1
-}
-
-// bucketValue is the lower bound of bucket i.
-func bucketValue(i int) time.Duration {
-	var us int
-	switch {
-	case i < 1000:
-		us = i
-	case i < 1900:
-		us = 1000 + (i-1000)*10
-	case i < 2800:
-		us = 10_000 + (i-1900)*100
-	default:
-		us = 100_000 + (i-2800)*1000
-	}
-	return time.Duration(us) * time.Microsecond
-}
-
-func (h *histogram) record(d time.Duration) {
-	h.counts[bucketOf(d)]++
-	h.n++
-	h.max = max(h.max, d)
-}
-
-func (h *histogram) merge(o *histogram) {
-	for i, c := range o.counts {
-		h.counts[i] += c
-	}
-	h.n += o.n
-	h.max = max(h.max, o.max)
-}
-
-// percentile returns the smallest bucket value at or below which p% of
-// the samples fall.
-func (h *histogram) percentile(p float64) time.Duration {
-	if h.n == 0 {
-		return 0
-	}
-	rank := uint64(math.Ceil(p / 100 * float64(h.n)))
-	rank = min(max(rank, 1), h.n)
-	var seen uint64
-	for i, c := range h.counts {
-		seen += c
-		if seen >= rank {
-			return bucketValue(i)
-		}
-	}
-	return h.max
 }

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
-	"net"
-	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -143,27 +139,6 @@ func TestWrkArgs(t *testing.T) {
 	}
 }
 
-func TestCloseConn(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		workload string
-		want     []bool
-	}{
-		{"keep-alive", []bool{false, false, false, false}},
-		{"new-conn", []bool{true, true, true, true}},
-		{"new-conn-c1", []bool{true}},
-		{"new-conn-c4", []bool{true, true, true, true}},
-		{"skewed", []bool{false, true, false, true}},
-	} {
-		s := loadSpec{workload: tc.workload}
-		for i, w := range tc.want {
-			if got := s.closeConn(i); got != w {
-				t.Errorf("%s: closeConn(%d) = %v, want %v", tc.workload, i, got, w)
-			}
-		}
-	}
-}
-
 func TestNewLoadSpec(t *testing.T) {
 	t.Parallel()
 	c := &config{duration: 5 * time.Second, conns: 64, threads: 2, burn: 3 * time.Millisecond, burnFrac: 0.1}
@@ -186,90 +161,5 @@ func TestNewLoadSpec(t *testing.T) {
 		if want := strings.HasPrefix(wl, "new-conn"); newConn(wl) != want {
 			t.Errorf("newConn(%s) = %v, want %v", wl, !want, want)
 		}
-	}
-}
-
-func TestHistogramBuckets(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		d     time.Duration
-		lower time.Duration
-	}{
-		{0, 0},
-		{-time.Second, 0},
-		{999 * time.Microsecond, 999 * time.Microsecond},
-		{1000 * time.Microsecond, time.Millisecond},
-		{1234 * time.Microsecond, 1230 * time.Microsecond},
-		{12345 * time.Microsecond, 12300 * time.Microsecond},
-		{123456 * time.Microsecond, 123 * time.Millisecond},
-		{9999 * time.Millisecond, 9999 * time.Millisecond},
-		{time.Hour, 10 * time.Second},
-	} {
-		i := bucketOf(tc.d)
-		if i < 0 || i >= histBuckets {
-			t.Fatalf("bucketOf(%s) = %d, out of range", tc.d, i)
-		}
-		if got := bucketValue(i); got != tc.lower {
-			t.Errorf("bucketValue(bucketOf(%s)) = %s, want %s", tc.d, got, tc.lower)
-		}
-	}
-	// Buckets are in increasing order.
-	for i := 1; i < histBuckets; i++ {
-		if bucketValue(i) <= bucketValue(i-1) {
-			t.Fatalf("bucket %d (%s) not above bucket %d (%s)", i, bucketValue(i), i-1, bucketValue(i-1))
-		}
-	}
-}
-
-func TestHistogramPercentile(t *testing.T) {
-	t.Parallel()
-	h := newHistogram()
-	if h.percentile(99) != 0 {
-		t.Error("empty histogram: percentile != 0")
-	}
-	a, b := newHistogram(), newHistogram()
-	for i := 1; i <= 50; i++ {
-		a.record(time.Duration(i) * time.Microsecond)
-	}
-	for i := 51; i <= 100; i++ {
-		b.record(time.Duration(i) * time.Microsecond)
-	}
-	h.merge(a)
-	h.merge(b)
-	for _, tc := range []struct {
-		p    float64
-		want time.Duration
-	}{
-		{0, time.Microsecond}, {50, 50 * time.Microsecond}, {99, 99 * time.Microsecond}, {100, 100 * time.Microsecond},
-	} {
-		if got := h.percentile(tc.p); got != tc.want {
-			t.Errorf("percentile(%g) = %s, want %s", tc.p, got, tc.want)
-		}
-	}
-	if h.max != 100*time.Microsecond || h.n != 100 {
-		t.Errorf("max %s n %d, want 100µs 100", h.max, h.n)
-	}
-}
-
-func TestGoGenerator(t *testing.T) {
-	t.Parallel()
-	var served atomic.Uint64
-	srv := httptest.NewServer(benchHandler(&served))
-	defer srv.Close()
-	port := srv.Listener.Addr().(*net.TCPAddr).Port
-	for _, wl := range allWorkloads {
-		t.Run(wl, func(t *testing.T) {
-			spec := loadSpec{workload: wl, port: port, duration: 200 * time.Millisecond, conns: 4, threads: 2, burn: time.Millisecond, burnFrac: 0.5}
-			r, err := goGenerator{}.run(context.Background(), spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.Requests == 0 || r.Errors.total() != 0 || r.P50 <= 0 || r.P99 < r.P50 || r.Max < r.P99 {
-				t.Errorf("result %+v", r)
-			}
-			if wl == "skewed" && (r.KeepAlive == 0 || r.Close == 0 || r.Burn == 0) {
-				t.Errorf("skewed mix: %d keep-alive, %d close, %d burn", r.KeepAlive, r.Close, r.Burn)
-			}
-		})
 	}
 }

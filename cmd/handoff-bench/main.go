@@ -50,7 +50,6 @@ type config struct {
 	workloads   []string
 	out         string
 	jsonPath    string
-	loadgen     string // auto, wrk or go
 	profileDir  string // master CPU profiles, "" for none
 	perf        bool   // perf record the server processes
 	perfStat    bool   // count syscalls and context switches with perf stat, if perf is on PATH
@@ -82,7 +81,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&workloads, "workloads", "", "comma-separated workloads to run (default all): "+strings.Join(allWorkloads, ","))
 	fs.StringVar(&c.out, "out", defaultOut, "directory for results.md, results.json, chart.png, chart.svg and logs/")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the JSON results to this file (always written to -out/results.json)")
-	fs.StringVar(&c.loadgen, "loadgen", "auto", "load generator: auto (wrk if on PATH), wrk, or go")
 	fs.StringVar(&c.profileDir, "cpuprofile-dir", "", "write a CPU profile of each handoff master's measured window to this directory")
 	fs.StringVar(&c.replot, "replot", "", "render the table, chart and JSON again from this results.json into -out, without running anything")
 	fs.IntVar(&c.masterProcs, "master-gomaxprocs", 1, "GOMAXPROCS of the handoff master process, 1 as in the handoff CLI (--master-procs); 0 leaves Go's default (the CPU count)")
@@ -132,8 +130,6 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-burn must be from 1ns to %s, not %s", maxBurn, c.burn)
 	case c.burnFrac < 0 || c.burnFrac > 1:
 		return nil, fmt.Errorf("-burn-fraction must be from 0 to 1, not %g", c.burnFrac)
-	case c.loadgen != "auto" && c.loadgen != "wrk" && c.loadgen != "go":
-		return nil, fmt.Errorf("-loadgen must be auto, wrk or go, not %q", c.loadgen)
 	case c.masterProcs < 0:
 		return nil, fmt.Errorf("-master-gomaxprocs must be 0 or more, not %d", c.masterProcs)
 	case c.out == "":

@@ -54,7 +54,7 @@ func TestParseFlags(t *testing.T) {
 		{"threads above conns", []string{"-connections", "2", "-threads", "3"}, "-threads"},
 		{"big burn", []string{"-burn", "1s"}, "-burn"},
 		{"burn fraction", []string{"-burn-fraction", "1.5"}, "-burn-fraction"},
-		{"loadgen", []string{"-loadgen", "ab"}, "-loadgen"},
+		{"no loadgen", []string{"-loadgen", "go"}, "-loadgen"},
 		{"rounds", []string{"-rounds", "0"}, "-rounds"},
 		{"arguments", []string{"extra"}, "unexpected arguments"},
 	} {

@@ -165,20 +165,22 @@ type report struct {
 	PerfStatNote string `json:"perf_stat_note,omitempty"`
 }
 
-func newReport(c *config, servers []string, gen, node string) *report {
+// newReport starts the report of a run, with wrk and node (if not "") the
+// paths of the programs whose versions it gives.
+func newReport(c *config, servers []string, wrk, node string) *report {
 	return &report{
 		Started: time.Now().UTC(),
-		Machine: probeMachine(gen, node),
+		Machine: probeMachine(wrk, node),
 		Config: benchConfig{
 			Duration: c.duration.String(), Warmup: c.warmup.String(), Workers: c.workers,
 			Connections: c.conns, Threads: c.threads, Rounds: c.rounds,
 			Burn: c.burn.String(), BurnFrac: c.burnFrac,
-			Servers: servers, Workloads: c.workloads, Generator: gen, MasterProcs: c.masterProcs,
+			Servers: servers, Workloads: c.workloads, Generator: "wrk", MasterProcs: c.masterProcs,
 		},
 	}
 }
 
-func probeMachine(gen, node string) machine {
+func probeMachine(wrk, node string) machine {
 	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -194,11 +196,9 @@ func probeMachine(gen, node string) machine {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(b))
 	}
-	if gen == "wrk" {
-		// wrk -v prints its version and exits 1.
-		out, _ := exec.Command("wrk", "-v").CombinedOutput()
-		m.Wrk = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
-	}
+	// wrk -v prints its version and exits 1.
+	out, _ := exec.Command(wrk, "-v").CombinedOutput()
+	m.Wrk = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	if node != "" {
 		out, _ := exec.Command(node, "--version").Output()
 		m.Node = strings.TrimSpace(string(out))
@@ -419,8 +419,8 @@ func (rep *report) markdown(chart string) string {
 		fmt.Fprintf(&b, ", Node.js %s", m.Node)
 	}
 	b.WriteString(".\n\n")
-	gen := "the built-in Go generator"
-	if c.Generator == "wrk" {
+	gen := c.Generator
+	if gen == "wrk" {
 		gen = "wrk (" + orUnknown(m.Wrk) + ")"
 	}
 	fmt.Fprintf(&b, "Load: %s, %d connections, %d threads, %s measured per run after %s of warm-up, %d round(s); "+
@@ -432,10 +432,10 @@ func (rep *report) markdown(chart string) string {
 	b.WriteString("- **new-conn**: every request carries `Connection: close`, so each request is a new TCP connection (accept, handoff, close).\n")
 	b.WriteString("- **new-conn-c1**, **new-conn-c4**: the same with only 1 and 4 client connections (one wrk thread), " +
 		"so connections arrive one or a few at a time and a master cannot batch its accepts and sends: each connection pays for its wakeup.\n")
-	fmt.Fprintf(&b, "- **skewed**: half the client connections (every other %s) keep alive, the other half send `Connection: close` on every request; "+
+	fmt.Fprintf(&b, "- **skewed**: half the client connections (every other wrk thread) keep alive, the other half send `Connection: close` on every request; "+
 		"each request asks for `%s` (the handler spins the CPU that long) with probability %g, else GET /. "+
 		"Keep-alive connections complete many more requests than closing ones, so most requests are keep-alive: ",
-		map[bool]string{true: "wrk thread", false: "connection"}[c.Generator == "wrk"], "/?burn="+c.Burn, c.BurnFrac)
+		"/?burn="+c.Burn, c.BurnFrac)
 	if r, ok := firstSkewed(rows); ok && r.Load.KeepAlive+r.Load.Close > 0 {
 		sent := float64(r.Load.KeepAlive + r.Load.Close)
 		fmt.Fprintf(&b, "in the %s run %.0f%% were keep-alive and %.1f%% burned.\n", r.Server,
