@@ -42,7 +42,8 @@
 // perf stat on the master and one on those worker pids (perfstat.go):
 // each is a child the bench started, stopped by SIGINT to its pid.
 //
-// Output, in -out: results.md (the table, the ratios against issue 6's
-// targets, and a description of the machine and the load), results.json,
-// chart.png and chart.svg, and logs/ with each server's stderr.
+// Output, in -out: results.md (the table, the ratios issue 6 set goals
+// for, and a description of the machine and the load), results.json,
+// chart.png and chart.svg, and logs/ with each server's stderr. The bench
+// measures the ratios and does not grade them: README.md has the goals.
 package main
