@@ -41,6 +41,15 @@ type Counters struct {
 	// Readers counts the worker's Accept calls reading or waiting to read
 	// its conns sockets: above 0, it will read what it is sent.
 	Readers atomic.Uint32
+	// Busy counts the worker's connections with a request in flight, as
+	// its serving helper (worker.Serve) sees them: an HTTP/1 connection
+	// between its request and its response, an HTTP/2 one with a stream
+	// open. Meaningful only while Serving is 1.
+	Busy atomic.Uint32
+	// Serving is 1 once the worker reports Busy (it serves through
+	// worker.Serve): a policy balancing on requests in flight can use
+	// Busy for it, and falls back to connections for the others.
+	Serving atomic.Uint32
 }
 
 // pageSize is the size of the shared mapping.

@@ -210,7 +210,9 @@ func TestCountersLayout(t *testing.T) {
 		{name: "FrameFDs", got: unsafe.Offsetof(c.FrameFDs), want: 16},
 		{name: "NoRoom", got: unsafe.Offsetof(c.NoRoom), want: 20},
 		{name: "Readers", got: unsafe.Offsetof(c.Readers), want: 24},
-		{name: "size", got: unsafe.Sizeof(c), want: 32},
+		{name: "Busy", got: unsafe.Offsetof(c.Busy), want: 28},
+		{name: "Serving", got: unsafe.Offsetof(c.Serving), want: 32},
+		{name: "size", got: unsafe.Sizeof(c), want: 40},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s at %d, want %d", tt.name, tt.got, tt.want)

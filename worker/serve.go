@@ -1,0 +1,360 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/handoff-go/handoff/ipc"
+)
+
+// DefaultDrainTimeout bounds a drain when ServeConfig.DrainTimeout is 0.
+// It matches the master's default shutdown timeout, after which the
+// master kills the worker anyway.
+const DefaultDrainTimeout = 30 * time.Second
+
+// ErrDrainTimeout is returned by Serve when connections were still open
+// at the end of the drain timeout; Serve closed them.
+var ErrDrainTimeout = errors.New("worker: drain timed out; the connections still open were closed")
+
+// listenerCloseWait is how long Serve, told to stop by a signal or its
+// context under a master, waits for the master's Disconnect to close the
+// listeners before it closes them itself. The master sends SIGTERM after
+// the listeners closed, so this wait ends at once in the usual order;
+// closing them first would send the connections queued for Accept back
+// to a master that may have no other worker for them.
+const listenerCloseWait = drainTimeout
+
+// sweepMax bounds the interval at which a drain checks its connections.
+const sweepMax = 50 * time.Millisecond
+
+// ServeConfig configures Serve. Its zero value is ready to use.
+type ServeConfig struct {
+	// DrainTimeout bounds the drain, from its start to the last
+	// connection closed. Zero means DefaultDrainTimeout. Past it, Serve
+	// closes what is still open and returns ErrDrainTimeout.
+	DrainTimeout time.Duration
+
+	// MaxConnAge, if positive, ends keep-alive connections older than
+	// this: the next response on such a connection carries
+	// "Connection: close" (on HTTP/2, the server sends GOAWAY and ends
+	// the connection once its streams are done). Clients then reconnect,
+	// and the master places them again: long-lived clients spread over
+	// the new workers after a rolling restart.
+	MaxConnAge time.Duration
+
+	// OnDrain, if set, is called once, on a goroutine of its own, when
+	// the drain begins. It is the hook for hijacked connections, which
+	// net/http does not track: a WebSocket server closes each of its
+	// connections there with close code 1001 (going away). Serve waits
+	// for hijacked connections to close, up to DrainTimeout. Hooks
+	// registered with srv.RegisterOnShutdown run too, but later: when
+	// Serve calls Shutdown, once no connection waits for its first
+	// request.
+	OnDrain func()
+
+	// NoSignals stops Serve from draining on SIGTERM and SIGINT; the
+	// program then stops it through ctx alone.
+	NoSignals bool
+}
+
+// Serve serves srv on lns with a zero ServeConfig; see ServeConfig.Serve.
+func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
+	var sc ServeConfig
+	return sc.Serve(ctx, srv, lns...)
+}
+
+// Serve serves srv on every listener in lns, as srv.Serve does, and
+// drains it without closing a request unanswered. It returns when the
+// drain is over. The drain begins when ctx is done, when the process gets
+// SIGTERM or SIGINT (unless NoSignals), when every listener has closed
+// (under a master, its Disconnect closes them), or when serving one fails.
+//
+// The drain closes the listeners, turns keep-alives off (so that idle
+// HTTP/1 connections close and busy ones close after their response),
+// waits until no connection still waits for its first request, and only
+// then calls srv.Shutdown, which sends HTTP/2 clients GOAWAY and waits
+// for the rest. Calling Shutdown first would race: net/http closes
+// unanswered a connection whose first request it reads after Shutdown
+// began, and that client, on a fresh connection, does not retry. A
+// connection that sends nothing for 5s is closed as idle, as Shutdown
+// does. Hijacked connections are then waited for (see OnDrain).
+//
+// Serve sets srv.ConnState and, with MaxConnAge, srv.ConnContext and
+// srv.Handler, each wrapping the value already set. Under a master it
+// reports each connection's state on the worker's counter page: busy
+// while a request is in flight, idle between requests, so that the
+// master can balance on requests.
+//
+// It returns nil after a full drain, ErrDrainTimeout if connections
+// outlived DrainTimeout, or the error that stopped a listener other than
+// its closing. Serve it once per srv.
+func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
+	if len(lns) == 0 {
+		return errors.New("worker: Serve needs at least one listener")
+	}
+	t := newConnTracker(srv, client)
+	if sc.MaxConnAge > 0 {
+		limitConnAge(srv, sc.MaxConnAge)
+	}
+	var sigs chan os.Signal
+	if !sc.NoSignals {
+		sigs = make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		// A second signal after the drain began takes the default
+		// action, and stops the process at once.
+		defer signal.Stop(sigs)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				errs <- fmt.Errorf("worker: serving %s: %w", ln.Addr(), err)
+			}
+		}()
+	}
+	served := make(chan struct{}) // every srv.Serve returned
+	go func() { wg.Wait(); close(served) }()
+
+	var err error
+	select {
+	case <-served: // the master's Disconnect closed the listeners
+	case err = <-errs:
+	case <-ctx.Done():
+		waitListeners(served)
+	case <-sigs:
+		waitListeners(served)
+	}
+	if sigs != nil {
+		signal.Stop(sigs)
+	}
+	if !t.drain(srv, lns, sc.drainTimeout(), sc.OnDrain) && err == nil {
+		err = ErrDrainTimeout
+	}
+	<-served
+	return err
+}
+
+// waitListeners waits, under a master, for the master's Disconnect to
+// close the listeners (served is closed then), up to listenerCloseWait.
+func waitListeners(served <-chan struct{}) {
+	if !IsWorker() {
+		return
+	}
+	t := time.NewTimer(listenerCloseWait)
+	defer t.Stop()
+	select {
+	case <-served:
+	case <-t.C:
+	}
+}
+
+func (sc *ServeConfig) drainTimeout() time.Duration {
+	if sc.DrainTimeout > 0 {
+		return sc.DrainTimeout
+	}
+	return DefaultDrainTimeout
+}
+
+// connTracker follows srv's connections through its ConnState hook.
+type connTracker struct {
+	ctr *ipc.Counters // the worker's counter page; nil outside a master
+
+	mu       sync.Mutex
+	state    map[net.Conn]connState // every connection not yet closed or hijacked
+	hijacked map[net.Conn]struct{}  // hijacked, not yet seen closed
+}
+
+// connState is a connection's last state, and since when.
+type connState struct {
+	state http.ConnState
+	since time.Time
+}
+
+// freshFor is how long a connection counts as waiting for its first
+// request: a little over net/http's 5s, after which Shutdown closes it
+// as idle, so that a connection whose closing this tracker missed
+// cannot hold a drain.
+const freshFor = 6 * time.Second
+
+func newConnTracker(srv *http.Server, c *controlClient) *connTracker {
+	t := &connTracker{state: make(map[net.Conn]connState), hijacked: make(map[net.Conn]struct{})}
+	if c != nil {
+		t.ctr = c.ctr
+		t.ctr.Serving.Store(1)
+	}
+	prev := srv.ConnState
+	srv.ConnState = func(c net.Conn, s http.ConnState) {
+		t.changed(c, s)
+		if prev != nil {
+			prev(c, s)
+		}
+	}
+	return t
+}
+
+// changed records that c went to state s.
+func (t *connTracker) changed(c net.Conn, s http.ConnState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old, known := t.state[c]
+	if known && old.state == s {
+		return
+	}
+	if t.ctr != nil {
+		if s == http.StateActive {
+			t.ctr.Busy.Add(1)
+		} else if known && old.state == http.StateActive {
+			t.ctr.Busy.Add(^uint32(0))
+		}
+	}
+	switch s {
+	case http.StateNew, http.StateActive, http.StateIdle:
+		t.state[c] = connState{state: s, since: time.Now()}
+	case http.StateHijacked:
+		delete(t.state, c)
+		t.hijacked[c] = struct{}{}
+	case http.StateClosed:
+		delete(t.state, c)
+	}
+}
+
+// fresh counts the connections that wait for their first request.
+func (t *connTracker) fresh() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	cutoff := time.Now().Add(-freshFor)
+	for _, st := range t.state {
+		if st.state == http.StateNew && st.since.After(cutoff) {
+			n++
+		}
+	}
+	return n
+}
+
+// openHijacked counts the hijacked connections still open, and forgets
+// those that closed.
+func (t *connTracker) openHijacked() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for c := range t.hijacked {
+		if connClosed(c) {
+			delete(t.hijacked, c)
+		}
+	}
+	return len(t.hijacked)
+}
+
+// closeHijacked closes the hijacked connections still open.
+func (t *connTracker) closeHijacked() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for c := range t.hijacked {
+		_ = c.Close()
+		delete(t.hijacked, c)
+	}
+}
+
+// drain drains srv (see ServeConfig.Serve) and reports whether every
+// connection closed within timeout.
+func (t *connTracker) drain(srv *http.Server, lns []net.Listener, timeout time.Duration, onDrain func()) bool {
+	deadline := time.Now().Add(timeout)
+	if onDrain != nil {
+		go onDrain()
+	}
+	for _, ln := range lns {
+		_ = ln.Close() // closing one twice is harmless
+	}
+	srv.SetKeepAlivesEnabled(false) // closes the idle HTTP/1 connections
+	wait := time.Millisecond
+	for {
+		if t.fresh() == 0 || !time.Now().Before(deadline) {
+			break
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, sweepMax)
+		// Again: this also closes, as idle, the connections that sent
+		// nothing for 5s (net/http's rule), which an HTTP client may
+		// have opened and left unused.
+		srv.SetKeepAlivesEnabled(false)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if srv.Shutdown(ctx) != nil {
+		_ = srv.Close()
+		t.closeHijacked()
+		return false
+	}
+	// Every connection net/http tracks is closed: wait for the hijacked.
+	wait = time.Millisecond
+	for {
+		if t.openHijacked() == 0 {
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			t.closeHijacked()
+			return false
+		}
+		time.Sleep(min(wait, time.Until(deadline)))
+		wait = min(2*wait, sweepMax)
+	}
+}
+
+// connClosed reports whether c, a connection net/http handed to a
+// Hijacker, has been closed, as far as it can tell: through its fd (a
+// closed one lends none), under any wrapper that has NetConn, as a
+// *tls.Conn does. A connection it cannot see into counts as open.
+func connClosed(c net.Conn) bool {
+	for {
+		switch x := c.(type) {
+		case syscall.Conn:
+			rc, err := x.SyscallConn()
+			if err != nil {
+				return true
+			}
+			return rc.Control(func(uintptr) {}) != nil
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return false
+		}
+	}
+}
+
+// connStartKey is the context key of a connection's start time.
+type connStartKey struct{}
+
+// limitConnAge makes srv end keep-alive connections older than age.
+func limitConnAge(srv *http.Server, age time.Duration) {
+	prevCtx := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevCtx != nil {
+			ctx = prevCtx(ctx, c)
+		}
+		return context.WithValue(ctx, connStartKey{}, time.Now())
+	}
+	h := srv.Handler
+	if h == nil {
+		h = http.DefaultServeMux
+	}
+	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && time.Since(start) > age {
+			// net/http closes an HTTP/1 connection after this response;
+			// HTTP/2 sends GOAWAY (and strips the header).
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
