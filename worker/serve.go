@@ -128,15 +128,20 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 	go func() { wg.Wait(); close(served) }()
 
 	var err error
+	signaled := false
 	select {
 	case <-served: // the master's Disconnect closed the listeners
 	case err = <-errs:
 	case <-ctx.Done():
 		waitListeners(served)
 	case <-sigs:
+		signaled = true
 		waitListeners(served)
 	}
-	if sigs != nil {
+	if signaled {
+		// Only a second signal takes the default action: the master's
+		// SIGTERM, which follows the Disconnect that began this drain, is
+		// still caught.
 		signal.Stop(sigs)
 	}
 	if !t.drain(srv, lns, sc.drainTimeout(), sc.OnDrain) && err == nil {
