@@ -2,8 +2,6 @@ package balancer_test
 
 import (
 	"context"
-	"os/signal"
-	"syscall"
 
 	"fmt"
 	"github.com/rs/zerolog"
@@ -56,6 +54,8 @@ func TestMain(m *testing.M) {
 // change the master's process, such as its fd limit.
 const envChildMaster = "HANDOFF_TEST_CHILD_MASTER"
 
+// runChildMaster runs the master of envChildMaster through Run, so that
+// signals sent to its process drive it as they drive the handoff command.
 func runChildMaster(addr string) int {
 	_ = os.Unsetenv(envChildMaster)
 	b, err := balancer.New(balancer.Options{
@@ -67,17 +67,12 @@ func runChildMaster(addr string) int {
 	if err == nil {
 		_, err = b.Listen("tcp", addr)
 	}
-	if err == nil {
-		err = b.Start()
-	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child master:", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	<-ctx.Done()
-	if err := b.Shutdown(context.Background()); err != nil {
+	if err := b.Run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "child master:", err)
 		return 1
 	}
 	return 0

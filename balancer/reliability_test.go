@@ -2,7 +2,6 @@ package balancer_test
 
 import (
 	"context"
-	"os/exec"
 	"strings"
 
 	"fmt"
@@ -360,38 +359,8 @@ func TestUnixSocketListener(t *testing.T) {
 
 func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 	// A master in its own process, so that its fd limit can be lowered.
-	addr := freeAddr(t)
-	var logs syncBuffer
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), envChildMaster+"="+addr)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	})
-	client := newConnClient()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := client.Get("http://" + addr + "/")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("child master never served: %v\n%s", err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	m := startChildMaster(t)
+	addr, cmd, logs := m.addr, m.cmd, m.logs
 	// Leave the master a handful of spare fds: a burst of connections
 	// then runs it out while it holds their unacked fds.
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))

@@ -3,16 +3,11 @@ package integration_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
-	"sync"
-	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
 	"github.com/pires/go-proxyproto"
 )
@@ -62,8 +57,6 @@ func fleetHandler(host string) http.Handler {
 // with go-proxyproto: HAProxy (trust) must send a PROXY header, any other
 // peer must not. It drains on SIGTERM without failing a request.
 func serveFleetWorker(host, address, trust string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	policy, err := proxyproto.PolicyFromRanges([]string{trust}, proxyproto.REQUIRE, proxyproto.REJECT)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleet worker:", err)
@@ -76,15 +69,10 @@ func serveFleetWorker(host, address, trust string) int {
 	}
 	pl := &proxyproto.Listener{Listener: ln, ConnPolicy: policy, ReadHeaderTimeout: fleetProxyHeaderTimeout}
 	srv := &http.Server{Handler: fleetHandler(host), ReadHeaderTimeout: 10 * time.Second}
-	drain := httpdrain.New(srv)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = srv.Serve(pl)
-	}()
-	<-ctx.Done()
-	drain.Close([]net.Listener{pl}, time.Minute)
-	wg.Wait()
+	sc := worker.ServeConfig{DrainTimeout: time.Minute}
+	if err := sc.Serve(context.Background(), srv, pl); err != nil {
+		fmt.Fprintln(os.Stderr, "fleet worker:", err)
+		return 1
+	}
 	return 0
 }

@@ -1,17 +1,17 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
-	"github.com/handoff-go/handoff/internal/httpdrain"
+	"github.com/handoff-go/handoff/worker"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
@@ -142,11 +142,10 @@ const (
 
 // adminServer is the running --admin server.
 type adminServer struct {
-	srv   *http.Server
-	ln    net.Listener
-	drain *httpdrain.Drain
-	done  chan struct{}
-	once  sync.Once
+	srv       *http.Server
+	ln        net.Listener
+	stopServe context.CancelFunc // starts the drain
+	done      chan struct{}      // closed when the drain is over
 }
 
 // adminDrainTimeout bounds how long stop waits for requests in progress.
@@ -179,12 +178,15 @@ func serveAdmin(ln net.Listener, h http.Handler, maxConns int, log zerolog.Logge
 		ln:   netutil.LimitListener(ln, maxConns),
 		done: make(chan struct{}),
 	}
-	a.drain = httpdrain.New(a.srv)
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopServe = cancel
 	log.Info().Str("address", ln.Addr().String()).Int("max_conns", maxConns).Msg("admin server: /metrics, /workers, /healthz")
 	go func() {
 		defer close(a.done)
-		err := a.srv.Serve(a.ln)
-		if !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		// The master handles its own signals: the admin server stops
+		// when the master says.
+		sc := worker.ServeConfig{DrainTimeout: adminDrainTimeout, NoSignals: true}
+		if err := sc.Serve(ctx, a.srv, a.ln); err != nil && !errors.Is(err, worker.ErrDrainTimeout) {
 			log.Error().Err(err).Msg("admin server failed")
 		}
 	}()
@@ -192,13 +194,13 @@ func serveAdmin(ln net.Listener, h http.Handler, maxConns int, log zerolog.Logge
 }
 
 // stop stops accepting and answers the requests already accepted, for up
-// to adminDrainTimeout, then closes the server (see httpdrain.Drain: a health
-// check that reached this master gets its answer). It may be called more
+// to adminDrainTimeout, then closes the server (see worker.ServeConfig.Serve: a
+// health check that reached this master gets its answer). It may be called more
 // than once, and on a nil *adminServer.
 func (a *adminServer) stop() {
 	if a == nil {
 		return
 	}
-	a.once.Do(func() { a.drain.Close([]net.Listener{a.ln}, adminDrainTimeout) })
+	a.stopServe()
 	<-a.done
 }

@@ -7,13 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
-	"sync"
-	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
 	"github.com/rs/zerolog"
 )
@@ -46,14 +42,6 @@ func demoHandler(id int) http.Handler {
 	})
 }
 
-// demoDrainTimeout bounds the demo's drain; the master kills it after
-// --shutdown-timeout anyway.
-const demoDrainTimeout = maxDelay + 10*time.Second
-
-// serveExitWait is how long the demo, on SIGTERM, waits for the master's
-// Disconnect to close its listeners before it closes them itself.
-const serveExitWait = 500 * time.Millisecond
-
 // demoServer is the demo worker's http.Server, which logs through log.
 func demoServer(id int, log zerolog.Logger) *http.Server {
 	return &http.Server{
@@ -64,15 +52,14 @@ func demoServer(id int, log zerolog.Logger) *http.Server {
 }
 
 // runDemoWorker serves the demo on every --listen address with an
-// unmodified http.Server, and drains on SIGTERM without failing a request
-// (see httpdrain.Drain). It logs as the master does (see logFormat), with
-// the worker's id and pid on every line, the http.Server's included.
+// unmodified http.Server through worker.Serve, which drains it on the
+// master's Disconnect and on SIGTERM without failing a request, and ends
+// keep-alive connections past --max-conn-age. It logs as the master does
+// (see logFormat), with the worker's id and pid on every line, the
+// http.Server's included.
 func runDemoWorker(c *config) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	log := newLogger(c).With().Int("worker", worker.ID()).Int("pid", os.Getpid()).Logger()
 	srv := demoServer(worker.ID(), log)
-	drain := httpdrain.New(srv)
 	var lns []net.Listener
 	for _, s := range c.specs {
 		ln, err := worker.Listen(s.network, s.address)
@@ -86,40 +73,16 @@ func runDemoWorker(c *config) int {
 		lns = append(lns, ln)
 	}
 	log.Debug().Strs("listen", c.listen).Msg("demo worker serving")
-	var wg sync.WaitGroup
-	errs := make(chan error, len(lns))
-	for _, ln := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// net.ErrClosed: the master disconnected us, or we drain.
-			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-				errs <- err
-			}
-		}()
-	}
-	code := 0
-	select {
-	case <-ctx.Done():
-	case err := <-errs:
+	// The master kills a worker --shutdown-timeout after SIGTERM: a
+	// longer drain would never end by itself.
+	sc := worker.ServeConfig{DrainTimeout: c.shutdownTimeout, MaxConnAge: c.maxConnAge}
+	err := sc.Serve(context.Background(), srv, lns...)
+	switch {
+	case errors.Is(err, worker.ErrDrainTimeout):
+		log.Warn().Str("timeout", c.shutdownTimeout.String()).Msg("demo worker: requests still running after the drain timeout; closed them")
+	case err != nil:
 		log.Error().Err(err).Msg("demo worker stopped serving")
-		code = 1
+		return 1
 	}
-	// Under a master, SIGTERM comes after the master's Disconnect, which
-	// closes the listeners: Serve returns once Accept has handed out what
-	// was queued. Closing them ourselves first would send those
-	// connections back to a master that may have no worker left to take
-	// them. If the listeners stay open (SIGTERM from elsewhere), drain
-	// closes them.
-	served := make(chan struct{})
-	go func() { wg.Wait(); close(served) }()
-	select {
-	case <-served:
-	case <-time.After(serveExitWait):
-	}
-	if !drain.Close(lns, demoDrainTimeout) {
-		log.Warn().Str("timeout", demoDrainTimeout.String()).Msg("demo worker: requests still running after the drain timeout; closed them")
-	}
-	wg.Wait()
-	return code
+	return 0
 }

@@ -38,6 +38,7 @@ type config struct {
 	admin             string
 	adminMaxConns     int
 	shutdownDelay     time.Duration
+	maxConnAge        time.Duration
 	pidFile           string
 	upgradeTimeout    time.Duration
 	specs             []listenSpec // parsed listen
@@ -91,6 +92,7 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.admin, "admin", "", "serve GET /metrics (Prometheus), /workers (JSON) and /healthz on this HOST:PORT (default off); it has no authentication, so bind it to loopback, such as 127.0.0.1:9090")
 	fs.IntVar(&c.adminMaxConns, "admin-max-conns", defaultAdminMaxConns, "connections the --admin server serves at once; more wait in the kernel's listen backlog, taking none of the master's fds, until one closes (idle ones are closed after a few seconds)")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, turn /healthz to 503 at once and keep accepting this long before draining, so that an upstream load balancer stops sending first")
+	fs.DurationVar(&c.maxConnAge, "max-conn-age", 0, "the demo worker ends a keep-alive connection older than this after its current response (HTTP/1 Connection: close, HTTP/2 GOAWAY), so that long-lived clients spread over new workers after a restart; 0 keeps them (a COMMAND sets worker.ServeConfig.MaxConnAge itself)")
 	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
 	fs.Usage = func() {
@@ -154,6 +156,8 @@ Flags:
 		return nil, fmt.Errorf("--tcp-user-timeout must not be negative, not %s", c.tcpUserTimeout)
 	case c.shutdownDelay < 0:
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
+	case c.maxConnAge < 0:
+		return nil, fmt.Errorf("--max-conn-age must not be negative, not %s", c.maxConnAge)
 	case c.upgradeTimeout <= 0:
 		return nil, fmt.Errorf("--upgrade-timeout must be positive, not %s", c.upgradeTimeout)
 	case c.adminMaxConns < 1:

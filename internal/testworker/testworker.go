@@ -11,11 +11,9 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
-	"github.com/handoff-go/handoff/internal/httpdrain"
 	"github.com/handoff-go/handoff/worker"
 )
 
@@ -144,15 +142,9 @@ func spin() {
 }
 
 func serve(report bool) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
 	go echo()
 	srv := &http.Server{Handler: Handler()}
-	// Not srv.Shutdown: it closes, unanswered, a connection whose request
-	// it reads after it began (see httpdrain).
-	drain := httpdrain.New(srv)
 	var lns []net.Listener
-	var wg sync.WaitGroup
 	for _, a := range Addrs() {
 		ln, err := worker.Listen(a[0], a[1])
 		if report {
@@ -172,15 +164,18 @@ func serve(report bool) int {
 			return 1
 		}
 		lns = append(lns, ln)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = srv.Serve(ln)
-		}()
 	}
-	<-ctx.Done()
-	drain.Close(lns, time.Minute)
-	wg.Wait()
+	if len(lns) == 0 { // every Listen failed, as reported: wait to be stopped
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		<-ctx.Done()
+		return 0
+	}
+	sc := worker.ServeConfig{DrainTimeout: time.Minute}
+	if err := sc.Serve(context.Background(), srv, lns...); err != nil {
+		fmt.Fprintln(os.Stderr, "testworker:", err)
+		return 1
+	}
 	return 0
 }
 
