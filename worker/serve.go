@@ -138,11 +138,22 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 		signaled = true
 		waitListeners(served)
 	}
+	// The first signal only begins the drain, or is absorbed if the drain
+	// began otherwise (the master's SIGTERM follows the Disconnect that
+	// closed the listeners); the next takes the default action and stops
+	// the process at once.
+	drained := make(chan struct{})
+	defer close(drained)
 	if signaled {
-		// Only a second signal takes the default action: the master's
-		// SIGTERM, which follows the Disconnect that began this drain, is
-		// still caught.
 		signal.Stop(sigs)
+	} else if sigs != nil {
+		go func() {
+			select {
+			case <-sigs:
+				signal.Stop(sigs)
+			case <-drained:
+			}
+		}()
 	}
 	if !t.drain(srv, lns, sc.drainTimeout(), sc.OnDrain) && err == nil {
 		err = ErrDrainTimeout
