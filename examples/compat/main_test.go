@@ -230,16 +230,20 @@ type restartResult struct {
 	old, new []int         // the workers' pids before and after
 	done     time.Duration // SIGHUP to "rolling restart done": every replacement listens
 	drained  time.Duration // SIGHUP to the last old worker's exit
+	// termAfterServe counts the old workers that the master's SIGTERM
+	// ended, not their own exit: see restart.
+	termAfterServe int
 }
 
 func (r restartResult) String() string {
-	return fmt.Sprintf("restart: replacements listening after %v, old workers %v drained and exited after %v; new workers %v",
-		r.done.Round(time.Millisecond), r.old, r.drained.Round(time.Millisecond), r.new)
+	return fmt.Sprintf("restart: replacements listening after %v, old workers %v drained and exited after %v (%d of them ended by SIGTERM after the drain); new workers %v",
+		r.done.Round(time.Millisecond), r.old, r.drained.Round(time.Millisecond), r.termAfterServe, r.new)
 }
 
 // restart sends the master SIGHUP, waits until every replacement listens
 // and every old worker has exited, and checks that each old worker
-// exited 0 after its drain, not killed.
+// exited 0 after its drain, or by the master's SIGTERM after it; not
+// killed, nor with an error.
 func (m *master) restart(t *testing.T) restartResult {
 	t.Helper()
 	m.mu.Lock()
@@ -271,7 +275,15 @@ func (m *master) restart(t *testing.T) restartResult {
 	for _, pid := range old {
 		e := m.exits[pid]
 		r.drained = max(r.drained, e.at.Sub(start))
-		if e.code != 0 || e.signal != "" || !e.afterDisconnect {
+		switch {
+		case e.signal == "terminated" && e.afterDisconnect:
+			// The master's SIGTERM, which follows its Disconnect, can
+			// arrive after worker.Serve has drained and returned (and
+			// stopped catching signals), before the process exits. What
+			// matters is that it did not come mid-drain, which the
+			// clients' figures show: a download or stream cut.
+			r.termAfterServe++
+		case e.code != 0 || e.signal != "" || !e.afterDisconnect:
 			t.Errorf("old worker %d exited with code %d, signal %q, after disconnect %v; want 0 after its drain", pid, e.code, e.signal, e.afterDisconnect)
 		}
 	}
