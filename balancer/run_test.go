@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/handoff-go/handoff/balancer"
 )
 
 // childMaster is a master run by runChildMaster in a process of its own.
@@ -126,5 +128,34 @@ func TestRunHandlesSignals(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the master did not exit after SIGTERM\n%s", m.logs.String())
+	}
+}
+
+// A worker that serves through worker.Serve reports its requests in
+// flight, which the master shows per worker.
+func TestWorkerStatsShowRequestsInFlight(t *testing.T) {
+	c := startCluster(t, 1, balancer.Options{})
+	c.waitListening(t, 1)
+	w := c.b.Workers()[0]
+	done := make(chan error, 1)
+	go func() {
+		_, err := answer("http://" + c.addr + "/?delay=500ms")
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for s := w.Stats(); !s.Serving || s.Busy != 1; s = w.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("with a request in flight: serving %v, busy %d; want true, 1", s.Serving, s.Busy)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for s := w.Stats(); s.Busy != 0; s = w.Stats() {
+		if time.Now().After(deadline) {
+			t.Fatalf("answered, and still busy %d", s.Busy)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -47,6 +47,11 @@ type WorkerStats struct {
 	Unread     int    // waiting in its sockets now
 	Stalled    bool   // not reading: routed around until it answers a ping
 	Restarts   int    // how many workers its slot had before it
+	// Serving is true once the worker reports its requests in flight
+	// (it serves HTTP through worker.Serve); Busy is then how many of
+	// its connections have a request in flight, at most Active.
+	Serving bool
+	Busy    int
 }
 
 // Stats returns the master's counters.
@@ -108,6 +113,8 @@ func (w *Worker) Stats() WorkerStats {
 		Unread:     w.unreadLocked(),
 		Stalled:    w.stalled,
 		Restarts:   w.slot.restarts,
+		Serving:    w.ctr.Serving.Load() == 1,
+		Busy:       min(int(w.ctr.Busy.Load()), w.activeLocked()),
 	}
 }
 

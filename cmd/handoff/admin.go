@@ -78,10 +78,11 @@ type workerJSON struct {
 	ID         int       `json:"id"`
 	PID        int       `json:"pid"`
 	State      string    `json:"state"`
-	Active     int       `json:"active"`     // handed to it and not yet closed
-	Unread     int       `json:"unread"`     // waiting unread in its sockets
-	Stalled    bool      `json:"stalled"`    // not reading: routed around
-	Dispatched uint64    `json:"dispatched"` // handed to it in all
+	Active     int       `json:"active"`         // handed to it and not yet closed
+	Unread     int       `json:"unread"`         // waiting unread in its sockets
+	Stalled    bool      `json:"stalled"`        // not reading: routed around
+	Busy       *int      `json:"busy,omitempty"` // connections with a request in flight, if it reports them (worker.Serve)
+	Dispatched uint64    `json:"dispatched"`     // handed to it in all
 	Started    time.Time `json:"started"`
 	Restarts   int       `json:"restarts"` // unexpected exits in its slot before it
 }
@@ -99,6 +100,9 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 			Dispatched: s.Dispatched,
 			Started:    s.Started.UTC(),
 			Restarts:   s.Restarts,
+		}
+		if s.Serving {
+			out[i].Busy = &s.Busy
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

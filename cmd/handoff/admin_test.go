@@ -66,6 +66,10 @@ func TestWorkersJSON(t *testing.T) {
 			t.Errorf("worker %d started %v, want %v", i, got[i].Started, want[i].Started)
 		}
 		got[i].Started, want[i].Started = time.Time{}, time.Time{}
+		if wantBusy := []int{2, -1}[i]; (got[i].Busy == nil) != (wantBusy < 0) || (got[i].Busy != nil && *got[i].Busy != wantBusy) {
+			t.Errorf("worker %d: busy %v, want %d (-1: absent, as it does not report it)", i, got[i].Busy, wantBusy)
+		}
+		got[i].Busy = nil
 		if got[i] != want[i] {
 			t.Errorf("worker %d: %+v, want %+v", i, got[i], want[i])
 		}

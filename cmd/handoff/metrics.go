@@ -42,6 +42,7 @@ type collector struct {
 	wDispatched *prometheus.Desc
 	wActive     *prometheus.Desc
 	wUnread     *prometheus.Desc
+	wBusy       *prometheus.Desc
 	wReclaimed  *prometheus.Desc
 	wRestarts   *prometheus.Desc
 	wStarted    *prometheus.Desc
@@ -76,6 +77,7 @@ func newCollector(src statsSource) *collector {
 		wDispatched: d("worker_connections_dispatched_total", "Connections handed to the worker.", "worker"),
 		wActive:     d("worker_connections_active", "Connections handed to the worker and not yet closed by it.", "worker"),
 		wUnread:     d("worker_connections_unread", "Connections waiting, unread, in the worker's sockets.", "worker"),
+		wBusy:       d("worker_connections_busy", "Connections of the worker with a request in flight; only for workers that report it (worker.Serve).", "worker"),
 		wReclaimed:  d("worker_connections_reclaimed_total", "Connections taken back unread from the worker and served elsewhere.", "worker"),
 		wRestarts:   d("worker_restarts", "Unexpected exits in the worker's slot before it was started.", "worker"),
 		wStarted:    d("worker_start_time_seconds", "When the worker was started, in seconds since the Unix epoch.", "worker"),
@@ -87,7 +89,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.reclaimed, c.stalls, c.pending,
 		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining,
-		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wReclaimed, c.wRestarts, c.wStarted,
+		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted,
 	} {
 		ch <- d
 	}
@@ -139,6 +141,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.wDispatched, w.Dispatched, id)
 		gauge(c.wActive, float64(w.Active), id)
 		gauge(c.wUnread, float64(w.Unread), id)
+		if w.Serving {
+			gauge(c.wBusy, float64(w.Busy), id)
+		}
 		counter(c.wReclaimed, w.Reclaimed, id)
 		gauge(c.wRestarts, float64(w.Restarts), id)
 		gauge(c.wStarted, float64(w.Started.UnixNano())/1e9, id)

@@ -36,7 +36,7 @@ func testSource() fakeSource {
 			Listening:    1,
 		},
 		ws: []balancer.WorkerStats{
-			{ID: 2, PID: 1002, State: balancer.StateListening, Started: time.Unix(1700000000, 0), Dispatched: 7, Active: 3, Unread: 1, Reclaimed: 2, Restarts: 1},
+			{ID: 2, PID: 1002, State: balancer.StateListening, Started: time.Unix(1700000000, 0), Dispatched: 7, Active: 3, Unread: 1, Reclaimed: 2, Restarts: 1, Serving: true, Busy: 2},
 			{ID: 3, PID: 1003, State: balancer.StateStarting, Started: time.Unix(1700000001, 500e6)},
 		},
 	}
@@ -68,6 +68,9 @@ handoff_worker_connections_active{worker="3"} 0
 # TYPE handoff_worker_connections_reclaimed_total counter
 handoff_worker_connections_reclaimed_total{worker="2"} 2
 handoff_worker_connections_reclaimed_total{worker="3"} 0
+# HELP handoff_worker_connections_busy Connections of the worker with a request in flight; only for workers that report it (worker.Serve).
+# TYPE handoff_worker_connections_busy gauge
+handoff_worker_connections_busy{worker="2"} 2
 # HELP handoff_worker_connections_unread Connections waiting, unread, in the worker's sockets.
 # TYPE handoff_worker_connections_unread gauge
 handoff_worker_connections_unread{worker="2"} 1
@@ -107,7 +110,7 @@ handoff_workers_listening 1
 	names := []string{
 		"handoff_accept_errors_total", "handoff_connections_accepted_total", "handoff_connections_redispatched_total",
 		"handoff_connections_reclaimed_total", "handoff_worker_connections_reclaimed_total",
-		"handoff_worker_connections_unread", "handoff_worker_stalls_total",
+		"handoff_worker_connections_unread", "handoff_worker_connections_busy", "handoff_worker_stalls_total",
 		"handoff_pending_connections", "handoff_worker_connections_active", "handoff_worker_connections_dispatched_total",
 		"handoff_worker_exits_total", "handoff_worker_info", "handoff_worker_kills_total", "handoff_worker_restarts",
 		"handoff_worker_start_time_seconds", "handoff_workers_listening",
