@@ -44,13 +44,20 @@
 // # Lifecycle
 //
 // When the master asks a worker to disconnect, every Listener closes once
-// Accept has taken and returned what was already handed over (plus 50ms;
-// at most 500ms, then the rest goes back to the master), so Accept returns
-// net.ErrClosed; the master then sends SIGTERM: the usual
-// signal.NotifyContext + http.Server.Shutdown path drains the worker. Note
-// that net/http's Shutdown closes, unanswered, a connection whose first
-// request it reads after Shutdown began; the README shows a drain that
-// waits for such connections instead.
+// Accept has taken and returned what was already handed over (plus
+// drainGrace; at most drainTimeout, then the rest goes back to the
+// master), so Accept returns net.ErrClosed; the master then sends SIGTERM.
+//
+// # Serving HTTP
+//
+// [Serve] (and [ServeConfig]) is srv.Serve for a worker: it drains on that
+// Disconnect, on SIGTERM or SIGINT, or when its context ends, and no
+// request is closed unanswered, which http.Server.Shutdown alone does not
+// ensure: Shutdown closes, unanswered, a connection whose first request it
+// reads after it began. Serve waits for those first requests before it
+// calls Shutdown, then waits for hijacked connections, which it tells to
+// go through OnDrain. It reports on the counter page how many connections
+// have a request in flight.
 // When the master dies, even by SIGKILL, the control socket reads EOF: the
 // worker closes its listeners and sends itself SIGTERM, within a
 // millisecond and without polling. The worker answers the master's pings
