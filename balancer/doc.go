@@ -14,6 +14,10 @@
 //	b.Reload(ctx)            // replace every worker, nothing lost (SIGHUP)
 //	b.Shutdown(ctx)          // stop accepting, drain, wait (SIGTERM)
 //
+// or, with the handoff command's signal handling, in one call:
+//
+//	b.Run(ctx) // Start; SIGHUP reloads, SIGTERM/SIGINT shut down, a second kills
+//
 // By default each worker re-executes the current binary with the same
 // arguments; the program tells the two roles apart with worker.IsWorker.
 // Workers also make the master open addresses with worker.Listen.
