@@ -268,9 +268,15 @@ func (w *Worker) disconnect() {
 		// Return frame), so that the program's own shutdown does not
 		// close connections still queued for Accept; at the latest after
 		// listenersCloseTimeout.
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), listenersCloseTimeout)
-		_ = b.waitFor(ctx, func() bool { return len(w.links) == 0 || w.state == StateDead })
+		err := b.waitFor(ctx, func() bool { return len(w.links) == 0 || w.state == StateDead })
 		cancel()
+		if err != nil {
+			w.log.Warn().Str("after", time.Since(start).String()).Msg("disconnecting worker: its listeners are still open; sending SIGTERM")
+		} else {
+			w.log.Debug().Str("after", time.Since(start).String()).Msg("disconnecting worker: listeners closed; sending SIGTERM")
+		}
 		_ = w.Kill(syscall.SIGTERM)
 		t := time.NewTimer(b.opts.ShutdownTimeout)
 		defer t.Stop()
