@@ -105,7 +105,6 @@ func countStream(cc *grpc.ClientConn, msgs *atomic.Int64) (int, error) {
 // the standard health Check) and server-streaming calls, over two client
 // connections, across a rolling restart.
 func TestGRPC(t *testing.T) {
-	t.Parallel()
 	m := startMaster(t, "--grpc", "127.0.0.1:0")
 	var conns []*grpc.ClientConn
 	for range 2 {

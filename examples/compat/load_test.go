@@ -17,7 +17,7 @@ const (
 	opTimeout   = 10 * time.Second // one request, RPC, stream or message
 	warmTimeout = 30 * time.Second // until the load is going before the SIGHUP
 	afterWait   = 30 * time.Second // until the load has gone on after the restart
-	maxErrs     = 5                // failures kept for the report
+	maxErrs     = 10               // failures kept for the report
 )
 
 // tally counts one kind of operation of a case.

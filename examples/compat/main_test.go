@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,9 +104,11 @@ type master struct {
 
 	mu          sync.Mutex         // guards the fields below, which the log reader writes
 	bound       string             // the bound address in "listener ready"
+	admin       string             // the admin server's address
 	ready       bool               // "ready: workers listening" was logged
 	listening   map[int]bool       // pids of the workers listening and not exited
 	exits       map[int]workerExit // by pid
+	retiring    map[int]bool       // pids of the workers the master is disconnecting
 	restartDone int                // "rolling restart done" lines so far
 	lines       []string           // the whole log, workers' output included
 	changed     chan struct{}      // closed, and replaced, at every line
@@ -118,13 +121,14 @@ type master struct {
 // test ends.
 func startMaster(t *testing.T, serverArgs ...string) *master {
 	t.Helper()
-	args := append([]string{"--workers", "2", "--listen", "127.0.0.1:0", "--log-format", "json", "--", bin.server}, serverArgs...)
+	args := append([]string{"--workers", "2", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--log-format", "json", "--", bin.server}, serverArgs...)
 	m := &master{
 		cmd:       exec.Command(bin.master, args...),
 		exited:    make(chan struct{}),
 		logDone:   make(chan struct{}),
 		listening: make(map[int]bool),
 		exits:     make(map[int]workerExit),
+		retiring:  make(map[int]bool),
 		changed:   make(chan struct{}),
 	}
 	r, w, err := os.Pipe()
@@ -176,6 +180,8 @@ func (m *master) recordLocked(l logLine) {
 	switch l.Message {
 	case "listener ready":
 		m.bound = l.Address
+	case "admin server: /metrics, /workers, /healthz":
+		m.admin = l.Address
 	case "ready: workers listening":
 		m.ready = true
 	case "worker listening":
@@ -185,6 +191,8 @@ func (m *master) recordLocked(l logLine) {
 	case "worker exited":
 		delete(m.listening, l.PID)
 		m.exits[l.PID] = workerExit{code: l.Code, signal: l.Signal, afterDisconnect: l.AfterDisconnect, at: time.Now()}
+	case "disconnecting worker":
+		m.retiring[l.PID] = true
 	case "rolling restart done":
 		m.restartDone++
 	}
@@ -255,12 +263,21 @@ func (m *master) restart(t *testing.T) restartResult {
 		t.Fatal(err)
 	}
 	var done time.Duration
+	var skipped []int // old workers the restart left serving
 	m.waitUntil(t, 60*time.Second, "the rolling restart is done and the old workers exited", func() bool {
-		if m.restartDone > before && done == 0 {
-			done = time.Since(start)
-		}
 		if m.restartDone == before {
 			return false
+		}
+		if done == 0 {
+			done = time.Since(start)
+			for _, pid := range old {
+				if _, exited := m.exits[pid]; !exited && !m.retiring[pid] {
+					skipped = append(skipped, pid)
+				}
+			}
+			if len(skipped) > 0 {
+				return true
+			}
 		}
 		for _, pid := range old {
 			if _, ok := m.exits[pid]; !ok {
@@ -269,6 +286,9 @@ func (m *master) restart(t *testing.T) restartResult {
 		}
 		return true
 	})
+	if len(skipped) > 0 {
+		t.Fatalf("the rolling restart is done but left the old workers %v serving: the master never disconnected them", skipped)
+	}
 	r := restartResult{old: old, new: m.pids(), done: done}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -301,6 +321,9 @@ func (m *master) restart(t *testing.T) restartResult {
 // stop stops the master with SIGTERM (SIGKILL after 30s) and then kills
 // by pid any worker it left behind. On failure it logs the master's log.
 func (m *master) stop(t *testing.T) {
+	if t.Failed() {
+		m.logMetrics(t)
+	}
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-m.exited:
@@ -367,4 +390,27 @@ func ioSyscw(pid int) (int64, error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("/proc/%d/io: no syscw line", pid)
+}
+
+// logMetrics logs the master's own counters (handoff_* in /metrics,
+// without their help text), for the report of a failed case.
+func (m *master) logMetrics(t *testing.T) {
+	m.mu.Lock()
+	admin := m.admin
+	m.mu.Unlock()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Logf("master metrics: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, "handoff_") {
+			lines = append(lines, l)
+		}
+	}
+	t.Logf("master metrics:\n%s", strings.Join(lines, "\n"))
 }

@@ -153,7 +153,6 @@ func measured(t *testing.T, m *master, c *http.Client, url string, want [sha256.
 // control that the count tells the two apart); downloads held open
 // across a rolling restart finish whole.
 func TestServeFileSendfile(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	sum := writeRandomFile(t, filepath.Join(dir, "big.bin"), fileSize)
 	m := startMaster(t, "--http", "127.0.0.1:0", "--dir", dir)

@@ -124,7 +124,6 @@ func (c *wsClient) ended(pid int, err error) error {
 // worker.Serve waits for the hijacked connection) rather than a cut, and
 // reconnect to a new worker.
 func TestWebSocket(t *testing.T) {
-	t.Parallel()
 	m := startMaster(t, "--http", "127.0.0.1:0")
 	clients := make([]*wsClient, wsClients)
 	for i := range clients {
