@@ -1,6 +1,10 @@
 // Package ipc is the versioned message protocol between a handoff master
 // and its workers, framed on a SOCK_SEQPACKET socketpair with [scm].
 //
+// Like package scm it is Linux only: on every other OS it is empty, and
+// packages worker and balancer, which build everywhere, use it only on
+// Linux.
+//
 // # The control socket
 //
 // The master makes a socketpair per worker and passes one end to the

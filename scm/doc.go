@@ -4,6 +4,10 @@
 // It is the leaf of handoff: it knows nothing of connections, workers or
 // messages, only of bytes and fds.
 //
+// It is Linux only (SOCK_CLOEXEC, MSG_CMSG_CLOEXEC, close_range,
+// /proc/self/fd): on every other OS the package is empty, and packages
+// worker and balancer, which build everywhere, use it only on Linux.
+//
 // # Lifecycle
 //
 // [Socketpair] makes a connected pair: a *[Conn] for this process and an
