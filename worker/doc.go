@@ -10,6 +10,12 @@
 // is false and [Send] returns [ErrNotWorker]. So the same program runs
 // alone and under a master.
 //
+// A master needs Linux. On every other OS (macOS, the BSDs, Windows) the
+// package has the same API and acts as in a process that no master
+// started: a program that imports it builds and runs there alone, as on a
+// developer's laptop. [Listener] and [Conn] exist there too, so that code
+// naming them builds, but nothing makes one.
+//
 // # Listening
 //
 // Under a master, [Listen] asks the master to open the address, or to share

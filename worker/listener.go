@@ -1,3 +1,5 @@
+//go:build linux
+
 package worker
 
 import (
@@ -13,19 +15,6 @@ import (
 	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sys/unix"
 )
-
-// ListenConfig chooses what a Listener's Accept returns. The zero value
-// is what Listen uses.
-type ListenConfig struct {
-	// StdConns makes Accept return the *net.TCPConn or *net.UnixConn that
-	// net.FileConn makes, for code that type-asserts them (grpc-go sets
-	// TCP_USER_TIMEOUT only on a *net.TCPConn). It costs about 6 more
-	// syscalls per connection (a dup, fcntl, getsockopt, getsockname,
-	// getpeername and a close), and the master cannot see such a
-	// connection close, so LeastLoaded counts it as active until the
-	// worker exits. Without it Accept returns a *Conn.
-	StdConns bool
-}
 
 // Listen is worker.Listen with lc's choices.
 func (lc *ListenConfig) Listen(network, address string) (net.Listener, error) {

@@ -1,8 +1,9 @@
+//go:build linux
+
 package worker
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,12 +12,6 @@ import (
 
 	"github.com/handoff-go/handoff/ipc"
 )
-
-// ErrNotWorker is returned by Send in a process that no master started.
-var ErrNotWorker = errors.New("worker: not running under a handoff master")
-
-// ErrMasterGone is returned when the master has closed the control socket.
-var ErrMasterGone = errors.New("worker: master is gone")
 
 // IsWorker reports whether this process was started by a handoff master.
 func IsWorker() bool { return client != nil }
@@ -98,11 +93,6 @@ func fatalf(format string, args ...any) {
 	logError("handoff " + fmt.Sprintf(format, args...))
 	os.Exit(2)
 }
-
-// EnvLogFormat is the environment variable in which a handoff CLI master
-// tells its workers its log format; with "json", the few lines this
-// package itself writes to stderr are JSON too.
-const EnvLogFormat = "HANDOFF_LOG_FORMAT"
 
 // logError writes msg to stderr, as a JSON line if the master logs JSON.
 func logError(msg string) {

@@ -1,0 +1,31 @@
+package worker
+
+import "errors"
+
+// What this file declares exists on every OS, as does the package's whole
+// exported API: the functions and methods are in worker.go, listener.go
+// and conn.go on Linux, and in worker_other.go elsewhere.
+
+// ErrNotWorker is returned by Send in a process that no master started.
+var ErrNotWorker = errors.New("worker: not running under a handoff master")
+
+// ErrMasterGone is returned when the master has closed the control socket.
+var ErrMasterGone = errors.New("worker: master is gone")
+
+// EnvLogFormat is the environment variable in which a handoff CLI master
+// tells its workers its log format; with "json", the few lines this
+// package itself writes to stderr are JSON too.
+const EnvLogFormat = "HANDOFF_LOG_FORMAT"
+
+// ListenConfig chooses what a Listener's Accept returns. The zero value
+// is what Listen uses.
+type ListenConfig struct {
+	// StdConns makes Accept return the *net.TCPConn or *net.UnixConn that
+	// net.FileConn makes, for code that type-asserts them (grpc-go sets
+	// TCP_USER_TIMEOUT only on a *net.TCPConn). It costs about 6 more
+	// syscalls per connection (a dup, fcntl, getsockopt, getsockname,
+	// getpeername and a close), and the master cannot see such a
+	// connection close, so LeastLoaded counts it as active until the
+	// worker exits. Without it Accept returns a *Conn.
+	StdConns bool
+}
