@@ -5,6 +5,13 @@
 // backoff after a crash, graceful disconnect, rolling restart and
 // shutdown, as Node's cluster module does for its primary.
 //
+// The master needs Linux (SCM_RIGHTS over SOCK_SEQPACKET with
+// MSG_CMSG_CLOEXEC, accept4, memfd_create). On every other OS the package
+// has the same API, so that a program that can run as a master builds
+// there, but [New] returns an error matching [errors.ErrUnsupported]. The
+// program can then serve alone, with worker.Listen, which is net.Listen
+// outside a master.
+//
 // # Lifecycle
 //
 //	b, _ := balancer.New(balancer.Options{Policy: balancer.LeastLoaded})

@@ -3,8 +3,6 @@ package balancer
 import (
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Stats are the master's counters since New.
@@ -52,70 +50,6 @@ type WorkerStats struct {
 	// its connections have a request in flight, at most Active.
 	Serving bool
 	Busy    int
-}
-
-// Stats returns the master's counters.
-func (b *Balancer) Stats() Stats {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := Stats{
-		Accepted:       b.stats.accepted,
-		Dispatched:     b.stats.dispatched,
-		AcceptErrors:   make(map[string]uint64, len(b.stats.acceptErrors)),
-		Redispatched:   b.stats.redispatched,
-		Reclaimed:      b.stats.reclaimed,
-		Dropped:        b.stats.dropped,
-		Gone:           b.stats.gone,
-		Pending:        b.pending,
-		Forked:         b.stats.forked,
-		Restarts:       b.stats.restarts,
-		ProtocolErrors: b.stats.protocolErrors,
-		BadReturns:     b.stats.badReturns,
-		Stalls:         b.stats.stalls,
-		StuckKills:     b.stats.stuckKills,
-		LostFDs:        b.stats.lostFDs,
-		ListenErrors:   b.stats.listenErrors,
-		Exits:          make(map[string]uint64, len(b.stats.exits)),
-		Workers:        len(b.workers),
-		Draining:       b.stopping,
-	}
-	for r, n := range b.stats.exits {
-		s.Exits[r] = n
-	}
-	for e, n := range b.stats.acceptErrors {
-		s.AcceptErrors[unix.ErrnoName(e)] += n
-	}
-	for _, w := range b.workers {
-		if w.routableLocked() {
-			s.Listening++
-		}
-	}
-	return s
-}
-
-// Stats returns the worker's counters.
-func (w *Worker) Stats() WorkerStats {
-	w.b.mu.Lock()
-	defer w.b.mu.Unlock()
-	r := w.receivedLocked()
-	held := r - min(w.returned, r)
-	return WorkerStats{
-		ID:         w.id,
-		PID:        w.pid,
-		State:      w.state,
-		Started:    w.born,
-		Dispatched: w.sent,
-		Received:   r,
-		Reclaimed:  w.reclaimed,
-		Returned:   w.returned,
-		Closed:     min(w.ctr.Closed.Load(), held),
-		Active:     w.activeLocked(),
-		Unread:     w.unreadLocked(),
-		Stalled:    w.stalled,
-		Restarts:   w.slot.restarts,
-		Serving:    w.ctr.Serving.Load() == 1,
-		Busy:       min(int(w.ctr.Busy.Load()), w.activeLocked()),
-	}
 }
 
 // stats are the master's counters, under Balancer.mu.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package balancer
 
 import (
@@ -14,34 +16,6 @@ import (
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/rs/zerolog"
 )
-
-// State is where a worker is in its life.
-type State int
-
-// The states of a worker, in the order it goes through them.
-const (
-	StateStarting      State = iota // forked, not yet said hello
-	StateOnline                     // running
-	StateListening                  // worker.Listen succeeded at least once
-	StateDisconnecting              // draining: no new connections
-	StateDead                       // exited
-)
-
-func (s State) String() string {
-	switch s {
-	case StateStarting:
-		return "starting"
-	case StateOnline:
-		return "online"
-	case StateListening:
-		return "listening"
-	case StateDisconnecting:
-		return "disconnecting"
-	case StateDead:
-		return "dead"
-	}
-	return "state(" + strconv.Itoa(int(s)) + ")"
-}
 
 // slot is a worker's place in the pool: its replacement after a crash or
 // a reload takes the same slot, with the same env and crash history.

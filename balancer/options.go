@@ -1,0 +1,111 @@
+package balancer
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Defaults for the zero Options.
+const (
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultHandoffTimeout    = 5 * time.Second
+	DefaultReloadTimeout     = time.Minute
+	DefaultMaxUnread         = 1024
+	DefaultKeepAlive         = 15 * time.Second
+	DefaultMaxPending        = 4096
+	DefaultReloadConcurrency = 1
+)
+
+// Restart backoff for workers that exit unexpectedly: the first restart
+// waits RestartBackoffMin, each further crash of the same slot doubles it up
+// to RestartBackoffMax, and a worker that stayed up StableUptime resets it.
+const (
+	RestartBackoffMin = 100 * time.Millisecond
+	RestartBackoffMax = 30 * time.Second
+	StableUptime      = 5 * time.Second
+)
+
+var (
+	// ErrClosed is returned by methods of a balancer that has shut down.
+	ErrClosed = errors.New("balancer: shut down")
+	// ErrStarted is returned by Start called twice.
+	ErrStarted = errors.New("balancer: already started")
+	// ErrWorkerGone is returned by Worker.Send to a worker that has exited
+	// or been disconnected.
+	ErrWorkerGone = errors.New("balancer: worker is gone")
+	// ErrReloadAborted wraps the reason a rolling restart stopped early.
+	ErrReloadAborted = errors.New("balancer: reload aborted")
+)
+
+// Options configures a Balancer. The zero value runs one worker per CPU,
+// each re-executing the current binary with the same arguments, as
+// cluster.fork() does.
+type Options struct {
+	// Workers is the number of worker processes; 0 means runtime.NumCPU().
+	Workers int
+	// Path is the program each worker runs; "" means the current binary.
+	Path string
+	// Args are the worker's arguments, without argv[0]. nil means this
+	// process's own arguments (os.Args[1:]).
+	Args []string
+	// Env is added to this process's environment for every worker.
+	Env []string
+	// Dir is the workers' working directory; "" means the master's.
+	Dir string
+	// Stdout and Stderr receive the workers' output; nil means the
+	// master's own os.Stdout and os.Stderr.
+	Stdout, Stderr io.Writer
+	// User, if set, is the user name or numeric uid the workers run as
+	// (with its primary group and supplementary groups). The master must
+	// be root. Sockets stay the master's, so workers of an unprivileged
+	// user still serve port 80.
+	User string
+
+	// Policy makes the dispatch policy of each listener; nil means
+	// RoundRobin.
+	Policy func() Policy
+
+	// ShutdownTimeout is how long a disconnecting worker may drain after
+	// SIGTERM before SIGKILL; 0 means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// HandoffTimeout is how long a worker that has stopped reading its
+	// connections (its unread ones were already taken back and served
+	// elsewhere, within milliseconds) may also leave the master's pings
+	// unanswered before it is killed; 0 means DefaultHandoffTimeout.
+	HandoffTimeout time.Duration
+	// ReloadTimeout bounds how long Reload waits for one replacement to
+	// listen; 0 means DefaultReloadTimeout.
+	ReloadTimeout time.Duration
+	// ReloadConcurrency is how many workers Reload replaces at once; 0
+	// means 1.
+	ReloadConcurrency int
+	// MaxUnread bounds the handoffs waiting, unread, in a worker's
+	// sockets. A worker at the bound gets no more until it reads; 0 means
+	// DefaultMaxUnread.
+	MaxUnread int
+	// MaxPending bounds the accepted connections waiting for a worker when
+	// none can take them. Past it the newest are closed; 0 means
+	// DefaultMaxPending.
+	MaxPending int
+
+	// KeepAlive is the TCP keep-alive idle time and probe interval set on
+	// every TCP listener, which accepted connections inherit (with 9
+	// probes), as net.ListenConfig.KeepAlive does for Go's own accept; 0
+	// means DefaultKeepAlive, negative turns keep-alive off. TCP_NODELAY
+	// is always set, as Go sets it on every TCP connection.
+	KeepAlive time.Duration
+	// TCPUserTimeout, if positive, sets TCP_USER_TIMEOUT on every TCP
+	// listener, and so on every connection accepted there: how long sent
+	// data may stay unacknowledged before the kernel drops the connection.
+	// Libraries that set it per connection (grpc-go) cannot on a handed-off
+	// one unless it is a *net.TCPConn; set it here instead.
+	TCPUserTimeout time.Duration
+
+	// Logger receives the balancer's logs; the zero value is silent.
+	Logger zerolog.Logger
+	// OnEvent, if set, receives every Event; see Event.
+	OnEvent func(Event)
+}
