@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command hostileworker is a worker that breaks the rules, for the
 // balancer's reliability tests. It speaks the control protocol by hand
 // (it does not import the worker package) and misbehaves as the
