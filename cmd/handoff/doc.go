@@ -17,4 +17,7 @@
 // workers and a health check; under systemd the master takes its sockets
 // from socket activation and reports its state with sd_notify. See
 // handoff.service and handoff.socket beside this file.
+//
+// The master needs Linux: built for another OS, handoff only says so and
+// exits 1.
 package main
