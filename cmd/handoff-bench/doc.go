@@ -46,4 +46,7 @@
 // for, and a description of the machine and the load), results.json,
 // chart.png and chart.svg, and logs/ with each server's stderr. The bench
 // measures the ratios and does not grade them: README.md has the goals.
+//
+// It needs Linux, as the master does: built for another OS, it only says
+// so and exits 1.
 package main
