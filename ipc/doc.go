@@ -1,9 +1,10 @@
 // Package ipc is the versioned message protocol between a handoff master
 // and its workers, framed on a SOCK_SEQPACKET socketpair with [scm].
 //
-// Like package scm it is Linux only: on every other OS it is empty, and
-// packages worker and balancer, which build everywhere, use it only on
-// Linux.
+// Like package scm it is Linux only. On every other OS it declares only
+// [Counters], the counter page's layout, which worker.Serve counts on
+// (there is no page to map there, so it never does), and packages worker
+// and balancer, which build everywhere, use nothing else of it.
 //
 // # The control socket
 //

@@ -17,11 +17,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// drainTimeout bounds how long a disconnecting worker waits for Accept to
-// take the connections already handed to it before it closes its
-// listeners and hands the rest back.
-const drainTimeout = 500 * time.Millisecond
-
 // roomPoll bounds how long a reader without fd room waits before it
 // counts again, when no conn closes meanwhile.
 const roomPoll = 10 * time.Millisecond

@@ -1,10 +1,14 @@
 package worker
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // What this file declares exists on every OS, as does the package's whole
-// exported API: the functions and methods are in worker.go, listener.go
-// and conn.go on Linux, and in worker_other.go elsewhere.
+// exported API: serve.go builds everywhere too, and the other functions
+// and methods are in worker.go, listener.go and conn.go on Linux, and in
+// worker_other.go elsewhere.
 
 // ErrNotWorker is returned by Send in a process that no master started.
 var ErrNotWorker = errors.New("worker: not running under a handoff master")
@@ -29,3 +33,8 @@ type ListenConfig struct {
 	// worker exits. Without it Accept returns a *Conn.
 	StdConns bool
 }
+
+// drainTimeout bounds how long a disconnecting worker waits for Accept to
+// take the connections already handed to it before it closes its
+// listeners and hands the rest back.
+const drainTimeout = 500 * time.Millisecond

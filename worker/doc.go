@@ -13,8 +13,9 @@
 // A master needs Linux. On every other OS (macOS, the BSDs, Windows) the
 // package has the same API and acts as in a process that no master
 // started: a program that imports it builds and runs there alone, as on a
-// developer's laptop. [Listener] and [Conn] exist there too, so that code
-// naming them builds, but nothing makes one.
+// developer's laptop, and [Serve] serves and drains it as it does alone on
+// Linux. [Listener] and [Conn] exist there too, so that code naming them
+// builds, but nothing makes one.
 //
 // # Listening
 //

@@ -11,12 +11,23 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/handoff-go/handoff/ipc"
 )
 
 // A handoff master needs Linux, so outside Linux no process is a worker:
 // the package behaves as it does on Linux in a process that no master
 // started. Listener and Conn exist so that programs naming them build, but
 // nothing makes one here; their methods fail with errNoMaster.
+
+// client is the worker's end of its master's control socket: nil here,
+// where no master runs.
+var client *controlClient
+
+// controlClient has here only what Serve reads of one.
+type controlClient struct {
+	ctr *ipc.Counters
+}
 
 // errNoMaster is the error of every method of a Listener or Conn here.
 var errNoMaster = fmt.Errorf("worker: handed-off connections need a handoff master, which needs Linux: %w", errors.ErrUnsupported)
