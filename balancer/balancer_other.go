@@ -42,6 +42,7 @@ func (b *Balancer) Workers() []*Worker                  { return nil }
 func (b *Balancer) Broadcast(v any) error               { return errNeedsLinux }
 func (b *Balancer) Done() <-chan struct{}               { return done }
 func (b *Balancer) Reload(ctx context.Context) error    { return errNeedsLinux }
+func (b *Balancer) Run(ctx context.Context) error       { return errNeedsLinux }
 func (b *Balancer) Shutdown(ctx context.Context) error  { return errNeedsLinux }
 func (b *Balancer) Kill()                               {}
 func (b *Balancer) Stats() Stats                        { return Stats{} }
