@@ -5,6 +5,7 @@ package balancer
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/handoff-go/handoff/ipc"
 	"golang.org/x/sys/unix"
@@ -155,6 +156,41 @@ func TestReclaimHandsUnreadToAnother(t *testing.T) {
 	b.mu.Unlock()
 	if got != 40 {
 		t.Errorf("worker 2 read %d connections, want 40", got)
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A stalled worker that reads again is not silent: its HandoffTimeout
+// counts from its progress. (It was counted from the zero time, which
+// killed a new worker, never pinged yet, at the next check.)
+func TestProgressWhileStalledIsNotSilence(t *testing.T) {
+	b, err := New(Options{Path: "/bin/true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &listener{id: 1, policy: RoundRobin(), done: make(chan struct{})}
+	b.listeners = append(b.listeners, l)
+	w1 := testWorker(t, b, 1, l)
+	w2 := testWorker(t, b, 2, l)
+	b.accepted(l, eventfds(t, 40))
+	b.mu.Lock()
+	b.stallLocked(w1, time.Now())
+	// It reads one more connection (as if one had been sent after the
+	// reclaim), and answers no ping yet.
+	w1.sent++
+	w1.ctr.Received.Store(1)
+	b.mu.Unlock()
+	b.checkStalls()
+	b.mu.Lock()
+	stuck := w1.stuck
+	drainLink(t, w2.links[l])
+	b.listeners = nil
+	b.workers = nil
+	b.mu.Unlock()
+	if stuck {
+		t.Error("a stalled worker that made progress was taken for silent and killed")
 	}
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

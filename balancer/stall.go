@@ -59,6 +59,12 @@ func (b *Balancer) checkStalls() {
 		case r != w.lastReceived:
 			w.lastReceived = r
 			w.idleTicks, w.stalledSince = 0, time.Time{}
+			if w.stalled {
+				// Still routed around until it answers a ping, but
+				// reading: its HandoffTimeout counts from now, not from
+				// the zero time, which would kill it at the next tick.
+				w.stalledSince = now
+			}
 		case unread > 0:
 			w.idleTicks++
 		default:
