@@ -72,10 +72,10 @@ func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
 }
 
 // Serve serves srv on every listener in lns, as srv.Serve does, and
-// drains it without closing a request unanswered. It returns when the
-// drain is over. The drain begins when ctx is done, when the process gets
-// SIGTERM or SIGINT (unless NoSignals), when every listener has closed
-// (under a master, its Disconnect closes them), or when serving one fails.
+// drains it. It returns when the drain is over. The drain begins when ctx
+// is done, when the process gets SIGTERM or SIGINT (unless NoSignals),
+// when every listener has closed (under a master, its Disconnect closes
+// them), or when serving one fails.
 //
 // The drain closes the listeners, turns keep-alives off (so that idle
 // HTTP/1 connections close and busy ones close after their response),
@@ -83,22 +83,37 @@ func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
 // then calls srv.Shutdown, which sends HTTP/2 clients GOAWAY and waits
 // for the rest. Calling Shutdown first would race: net/http closes
 // unanswered a connection whose first request it reads after Shutdown
-// began, and that client, on a fresh connection, does not retry. A
-// connection that sends nothing for 5s is closed as idle, as Shutdown
-// does. Hijacked connections are then waited for (see OnDrain).
+// began, and that client, on a fresh connection, does not retry. So no
+// first request on a connection, and no request the server has begun to
+// read, is closed unanswered. (A request sent on an idle keep-alive
+// connection just as the server closes it can still fail, as with any
+// HTTP/1 server; clients retry it if it is idempotent.) A connection that
+// sends nothing for 5s is closed as idle, as Shutdown does. Hijacked
+// connections are then waited for (see OnDrain and Draining).
 //
-// Serve sets srv.ConnState and, with MaxConnAge, srv.ConnContext and
-// srv.Handler, each wrapping the value already set. Under a master it
-// reports each connection's state on the worker's counter page: busy
-// while a request is in flight, idle between requests, so that the
-// master can balance on requests.
+// Signals: a signal begins the drain and a second one stops the process
+// at once. Under a master, signals are absorbed for the whole drain (the
+// master's SIGKILL bounds it), and after a drain begun by the master's
+// Disconnect, Serve waits up to 500ms for the SIGTERM that follows it, so
+// that the program's own code after Serve runs.
+//
+// Serve sets srv.ConnState and srv.BaseContext and, with MaxConnAge,
+// srv.ConnContext and srv.Handler, each wrapping the value already set.
+// Under a master it counts on the worker's counter page the connections
+// with a request in flight, so that the master can balance on requests;
+// hijacked connections are not counted.
 //
 // It returns nil after a full drain, ErrDrainTimeout if connections
 // outlived DrainTimeout, or the error that stopped a listener other than
 // its closing. Serve it once per srv.
 func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
-	if len(lns) == 0 {
+	switch {
+	case len(lns) == 0:
 		return errors.New("worker: Serve needs at least one listener")
+	case sc.DrainTimeout < 0:
+		return fmt.Errorf("worker: ServeConfig.DrainTimeout must not be negative, not %s", sc.DrainTimeout)
+	case sc.MaxConnAge < 0:
+		return fmt.Errorf("worker: ServeConfig.MaxConnAge must not be negative, not %s", sc.MaxConnAge)
 	}
 	t := newConnTracker(srv, client)
 	if sc.MaxConnAge > 0 {
@@ -108,8 +123,6 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 	if !sc.NoSignals {
 		sigs = make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
-		// A second signal after the drain began takes the default
-		// action, and stops the process at once.
 		defer signal.Stop(sigs)
 	}
 
@@ -128,9 +141,10 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 	go func() { wg.Wait(); close(served) }()
 
 	var err error
-	signaled := false
+	signaled, disconnected := false, false
 	select {
 	case <-served: // the master's Disconnect closed the listeners
+		disconnected = true
 	case err = <-errs:
 	case <-ctx.Done():
 		waitListeners(served)
@@ -138,27 +152,59 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 		signaled = true
 		waitListeners(served)
 	}
-	// The first signal only begins the drain, or is absorbed if the drain
-	// began otherwise (the master's SIGTERM follows the Disconnect that
-	// closed the listeners); the next takes the default action and stops
-	// the process at once.
-	drained := make(chan struct{})
-	defer close(drained)
-	if signaled {
-		signal.Stop(sigs)
-	} else if sigs != nil {
+	underMaster := IsWorker()
+	gotSignal := make(chan struct{}) // closed at the first signal during the drain
+	drained := make(chan struct{})   // closed when the drain is over
+	absorbed := make(chan struct{})  // closed when the absorbing goroutine returns
+	switch {
+	case sigs == nil:
+		close(absorbed)
+	case signaled && !underMaster:
+		signal.Stop(sigs) // the next one stops the process
+		close(absorbed)
+	default:
 		go func() {
-			select {
-			case <-sigs:
-				signal.Stop(sigs)
-			case <-drained:
+			defer close(absorbed)
+			for {
+				select {
+				case <-sigs:
+					if !signaled {
+						signaled = true
+						close(gotSignal)
+					}
+					if !underMaster {
+						signal.Stop(sigs) // absorbed one; the next stops the process
+						return
+					}
+				case <-drained:
+					return
+				}
 			}
 		}()
 	}
-	if !t.drain(srv, lns, sc.drainTimeout(), sc.OnDrain) && err == nil {
-		err = ErrDrainTimeout
+	if !t.drain(srv, lns, served, sc.drainTimeout(), sc.OnDrain) {
+		err = errors.Join(err, ErrDrainTimeout)
 	}
+	if disconnected && underMaster && sigs != nil {
+		// The master sends SIGTERM once the listeners are closed: take it
+		// here rather than let it kill the process after Serve returns.
+		tm := time.NewTimer(listenerCloseWait)
+		select {
+		case <-gotSignal:
+		case <-tm.C:
+		}
+		tm.Stop()
+	}
+	close(drained)
+	<-absorbed
 	<-served
+	select {
+	case e := <-errs: // a listener that failed as the drain began
+		if err == nil || errors.Is(err, ErrDrainTimeout) {
+			err = errors.Join(e, err)
+		}
+	default:
+	}
 	return err
 }
 
@@ -185,11 +231,13 @@ func (sc *ServeConfig) drainTimeout() time.Duration {
 
 // connTracker follows srv's connections through its ConnState hook.
 type connTracker struct {
-	ctr *ipc.Counters // the worker's counter page; nil outside a master
+	ctr      *ipc.Counters // the worker's counter page; nil outside a master
+	draining chan struct{} // closed when the drain begins; see Draining
 
-	mu       sync.Mutex
-	state    map[net.Conn]connState // every connection not yet closed or hijacked
+	mu       sync.Mutex             // guards the fields below; nothing blocks under it
+	state    map[net.Conn]connState // every connection seen new, not yet closed or hijacked
 	hijacked map[net.Conn]struct{}  // hijacked, not yet seen closed
+	swept    int                    // len(hijacked) after the last sweep of closed ones
 }
 
 // connState is a connection's last state, and since when.
@@ -204,8 +252,26 @@ type connState struct {
 // cannot hold a drain.
 const freshFor = 6 * time.Second
 
+// drainingKey is the context key of a Serve's draining channel.
+type drainingKey struct{}
+
+// Draining returns a channel that is closed when the drain of the Serve
+// that serves ctx's request begins, or nil for a request Serve does not
+// serve. A handler that keeps its connection past its response (a
+// WebSocket loop, a stream) selects on it to learn that it must finish,
+// whenever it began: a connection hijacked after the drain began sees it
+// closed already, which OnDrain, called once, cannot tell it.
+func Draining(ctx context.Context) <-chan struct{} {
+	ch, _ := ctx.Value(drainingKey{}).(chan struct{})
+	return ch
+}
+
 func newConnTracker(srv *http.Server, c *controlClient) *connTracker {
-	t := &connTracker{state: make(map[net.Conn]connState), hijacked: make(map[net.Conn]struct{})}
+	t := &connTracker{
+		draining: make(chan struct{}),
+		state:    make(map[net.Conn]connState),
+		hijacked: make(map[net.Conn]struct{}),
+	}
 	if c != nil {
 		t.ctr = c.ctr
 		t.ctr.Serving.Store(1)
@@ -217,15 +283,25 @@ func newConnTracker(srv *http.Server, c *controlClient) *connTracker {
 			prev(c, s)
 		}
 	}
+	prevBase := srv.BaseContext
+	srv.BaseContext = func(ln net.Listener) context.Context {
+		ctx := context.Background()
+		if prevBase != nil {
+			ctx = prevBase(ln)
+		}
+		return context.WithValue(ctx, drainingKey{}, t.draining)
+	}
 	return t
 }
 
-// changed records that c went to state s.
+// changed records that c went to state s. A connection it never saw new
+// is not tracked: x/net's h2c reports states for a wrapper of its own and
+// never reports it closed.
 func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old, known := t.state[c]
-	if known && old.state == s {
+	if known && old.state == s || !known && s != http.StateNew {
 		return
 	}
 	if t.ctr != nil {
@@ -241,9 +317,24 @@ func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 	case http.StateHijacked:
 		delete(t.state, c)
 		t.hijacked[c] = struct{}{}
+		if len(t.hijacked) >= 2*max(t.swept, 64) {
+			// Forget the closed ones now and then, so that a worker
+			// serving WebSockets for months does not hold them all.
+			t.sweepLocked()
+		}
 	case http.StateClosed:
 		delete(t.state, c)
 	}
+}
+
+// sweepLocked forgets the hijacked connections that closed.
+func (t *connTracker) sweepLocked() {
+	for c := range t.hijacked {
+		if connClosed(c) {
+			delete(t.hijacked, c)
+		}
+	}
+	t.swept = len(t.hijacked)
 }
 
 // fresh counts the connections that wait for their first request.
@@ -260,45 +351,59 @@ func (t *connTracker) fresh() int {
 	return n
 }
 
-// openHijacked counts the hijacked connections still open, and forgets
-// those that closed.
-func (t *connTracker) openHijacked() int {
+// open counts the connections still open: tracked by net/http, or
+// hijacked.
+func (t *connTracker) open() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for c := range t.hijacked {
-		if connClosed(c) {
-			delete(t.hijacked, c)
-		}
-	}
-	return len(t.hijacked)
+	t.sweepLocked()
+	return len(t.state) + len(t.hijacked)
 }
 
-// closeHijacked closes the hijacked connections still open.
+// closeHijacked closes the hijacked connections still open, outside the
+// lock: closing a *tls.Conn may block to send close_notify.
 func (t *connTracker) closeHijacked() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	cs := make([]net.Conn, 0, len(t.hijacked))
 	for c := range t.hijacked {
+		cs = append(cs, c)
+	}
+	clear(t.hijacked)
+	t.mu.Unlock()
+	for _, c := range cs {
 		_ = c.Close()
-		delete(t.hijacked, c)
 	}
 }
 
-// drain drains srv (see ServeConfig.Serve) and reports whether every
-// connection closed within timeout.
-func (t *connTracker) drain(srv *http.Server, lns []net.Listener, timeout time.Duration, onDrain func()) bool {
+// drain drains srv (see ServeConfig.Serve), whose Serve calls close
+// served when they return, and reports whether every connection closed
+// within timeout.
+func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan struct{}, timeout time.Duration, onDrain func()) bool {
 	deadline := time.Now().Add(timeout)
+	close(t.draining)
+	hookDone := make(chan struct{})
 	if onDrain != nil {
-		go onDrain()
+		go func() {
+			defer close(hookDone)
+			onDrain()
+		}()
+	} else {
+		close(hookDone)
 	}
 	for _, ln := range lns {
 		_ = ln.Close() // closing one twice is harmless
 	}
+	// Let srv.Serve see its listeners closed and forget them: Shutdown
+	// would close them again, and report that error.
+	tm := time.NewTimer(time.Until(deadline))
+	select {
+	case <-served:
+	case <-tm.C:
+	}
+	tm.Stop()
 	srv.SetKeepAlivesEnabled(false) // closes the idle HTTP/1 connections
 	wait := time.Millisecond
-	for {
-		if t.fresh() == 0 || !time.Now().Before(deadline) {
-			break
-		}
+	for t.fresh() > 0 && time.Now().Before(deadline) {
 		time.Sleep(wait)
 		wait = min(2*wait, sweepMax)
 		// Again: this also closes, as idle, the connections that sent
@@ -308,24 +413,28 @@ func (t *connTracker) drain(srv *http.Server, lns []net.Listener, timeout time.D
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if srv.Shutdown(ctx) != nil {
-		_ = srv.Close()
-		t.closeHijacked()
-		return false
-	}
-	// Every connection net/http tracks is closed: wait for the hijacked.
+	_ = srv.Shutdown(ctx) // its only error that matters is ctx's
+	// net/http forgets a hijacked connection before it reports the
+	// hijack, so Shutdown can return before the tracker sees it: wait
+	// until every connection it saw new is closed or hijacked, then for
+	// the hijacked ones to close.
 	wait = time.Millisecond
-	for {
-		if t.openHijacked() == 0 {
-			return true
-		}
-		if !time.Now().Before(deadline) {
-			t.closeHijacked()
-			return false
-		}
+	for ctx.Err() == nil && t.open() > 0 {
 		time.Sleep(min(wait, time.Until(deadline)))
 		wait = min(2*wait, sweepMax)
 	}
+	ok := ctx.Err() == nil
+	if !ok {
+		_ = srv.Close()
+		t.closeHijacked()
+	}
+	tm = time.NewTimer(max(time.Until(deadline), 0))
+	select { // OnDrain, as long as the drain may last
+	case <-hookDone:
+	case <-tm.C:
+	}
+	tm.Stop()
+	return ok
 }
 
 // connClosed reports whether c, a connection net/http handed to a

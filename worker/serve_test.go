@@ -44,8 +44,7 @@ func serving(t *testing.T, sc *ServeConfig, srv *http.Server, ln net.Listener) (
 	return cancel, done
 }
 
-// waitConns waits until srv's ConnState has reported n connections
-// (through the counter the test keeps).
+// waitFor waits until ok, up to waitTimeout.
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
@@ -473,4 +472,63 @@ func selfSigned(t *testing.T) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// A connection hijacked after the drain began learns it from Draining,
+// which OnDrain, called once at the start, could not tell it.
+func TestServeDrainingReachesConnectionsHijackedLate(t *testing.T) {
+	ln := tcpListener(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, rw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		_ = rw.Flush()
+		select {
+		case <-Draining(r.Context()):
+			_, _ = io.WriteString(c, "bye\n")
+		case <-time.After(waitTimeout):
+		}
+	})}
+	states := countStates(srv)
+	cancel, done := serving(t, &ServeConfig{}, srv, ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "the connection to be accepted", func() bool { return states(http.StateNew) == 1 })
+	cancel()
+	time.Sleep(20 * time.Millisecond) // the drain began; now the upgrade
+	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade during the drain: %v %v", resp, err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+	if line, err := r.ReadString('\n'); line != "bye\n" {
+		t.Fatalf("the late hijacked connection read %q, %v; want bye, as Draining was closed", line, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if Draining(context.Background()) != nil {
+		t.Error("Draining of a context Serve did not make is not nil")
+	}
+}
+
+// Bad ServeConfig values are errors, not defaults.
+func TestServeConfigErrors(t *testing.T) {
+	ln := tcpListener(t)
+	for _, sc := range []ServeConfig{{DrainTimeout: -1}, {MaxConnAge: -time.Second}} {
+		if err := sc.Serve(context.Background(), &http.Server{}, ln); err == nil {
+			t.Errorf("%+v: no error", sc)
+		}
+	}
+	if err := Serve(context.Background(), &http.Server{}); err == nil {
+		t.Error("no listener: no error")
+	}
 }
