@@ -224,9 +224,9 @@ func openFDs(t *testing.T) int {
 // fuzzWait bounds every wait for the master in FuzzMasterControl.
 const fuzzWait = 10 * time.Second
 
-// fuzzMaster is a balancer with one worker built by hand, as fork builds
-// one, whose process is a harmless "sleep 60" and whose control socket's
-// other end is the test's: the test plays the worker. A new balancer and
+// fuzzMaster is a balancer with one worker forked by forkWith, whose
+// process is a harmless "sleep 60" and whose control socket's other end
+// is the test's: the test plays the worker. A new balancer and
 // process for each input keep inputs apart; the exec costs well under a
 // millisecond.
 type fuzzMaster struct {
@@ -256,52 +256,36 @@ func startFuzzMaster(t *testing.T) *fuzzMaster {
 	fm := &fuzzMaster{b: b, peerDone: make(chan struct{}), replied: make(chan struct{}, 1)}
 	t.Cleanup(func() { fm.stop(t) })
 
-	ctl, remote, err := ipc.Socketpair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("sleep", "60")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		_ = ctl.Close()
+	w, err := b.forkWith(&slot{retired: true}, func(int, *slot) (*exec.Cmd, *ipc.Conn, *ipc.Page, error) {
+		ctl, remote, err := ipc.Socketpair()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			_ = ctl.Close()
+			_ = remote.Close()
+			return nil, nil, nil, err
+		}
+		fd, err := unix.FcntlInt(fdOf(remote), unix.F_DUPFD_CLOEXEC, 0)
 		_ = remote.Close()
-		t.Fatal(err)
-	}
-	fd, err := unix.FcntlInt(fdOf(remote), unix.F_DUPFD_CLOEXEC, 0)
-	_ = remote.Close()
-	if err == nil {
-		fm.peer, err = scm.NewConn(fd) // takes ownership of fd
-	}
+		if err == nil {
+			fm.peer, err = scm.NewConn(fd) // takes ownership of fd
+		}
+		if err != nil {
+			_ = ctl.Close()
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return nil, nil, nil, err
+		}
+		go fm.read()
+		return cmd, ctl, nil, nil
+	})
 	if err != nil {
-		_ = ctl.Close()
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
 		t.Fatal(err)
 	}
-	go fm.read()
-	b.mu.Lock()
-	b.nextID++
-	id := b.nextID
-	b.mu.Unlock()
-	w := b.newWorker(id, &slot{retired: true}, cmd, ctl, nil)
 	fm.w = w
-	b.mu.Lock()
-	b.workers = append(b.workers, w)
-	b.stats.forked++
-	b.notifyLocked()
-	b.mu.Unlock()
-	b.events.push(ForkEvent{Worker: w})
-	readerDone := make(chan struct{})
-	b.wg.Add(2)
-	go func() {
-		defer b.wg.Done()
-		defer close(readerDone)
-		b.readLoop(w)
-	}()
-	go func() {
-		defer b.wg.Done()
-		b.waitExit(w, readerDone)
-	}()
 	return fm
 }
 

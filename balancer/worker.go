@@ -285,6 +285,19 @@ func (w *Worker) routable() bool {
 
 // fork starts a worker process in s.
 func (b *Balancer) fork(s *slot) (*Worker, error) {
+	return b.forkWith(s, b.startProcess)
+}
+
+// startFunc starts the process of worker id in s. It returns the started
+// process, the master's end of its control socket and its page (which may
+// be nil); on an error it has closed what it opened.
+type startFunc func(id int, s *slot) (*exec.Cmd, *ipc.Conn, *ipc.Page, error)
+
+// forkWith is fork with the process started by start: the seam through
+// which a test starts a process of its own and plays the worker, as
+// tableflip's env.newProc is. The rest, the master's record of the worker
+// and its reader and reaper, is fork's.
+func (b *Balancer) forkWith(s *slot, start startFunc) (*Worker, error) {
 	b.mu.Lock()
 	if b.stopping {
 		b.mu.Unlock()
@@ -294,39 +307,9 @@ func (b *Balancer) fork(s *slot) (*Worker, error) {
 	id := b.nextID
 	b.mu.Unlock()
 
-	ctl, remote, err := ipc.Socketpair()
+	cmd, ctl, page, err := start(id, s)
 	if err != nil {
 		return nil, err
-	}
-	page, pageFile, err := ipc.NewPage()
-	if err != nil {
-		_ = ctl.Close()
-		_ = remote.Close()
-		return nil, err
-	}
-	cmd := exec.Command(b.path, b.args...)
-	cmd.Env = append(os.Environ(), b.opts.Env...)
-	cmd.Env = append(cmd.Env, s.env...)
-	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD),
-		ipc.EnvPageFD+"="+strconv.Itoa(ipc.PageFD))
-	cmd.Dir = b.opts.Dir
-	cmd.Stdout = b.opts.Stdout
-	cmd.Stderr = b.opts.Stderr
-	cmd.ExtraFiles = []*os.File{remote, pageFile} // fds 3 and 4
-	// If Stdout or Stderr is not an *os.File, Wait also waits for the
-	// copying; a grandchild holding the pipe must not delay the reaping
-	// (and the re-dispatch of what the worker never acked) for long.
-	cmd.WaitDelay = 2 * time.Second
-	// Own process group: a terminal's Ctrl-C reaches only the master,
-	// which then drains the workers itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
-	err = cmd.Start()
-	_ = remote.Close()
-	_ = pageFile.Close()
-	if err != nil {
-		_ = ctl.Close()
-		_ = page.Close()
-		return nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
 	}
 	w := b.newWorker(id, s, cmd, ctl, page)
 	b.mu.Lock()
@@ -358,6 +341,46 @@ func (b *Balancer) fork(s *slot) (*Worker, error) {
 		b.waitExit(w, readerDone)
 	}()
 	return w, nil
+}
+
+// startProcess is fork's startFunc: it re-executes b.path with the
+// control socket and the page as fds 3 and 4.
+func (b *Balancer) startProcess(id int, s *slot) (*exec.Cmd, *ipc.Conn, *ipc.Page, error) {
+	ctl, remote, err := ipc.Socketpair()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	page, pageFile, err := ipc.NewPage()
+	if err != nil {
+		_ = ctl.Close()
+		_ = remote.Close()
+		return nil, nil, nil, err
+	}
+	cmd := exec.Command(b.path, b.args...)
+	cmd.Env = append(os.Environ(), b.opts.Env...)
+	cmd.Env = append(cmd.Env, s.env...)
+	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD),
+		ipc.EnvPageFD+"="+strconv.Itoa(ipc.PageFD))
+	cmd.Dir = b.opts.Dir
+	cmd.Stdout = b.opts.Stdout
+	cmd.Stderr = b.opts.Stderr
+	cmd.ExtraFiles = []*os.File{remote, pageFile} // fds 3 and 4
+	// If Stdout or Stderr is not an *os.File, Wait also waits for the
+	// copying; a grandchild holding the pipe must not delay the reaping
+	// (and the re-dispatch of what the worker never acked) for long.
+	cmd.WaitDelay = 2 * time.Second
+	// Own process group: a terminal's Ctrl-C reaches only the master,
+	// which then drains the workers itself.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
+	err = cmd.Start()
+	_ = remote.Close()
+	_ = pageFile.Close()
+	if err != nil {
+		_ = ctl.Close()
+		_ = page.Close()
+		return nil, nil, nil, fmt.Errorf("balancer: starting worker %d: %w", id, err)
+	}
+	return cmd, ctl, page, nil
 }
 
 // newWorker makes the master's record of a started worker process.
