@@ -91,8 +91,8 @@ func (s *ConnsSocket) TrySend(listener uint32, hs []Handoff) error {
 // scm.ErrNoRoom and leaves the frame in the socket. On an error matching
 // ErrFDsLost (MSG_CTRUNC) the fds are gone and m.Handoffs says how many
 // connections the frame carried, each with FD -1. A frame that is not a
-// well-formed Conns frame is dropped, its fds closed, and an error
-// matching ErrMalformed, ErrVersion, ErrUnknownKind or ErrFDs returned.
+// well-formed Conns frame is dropped, its fds closed, and a *ProtocolError
+// returned.
 func (s *ConnsSocket) Recv(m *Message, wait bool, room func() bool) error {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()

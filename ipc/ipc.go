@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/handoff-go/handoff/scm"
@@ -78,41 +80,70 @@ func (k Kind) String() string {
 // FlagMore marks a User fragment that more fragments follow.
 const FlagMore = 1
 
+// ProtocolError is the type of the errors that mean the peer broke the
+// protocol: from Conn.Read and ConnsSocket.Recv, the frame was dropped,
+// its fds closed, and the socket can still be read. Its values are the
+// sentinels ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment
+// and ErrMessageTooLarge, which reads wrap with details; match one with
+// errors.Is, or any with errors.As or IsProtocolError.
+type ProtocolError struct {
+	msg string // the message, "ipc: " and what was wrong
+}
+
+func (e *ProtocolError) Error() string { return e.msg }
+
 var (
-	// ErrMessageTooLarge is returned when a user message exceeds MaxMessage.
-	ErrMessageTooLarge = fmt.Errorf("ipc: message too large (limit %d bytes)", MaxMessage)
+	// ErrMessageTooLarge is returned when a user message exceeds
+	// MaxMessage: by Read, the peer sent one; by WriteUser, nothing was
+	// sent.
+	ErrMessageTooLarge error = &ProtocolError{fmt.Sprintf("ipc: message too large (limit %d bytes)", MaxMessage)}
 	// ErrMalformed is returned for a frame whose lengths do not add up.
-	ErrMalformed = errors.New("ipc: malformed frame")
+	ErrMalformed error = &ProtocolError{"ipc: malformed frame"}
 	// ErrVersion is returned for a frame of another protocol version.
-	ErrVersion = errors.New("ipc: unsupported protocol version")
+	ErrVersion error = &ProtocolError{"ipc: unsupported protocol version"}
 	// ErrUnknownKind is returned for a frame of a kind this version lacks.
-	ErrUnknownKind = errors.New("ipc: unknown frame kind")
+	ErrUnknownKind error = &ProtocolError{"ipc: unknown frame kind"}
 	// ErrFDs is returned when a frame carries a different number of fds
 	// than its kind and body say. The fds were closed.
-	ErrFDs = errors.New("ipc: wrong number of fds for frame")
+	ErrFDs error = &ProtocolError{"ipc: wrong number of fds for frame"}
+	// ErrFragment is returned for a frame that arrives between the
+	// fragments of a user message.
+	ErrFragment error = &ProtocolError{"ipc: frame interleaved with a fragmented message"}
+)
+
+var (
 	// ErrFDsLost is returned when the kernel dropped fds of a frame because
 	// the receiver was at its fd limit or its buffer was short
 	// (MSG_CTRUNC). The frame is dropped and the fds that did arrive were
-	// closed. It is not the peer's fault.
+	// closed. It is not the peer's fault, so not a ProtocolError.
 	ErrFDsLost = errors.New("ipc: fds lost in transit (MSG_CTRUNC)")
-	// ErrFragment is returned for a frame that arrives between the
-	// fragments of a user message.
-	ErrFragment = errors.New("ipc: frame interleaved with a fragmented message")
 	// ErrBusy is returned by TryWriteFrame while another write holds the
 	// socket.
 	ErrBusy = errors.New("ipc: connection busy")
+	// ErrNetwork is returned, wrapped, by CheckNetwork.
+	ErrNetwork = errors.New("ipc: network not handed off")
 )
 
-// IsProtocolError reports whether err from Conn.Read means the peer broke
-// the protocol (the frame was dropped, its fds closed, and the connection
-// can still be read). ErrFDsLost is not one: the receiver ran out of fds.
+// IsProtocolError reports whether err is, or wraps, a *ProtocolError: the
+// peer broke the protocol (the frame was dropped, its fds closed, and the
+// connection can still be read). ErrFDsLost is not one: the receiver ran
+// out of fds.
 func IsProtocolError(err error) bool {
-	for _, e := range []error{ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment, ErrMessageTooLarge} {
-		if errors.Is(err, e) {
-			return true
-		}
+	var pe *ProtocolError
+	return errors.As(err, &pe)
+}
+
+// networks are the networks whose connections a master hands off: the
+// network of every Listen frame is one of them.
+var networks = []string{"tcp", "tcp4", "tcp6", "unix"}
+
+// CheckNetwork returns nil if a master hands off connections of network,
+// and otherwise an error wrapping ErrNetwork that lists those it does.
+func CheckNetwork(network string) error {
+	if slices.Contains(networks, network) {
+		return nil
 	}
-	return false
+	return fmt.Errorf("%w: %q is none of %s", ErrNetwork, network, strings.Join(networks, ", "))
 }
 
 // Handoff is one connection of a Conns frame: its fd, and the client's
@@ -332,16 +363,17 @@ func AppendPong(dst []byte) []byte { return header(dst, KindPong, 0) }
 // goroutines and are never interleaved with a fragmented user message;
 // reads are for one goroutine.
 type Conn struct {
-	sc *scm.Conn
+	sc *scm.Conn // the socket; Conn owns it
 
-	wmu  sync.Mutex
-	wbuf []byte
+	wmu  sync.Mutex // serialises writes; guards wbuf
+	wbuf []byte     // the fragment being written by WriteUser
 
-	rbuf    []byte
-	rfds    [scm.MaxFDs]int
-	frag    []byte
-	infrg   bool
-	discard bool
+	// Read state, for the one reading goroutine.
+	rbuf    []byte          // the frame read, one byte over MaxFrame to see an oversize one
+	rfds    [scm.MaxFDs]int // the fds that came with it
+	frag    []byte          // the fragments of a user message read so far
+	infrg   bool            // a user message's fragments are being read (frag holds them)
+	discard bool            // the rest of a dropped user message's fragments are skipped
 }
 
 // NewConn frames messages on sc and takes ownership of it.
@@ -407,9 +439,8 @@ func (c *Conn) WriteUser(payload []byte) error {
 // Read reads the next whole message into m, waiting for it. The returned
 // fds, exactly m.NumFDs() of them, belong to the caller; the slice is
 // reused by the next Read. A user message's Payload is a fresh slice the
-// caller may keep. On error no fds are returned: all were closed. Errors
-// from ErrMalformed, ErrVersion, ErrUnknownKind, ErrFDs, ErrFragment and
-// ErrMessageTooLarge mean the peer broke the protocol; the frame was
+// caller may keep. On error no fds are returned: all were closed. A
+// *ProtocolError means the peer broke the protocol; the frame was
 // dropped, with the whole user message it belonged to or interrupted, and
 // the connection can still be read.
 func (c *Conn) Read(m *Message) ([]int, error) { return c.read(m, true) }

@@ -48,28 +48,32 @@ var (
 // called from many goroutines (they are serialised); reads from one
 // goroutine at a time. A Conn makes no allocation per message.
 type Conn struct {
-	f      *os.File
-	rc     syscall.RawConn
-	closed atomic.Bool
+	f      *os.File        // the socket, in the runtime poller; nil if unpolled
+	rc     syscall.RawConn // f's, or an unpolled one: every syscall goes through it
+	closed atomic.Bool     // Close has been called
 
+	// The write side. wmu serialises writes and guards the rest: the
+	// arguments and result of the sendmsg that wfn makes, kept here so
+	// that a write allocates nothing.
 	wmu   sync.Mutex
-	wiov  unix.Iovec
-	wmsg  unix.Msghdr
-	woob  []byte
-	wwait bool
-	werr  error
-	wfn   func(fd uintptr) bool
+	wiov  unix.Iovec            // the payload
+	wmsg  unix.Msghdr           // sendmsg's header, over wiov and woob
+	woob  []byte                // the SCM_RIGHTS control message, OOBSize bytes
+	wwait bool                  // wait for room (WriteMsg), or return EAGAIN (TryWriteMsg)
+	werr  error                 // sendmsg's error
+	wfn   func(fd uintptr) bool // doWrite, made once, for rc.Write
 
+	// The read side, the same way: rmu guards the rest.
 	rmu    sync.Mutex
-	riov   unix.Iovec
-	rmsg   unix.Msghdr
-	roob   []byte
-	rwait  bool
-	rn     int
-	rerr   error
-	rflags int
-	rok    func() bool // ReadMsgWhen's condition, or nil
-	rfn    func(fd uintptr) bool
+	riov   unix.Iovec            // the buffer read into
+	rmsg   unix.Msghdr           // recvmsg's header, over riov and roob
+	roob   []byte                // the control messages received, OOBSize bytes
+	rwait  bool                  // wait for a message, or return EAGAIN
+	rn     int                   // recvmsg's byte count
+	rerr   error                 // recvmsg's error, or ErrNoRoom
+	rflags int                   // recvmsg's flags (MSG_TRUNC, MSG_CTRUNC)
+	rok    func() bool           // ReadMsgWhen's condition, or nil
+	rfn    func(fd uintptr) bool // doRead, made once, for rc.Read
 }
 
 // Socketpair returns a connected SOCK_SEQPACKET pair. local is ready for
