@@ -423,7 +423,7 @@ func (b *Balancer) Reload(ctx context.Context) error {
 	defer b.reloadMu.Unlock()
 	var olds []*Worker
 	for _, w := range b.Workers() {
-		if w.routable() {
+		if w.replaceable() {
 			olds = append(olds, w)
 		}
 	}
@@ -450,6 +450,16 @@ func (b *Balancer) Reload(ctx context.Context) error {
 	}
 	b.log.Info().Msg("rolling restart done")
 	return nil
+}
+
+// replaceable reports whether Reload replaces w: it is alive and not
+// leaving, whether it listens, still starts or is stalled. (Only the
+// routable ones were: a worker stalled or starting at SIGHUP kept the old
+// binary after "rolling restart done".)
+func (w *Worker) replaceable() bool {
+	w.b.mu.Lock()
+	defer w.b.mu.Unlock()
+	return w.state < StateDisconnecting && !w.disconnecting && !w.broken && !w.stuck
 }
 
 // replace starts a successor for old in its slot and disconnects old once

@@ -30,6 +30,9 @@ func (b *Balancer) Run(ctx context.Context) error {
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 	if err := b.Start(); err != nil && !errors.Is(err, ErrStarted) {
+		if errors.Is(err, ErrClosed) { // shut down by other code before it started
+			return b.Shutdown(context.Background())
+		}
 		b.Kill()
 		_ = b.Shutdown(context.Background())
 		return err
@@ -58,6 +61,8 @@ func (b *Balancer) Run(ctx context.Context) error {
 			reloading = false
 		case err := <-shutdown:
 			return err
+		case <-b.Done(): // shut down by someone else
+			return b.Shutdown(context.Background())
 		case sig := <-sigs:
 			switch {
 			case sig == syscall.SIGHUP && (stopping || reloading):

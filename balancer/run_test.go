@@ -3,6 +3,7 @@
 package balancer_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -87,6 +88,15 @@ func answer(url string) (int, error) {
 func TestRunHandlesSignals(t *testing.T) {
 	m := startChildMaster(t)
 	url := "http://" + m.addr + "/"
+	// Both workers listen before the SIGHUP, so that both are replaced.
+	seen := map[int]bool{}
+	for deadline := time.Now().Add(20 * time.Second); !seen[1] || !seen[2]; {
+		id, err := answer(url)
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("before the SIGHUP, workers %v answered; last error %v\n%s", seen, err, m.logs.String())
+		}
+		seen[id] = true
+	}
 	if err := m.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
@@ -159,5 +169,34 @@ func TestWorkerStatsShowRequestsInFlight(t *testing.T) {
 			t.Fatalf("answered, and still busy %d", s.Busy)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Run returns when the balancer is shut down by other code, and when its
+// context ends.
+func TestRunReturnsOnShutdownAndContext(t *testing.T) {
+	for _, byContext := range []bool{false, true} {
+		c := startCluster(t, 1, balancer.Options{Workers: 1})
+		c.waitListening(t, 1)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.b.Run(ctx) }()
+		if byContext {
+			cancel()
+		} else {
+			go func() { _ = c.b.Shutdown(context.Background()) }()
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("byContext %v: Run returned %v", byContext, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("byContext %v: Run did not return", byContext)
+		}
+		cancel()
+		if n := len(c.b.Workers()); n != 0 {
+			t.Errorf("byContext %v: %d workers left after Run returned", byContext, n)
+		}
 	}
 }
