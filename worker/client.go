@@ -5,7 +5,6 @@ package worker
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -100,11 +99,8 @@ func (c *controlClient) fdsLost(err error) {
 }
 
 func (c *controlClient) listen(network, address string, std bool) (net.Listener, error) {
-	switch network {
-	case "tcp", "tcp4", "tcp6", "unix":
-	default:
-		return nil, &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address},
-			Err: fmt.Errorf("handoff masters hand off only tcp, tcp4, tcp6 and unix, not %q", network)}
+	if err := ipc.CheckNetwork(network); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: stringAddr{network, address}, Err: err}
 	}
 	ch := make(chan listenResult, 1)
 	c.mu.Lock()
