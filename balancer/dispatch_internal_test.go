@@ -4,6 +4,8 @@ package balancer
 
 import (
 	"context"
+	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -194,5 +196,52 @@ func TestProgressWhileStalledIsNotSilence(t *testing.T) {
 	}
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The pending queue's prune closes a client that left, and keeps one that
+// sent its request and half-closed, which still waits for its answer.
+func TestPruneKeepsHalfClosedClientsWithARequest(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accept := func(send string) int {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		_, _ = io.WriteString(c, send)
+		_ = c.(*net.TCPConn).CloseWrite()
+		defer c.Close()
+		f, err := s.(*net.TCPConn).File() // a dup, the queue's to close
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fd
+	}
+	var q handoffQueue
+	q.push(ipc.Handoff{FD: int32(accept("GET / HTTP/1.0\r\n\r\n"))}) // half-closed, request waiting
+	q.push(ipc.Handoff{FD: int32(accept(""))})                       // left without a word
+	time.Sleep(50 * time.Millisecond)                                // the FINs arrive
+	closed, _ := q.prune(nil)
+	kept := q.take()
+	for _, h := range kept {
+		_ = unix.Close(int(h.FD))
+	}
+	if closed != 1 || len(kept) != 1 {
+		t.Fatalf("closed %d and kept %d, want 1 and 1 (the client with a request)", closed, len(kept))
 	}
 }

@@ -393,12 +393,20 @@ func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
 func (q *handoffQueue) push(h ipc.Handoff) { q.hs = append(q.hs, h) }
 
-// prune closes the queued connections whose client has gone: it sent FIN
-// or RST (POLLRDHUP, POLLHUP, POLLERR). It returns how many it closed. A
-// client that half-closes and then waits for its answer is closed too if
-// it had to wait here, that is, while no worker could take connections:
-// the master cannot tell it from one that gave up, and holding an fd for
-// every client that left starves the master.
+// unreadBytes reports whether the socket fd has bytes waiting to be read.
+func unreadBytes(fd int) bool {
+	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+	return err == nil && n > 0
+}
+
+// prune closes the queued connections whose client has gone: it reset
+// the connection (POLLHUP, POLLERR), or sent FIN (POLLRDHUP) with nothing
+// left to read. It returns how many it closed. A client that sent its
+// request and then half-closed, waiting for its answer, is kept: its
+// request is still to be read. (One that sent a request and gave up is
+// kept too; the master cannot tell them apart, and the pending queue's
+// bound holds either way.) Holding an fd for every client that left
+// without a word would starve the master.
 func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	live := q.hs[q.head:]
 	scratch = scratch[:0]
@@ -413,7 +421,8 @@ func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	}
 	kept, closed := live[:0], 0
 	for i, h := range live {
-		if scratch[i].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+		ev := scratch[i].Revents
+		if ev&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 || ev&unix.POLLRDHUP != 0 && !unreadBytes(int(h.FD)) {
 			closeFD(int(h.FD))
 			closed++
 			continue
