@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 )
@@ -64,8 +65,8 @@ func BenchmarkConnsRoundTrip(b *testing.B) {
 	for _, n := range []int{1, 16, scm.MaxFDs} {
 		b.Run(fmt.Sprintf("fds=%d", n), func(b *testing.B) {
 			send, recv := newConnsPair(b)
-			p := newPipe(b)
-			hs := handoffs(n, repeat(p.w, n)...)
+			p := fdtest.NewPipe(b)
+			hs := handoffs(n, fdtest.Repeat(p.W, n)...)
 			var room scm.Room
 			roomFor := func() bool { return room.For(n) }
 			got := make([]int, 0, n)
@@ -98,8 +99,8 @@ func BenchmarkReturnRoundTrip(b *testing.B) {
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("fds=%d", n), func(b *testing.B) {
 			master, worker := newConnPair(b)
-			p := newPipe(b)
-			frame, fds := ipc.AppendReturn(nil, 1, n), repeat(p.w, n)
+			p := fdtest.NewPipe(b)
+			frame, fds := ipc.AppendReturn(nil, 1, n), fdtest.Repeat(p.W, n)
 			var m ipc.Message
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -111,7 +112,7 @@ func BenchmarkReturnRoundTrip(b *testing.B) {
 				if err != nil || len(got) != n {
 					b.Fatalf("Read: %d fds, %v", len(got), err)
 				}
-				closeFDs(got)
+				fdtest.Close(got)
 			}
 		})
 	}

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sync/errgroup"
@@ -87,25 +87,25 @@ func TestConnsSocketCarriesFDs(t *testing.T) {
 		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {
 			t.Parallel()
 			send, recv := newConnsPair(t)
-			pipes := make([]*testPipe, n)
+			pipes := make([]*fdtest.Pipe, n)
 			fds := make([]int, n)
 			for i := range pipes {
-				pipes[i] = newPipe(t)
-				fds[i] = pipes[i].w
+				pipes[i] = fdtest.NewPipe(t)
+				fds[i] = pipes[i].W
 			}
 			hs := handoffs(n, fds...)
 			if err := send.TrySend(9, hs); err != nil {
 				t.Fatalf("TrySend: %v", err)
 			}
 			for _, p := range pipes {
-				p.closeW() // the caller keeps ownership, and closes its copies
+				p.CloseW() // the caller keeps ownership, and closes its copies
 			}
 			var m ipc.Message
 			if err := recv.Recv(&m, true, nil); err != nil {
 				t.Fatalf("Recv: %v", err)
 			}
 			got := handoffFDs(&m)
-			t.Cleanup(func() { closeFDs(got) })
+			t.Cleanup(func() { fdtest.Close(got) })
 			if m.Kind != ipc.KindConns || m.Listener != 9 || m.NumFDs() != n {
 				t.Fatalf("got %s listener %d NumFDs %d, want conns on 9 of %d", m.Kind, m.Listener, m.NumFDs(), n)
 			}
@@ -113,16 +113,16 @@ func TestConnsSocketCarriesFDs(t *testing.T) {
 				t.Fatalf("addresses differ:\n got %+v\nwant %+v", m.Handoffs, hs)
 			}
 			for i, fd := range got {
-				assertCloexec(t, fd)
+				fdtest.AssertCloexec(t, fd)
 				if _, err := unix.Write(fd, []byte{byte(i)}); err != nil {
 					t.Fatalf("write through handoff %d: %v", i, err)
 				}
-				pipes[i].assertReadsByte(t, byte(i), fmt.Sprintf("handoff %d", i))
+				pipes[i].AssertReadsByte(t, byte(i), fmt.Sprintf("handoff %d", i))
 			}
-			closeFDs(got)
+			fdtest.Close(got)
 			got = nil
 			for _, p := range pipes {
-				p.assertNoWriters(t)
+				p.AssertNoWriters(t)
 			}
 		})
 	}
@@ -131,14 +131,14 @@ func TestConnsSocketCarriesFDs(t *testing.T) {
 func TestConnsSocketTrySendArgs(t *testing.T) {
 	t.Parallel()
 	send, recv := newConnsPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	tests := []struct {
 		name string
 		hs   []ipc.Handoff
 	}{
 		{name: "none", hs: nil},
 		{name: "empty", hs: []ipc.Handoff{}},
-		{name: "over MaxConns", hs: handoffs(ipc.MaxConns+1, repeat(p.w, ipc.MaxConns+1)...)},
+		{name: "over MaxConns", hs: handoffs(ipc.MaxConns+1, fdtest.Repeat(p.W, ipc.MaxConns+1)...)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,8 +151,8 @@ func TestConnsSocketTrySendArgs(t *testing.T) {
 	if err := recv.Recv(&m, false, nil); !errors.Is(err, unix.EAGAIN) {
 		t.Errorf("Recv: %v, want EAGAIN: nothing was to be sent", err)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 // TestConnsSocketFull: on a full socket TrySend says EAGAIN and sends
@@ -160,8 +160,8 @@ func TestConnsSocketTrySendArgs(t *testing.T) {
 func TestConnsSocketFull(t *testing.T) {
 	t.Parallel()
 	send, recv := newConnsPair(t)
-	p := newPipe(t)
-	hs := handoffs(2, p.w, p.w)
+	p := fdtest.NewPipe(t)
+	hs := handoffs(2, p.W, p.W)
 	queued := 0
 	for ; ; queued++ {
 		err := send.TrySend(uint32(queued), hs)
@@ -181,13 +181,13 @@ func TestConnsSocketFull(t *testing.T) {
 	if n, err := send.Unsent(); err != nil || n == 0 {
 		t.Errorf("Unsent of a full socket: %d, %v", n, err)
 	}
-	p.closeW()
+	p.CloseW()
 	var m ipc.Message
 	for i := range queued {
 		if err := recv.Recv(&m, false, nil); err != nil {
 			t.Fatalf("Recv %d: %v", i, err)
 		}
-		closeFDs(handoffFDs(&m))
+		fdtest.Close(handoffFDs(&m))
 		if m.Listener != uint32(i) || len(m.Handoffs) != 2 {
 			t.Fatalf("frame %d: listener %d with %d handoffs", i, m.Listener, len(m.Handoffs))
 		}
@@ -195,7 +195,7 @@ func TestConnsSocketFull(t *testing.T) {
 	if err := recv.Recv(&m, false, nil); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("after draining: %v, want EAGAIN", err)
 	}
-	p.assertNoWriters(t) // the frame refused with EAGAIN took no fd
+	p.AssertNoWriters(t) // the frame refused with EAGAIN took no fd
 }
 
 // TestConnsPairSendEndShut: the master's sending end is shut for reading,
@@ -203,12 +203,12 @@ func TestConnsSocketFull(t *testing.T) {
 func TestConnsPairSendEndShut(t *testing.T) {
 	t.Parallel()
 	_, recv := newConnsPair(t)
-	p := newPipe(t)
-	if err := recv.TrySend(1, handoffs(1, p.w)); !errors.Is(err, unix.EPIPE) {
+	p := fdtest.NewPipe(t)
+	if err := recv.TrySend(1, handoffs(1, p.W)); !errors.Is(err, unix.EPIPE) {
 		t.Errorf("TrySend from the worker's end: %v, want EPIPE", err)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 // TestConnsSocketRecvRejects sends what is not a well-formed Conns frame
@@ -244,22 +244,22 @@ func TestConnsSocketRecvRejects(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			raw, sock := newRawConnsPair(t)
-			p, next := newPipe(t), newPipe(t)
-			writeRaw(t, raw, tt.frame, repeat(p.w, tt.nfds))
-			p.closeW()
-			writeRaw(t, raw, ipc.AppendConns(nil, 5, handoffs(1)), []int{next.w})
-			next.closeW()
+			p, next := fdtest.NewPipe(t), fdtest.NewPipe(t)
+			writeRaw(t, raw, tt.frame, fdtest.Repeat(p.W, tt.nfds))
+			p.CloseW()
+			writeRaw(t, raw, ipc.AppendConns(nil, 5, handoffs(1)), []int{next.W})
+			next.CloseW()
 			var m ipc.Message
 			err := sock.Recv(&m, true, nil)
 			if !errors.Is(err, tt.want) || !ipc.IsProtocolError(err) {
 				t.Fatalf("Recv: %v, want a protocol error matching %v", err, tt.want)
 			}
-			p.assertNoWriters(t)
+			p.AssertNoWriters(t)
 			if err := sock.Recv(&m, true, nil); err != nil || m.Listener != 5 || len(m.Handoffs) != 1 {
 				t.Fatalf("next Recv: listener %d, %d handoffs, %v; want the next frame", m.Listener, len(m.Handoffs), err)
 			}
-			closeFDs(handoffFDs(&m))
-			next.assertNoWriters(t)
+			fdtest.Close(handoffFDs(&m))
+			next.AssertNoWriters(t)
 		})
 	}
 }
@@ -270,12 +270,12 @@ func TestConnsSocketRecvRejects(t *testing.T) {
 func TestConnsSocketRecvNoRoom(t *testing.T) {
 	t.Parallel()
 	send, recv := newConnsPair(t)
-	p := newPipe(t)
-	hs := handoffs(3, p.w, p.w, p.w)
+	p := fdtest.NewPipe(t)
+	hs := handoffs(3, p.W, p.W, p.W)
 	if err := send.TrySend(2, hs); err != nil {
 		t.Fatal(err)
 	}
-	p.closeW()
+	p.CloseW()
 	queued, err := recv.Unread()
 	if err != nil || queued == 0 {
 		t.Fatalf("Unread: %d, %v", queued, err)
@@ -299,14 +299,14 @@ func TestConnsSocketRecvNoRoom(t *testing.T) {
 	}
 	got := handoffFDs(&m)
 	if m.Listener != 2 || !sameAddrs(m.Handoffs, hs) {
-		closeFDs(got)
+		fdtest.Close(got)
 		t.Fatalf("got listener %d %+v, want the whole frame", m.Listener, m.Handoffs)
 	}
 	for _, fd := range got {
-		assertCloexec(t, fd)
+		fdtest.AssertCloexec(t, fd)
 	}
-	closeFDs(got)
-	p.assertNoWriters(t)
+	fdtest.Close(got)
+	p.AssertNoWriters(t)
 }
 
 func TestConnsSocketRecvEmptyAndEOF(t *testing.T) {
@@ -368,7 +368,7 @@ func TestConnsSocketCloseUnblocksRecv(t *testing.T) {
 func TestConnsSocketUnsent(t *testing.T) {
 	t.Parallel()
 	send, recv := newConnsPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	queues := func() (out, in int) {
 		t.Helper()
 		out, oerr := send.Unsent()
@@ -383,7 +383,7 @@ func TestConnsSocketUnsent(t *testing.T) {
 	}
 	frame := ipc.AppendConns(nil, 1, handoffs(2))
 	for i := range 2 {
-		if err := send.TrySend(1, handoffs(2, p.w, p.w)); err != nil {
+		if err := send.TrySend(1, handoffs(2, p.W, p.W)); err != nil {
 			t.Fatal(err)
 		}
 		if out, in := queues(); out == 0 || in < (i+1)*len(frame) {
@@ -395,7 +395,7 @@ func TestConnsSocketUnsent(t *testing.T) {
 		if err := recv.Recv(&m, false, nil); err != nil {
 			t.Fatal(err)
 		}
-		closeFDs(handoffFDs(&m))
+		fdtest.Close(handoffFDs(&m))
 	}
 	if out, in := queues(); out != 0 || in != 0 {
 		t.Errorf("after the reads: %d unsent, %d unread; want 0", out, in)
@@ -411,15 +411,15 @@ func TestConnsSocketSharedReaders(t *testing.T) {
 	const frames = 300
 	send, master := newConnsPair(t)
 	worker := dupSocket(t, master)
-	p := newPipe(t)
-	pw := p.w
+	p := fdtest.NewPipe(t)
+	pw := p.W
 	var mu sync.Mutex
 	seen := map[uint32]int{} // listener, which numbers the frame: how often read
 	var g errgroup.Group
 	g.Go(func() error {
 		for i := 0; i < frames; {
 			n := 1 + i%3
-			err := send.TrySend(uint32(i), handoffs(n, repeat(pw, n)...))
+			err := send.TrySend(uint32(i), handoffs(n, fdtest.Repeat(pw, n)...))
 			switch {
 			case err == nil:
 				i++
@@ -458,7 +458,7 @@ func TestConnsSocketSharedReaders(t *testing.T) {
 					return fmt.Errorf("reader %d: %w", r, err)
 				}
 				fds := handoffFDs(&m)
-				closeFDs(fds)
+				fdtest.Close(fds)
 				i := int(m.Listener)
 				if want := handoffs(1 + i%3); !sameAddrs(m.Handoffs, want) {
 					return fmt.Errorf("reader %d: frame %d has %d handoffs %+v, want %+v", r, i, len(fds), m.Handoffs, want)
@@ -480,23 +480,23 @@ func TestConnsSocketSharedReaders(t *testing.T) {
 	if len(seen) != frames {
 		t.Errorf("%d distinct frames read, want %d", len(seen), frames)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 func TestConnsSocketFromRejects(t *testing.T) {
 	t.Parallel()
-	p := newPipe(t)
-	fd, err := unix.FcntlInt(uintptr(p.w), unix.F_DUPFD_CLOEXEC, 0)
+	p := fdtest.NewPipe(t)
+	fd, err := unix.FcntlInt(uintptr(p.W), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.closeW()
+	p.CloseW()
 	if s, err := ipc.ConnsSocketFrom(fd); err == nil {
 		_ = s.Close()
 		t.Fatal("ConnsSocketFrom of a pipe succeeded")
 	}
-	p.assertNoWriters(t) // it took the fd, and closed it
+	p.AssertNoWriters(t) // it took the fd, and closed it
 }
 
 // TestConnsSocketFDLeak runs every way Recv can drop a frame, and the
@@ -504,7 +504,7 @@ func TestConnsSocketFromRejects(t *testing.T) {
 // with. It counts fds and must not run in parallel.
 func TestConnsSocketFDLeak(t *testing.T) {
 	raw, sock := newRawConnsPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	bad := []struct {
 		frame []byte
 		nfds  int
@@ -523,29 +523,29 @@ func TestConnsSocketFDLeak(t *testing.T) {
 	one := func(i int) {
 		t.Helper()
 		b := bad[i%len(bad)]
-		writeRaw(t, raw, b.frame, repeat(p.w, b.nfds))
+		writeRaw(t, raw, b.frame, fdtest.Repeat(p.W, b.nfds))
 		if err := sock.Recv(&m, true, nil); !ipc.IsProtocolError(err) {
 			t.Fatalf("Recv of bad frame %d: %v, want a protocol error", i%len(bad), err)
 		}
-		writeRaw(t, raw, good, []int{p.w, p.w})
+		writeRaw(t, raw, good, []int{p.W, p.W})
 		if err := sock.Recv(&m, true, no); !errors.Is(err, scm.ErrNoRoom) {
 			t.Fatalf("Recv with no room: %v", err)
 		}
 		if err := sock.Recv(&m, true, nil); err != nil {
 			t.Fatalf("Recv: %v", err)
 		}
-		closeFDs(handoffFDs(&m))
+		fdtest.Close(handoffFDs(&m))
 	}
 	one(0)
-	before := countFDs(t)
+	before := fdtest.Count(t)
 	for i := range 2000 {
 		one(i)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after", before, after)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 // TestFDsLost runs in a child process whose RLIMIT_NOFILE is lowered so
@@ -568,56 +568,30 @@ func fdsLostChild(t *testing.T) {
 	const sent = 64
 	send, recv := newConnsPair(t)
 	master, worker := newConnPair(t)
-	p := newPipe(t)
-	hs := handoffs(sent, repeat(p.w, sent)...)
+	p := fdtest.NewPipe(t)
+	hs := handoffs(sent, fdtest.Repeat(p.W, sent)...)
 	for i := range 2 {
 		if err := send.TrySend(uint32(i), hs); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := worker.WriteFrame(ipc.AppendReturn(nil, 1, sent), repeat(p.w, sent)); err != nil {
+	if err := worker.WriteFrame(ipc.AppendReturn(nil, 1, sent), fdtest.Repeat(p.W, sent)); err != nil {
 		t.Fatal(err)
 	}
-	p.closeW()
+	p.CloseW()
 
-	// The limit is on fd numbers: pick the one that leaves two free
-	// numbers below it, far fewer than the fds of a frame.
-	open, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	used := map[int]bool{}
-	for _, e := range open {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			t.Fatal(err)
-		}
-		used[fd] = true
-	}
-	limit, free := 0, 0
-	for ; free < 2; limit++ {
-		if !used[limit] {
-			free++
-		}
-	}
-	before := countFDs(t)
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	low := old
-	low.Cur = uint64(limit)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
+	// The limit is on fd numbers: AtLimit leaves two free numbers below
+	// it, far fewer than the fds of a frame.
+	before := fdtest.Count(t)
 	var room scm.Room
 	var m ipc.Message
-	recvErr := recv.Recv(&m, false, nil)
-	noRoomErr := recv.Recv(&m, false, func() bool { return room.For(sent) })
-	fds, readErr := master.Read(&m)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
+	var recvErr, noRoomErr, readErr error
+	var fds []int
+	fdtest.AtLimit(t, 2, func() {
+		recvErr = recv.Recv(&m, false, nil)
+		noRoomErr = recv.Recv(&m, false, func() bool { return room.For(sent) })
+		fds, readErr = master.Read(&m)
+	})
 	if !errors.Is(noRoomErr, scm.ErrNoRoom) {
 		t.Errorf("Recv asking for room at the fd limit: %v, want scm.ErrNoRoom", noRoomErr)
 	}
@@ -629,13 +603,13 @@ func fdsLostChild(t *testing.T) {
 	if fds != nil {
 		t.Errorf("Read returned fds %v with its error", fds)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after", before, after)
 	}
 	// The frame the room check left reads whole once there is room.
 	if err := recv.Recv(&m, false, func() bool { return room.For(sent) }); err != nil || m.Listener != 1 || len(m.Handoffs) != sent {
 		t.Fatalf("Recv with room: listener %d, %d handoffs, %v; want frame 1 whole", m.Listener, len(m.Handoffs), err)
 	}
-	closeFDs(handoffFDs(&m))
-	p.assertNoWriters(t)
+	fdtest.Close(handoffFDs(&m))
+	p.AssertNoWriters(t)
 }

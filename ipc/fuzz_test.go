@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -128,9 +129,9 @@ func FuzzConnRead(f *testing.F) {
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame)), uint8(0))
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1)), uint8(1))
 
-	before := countFDs(f)
+	before := fdtest.Count(f)
 	f.Cleanup(func() {
-		if after := countFDs(f); after != before {
+		if after := fdtest.Count(f); after != before {
 			f.Errorf("open fds: %d before, %d after", before, after)
 		}
 	})
@@ -139,17 +140,17 @@ func FuzzConnRead(f *testing.F) {
 			return // scm sends no empty message; keep well under the socket buffer
 		}
 		c, peer := newPair(t)
-		p := newPipe(t)
+		p := fdtest.NewPipe(t)
 		k := int(nfds % 4)
-		if err := peer.TryWriteMsg(frame, repeat(p.w, k)); err != nil {
+		if err := peer.TryWriteMsg(frame, fdtest.Repeat(p.W, k)); err != nil {
 			t.Fatalf("raw write of %d bytes: %v", len(frame), err)
 		}
-		p.closeW()
+		p.CloseW()
 		var m ipc.Message
 		fds, err := c.TryRead(&m)
 		switch {
 		case err == nil:
-			closeFDs(fds)
+			fdtest.Close(fds)
 			if len(fds) != m.NumFDs() || len(fds) != k {
 				t.Fatalf("%s frame: %d fds returned, NumFDs %d, %d sent", m.Kind, len(fds), m.NumFDs(), k)
 			}
@@ -157,7 +158,7 @@ func FuzzConnRead(f *testing.F) {
 				t.Fatalf("user payload differs from the frame's body")
 			}
 		case fds != nil:
-			closeFDs(fds)
+			fdtest.Close(fds)
 			t.Fatalf("Read returned fds %v with error %v", fds, err)
 		case errors.Is(err, unix.EAGAIN):
 			// A first fragment: Read waits for the rest.
@@ -169,7 +170,7 @@ func FuzzConnRead(f *testing.F) {
 		default:
 			t.Fatalf("Read: unexpected error %v", err)
 		}
-		p.assertNoWriters(t)
+		p.AssertNoWriters(t)
 	})
 }
 
@@ -189,9 +190,9 @@ func FuzzConnsRecv(f *testing.F) {
 	f.Add(ipc.AppendConns(nil, 1, handoffs(3)), uint8(2))
 	f.Add(ipc.AppendConns(nil, 1, handoffs(7)), uint8(7))
 
-	before := countFDs(f)
+	before := fdtest.Count(f)
 	f.Cleanup(func() {
-		if after := countFDs(f); after != before {
+		if after := fdtest.Count(f); after != before {
 			f.Errorf("open fds: %d before, %d after", before, after)
 		}
 	})
@@ -200,21 +201,21 @@ func FuzzConnsRecv(f *testing.F) {
 			return
 		}
 		raw, sock := newRawConnsPair(t)
-		p := newPipe(t)
+		p := fdtest.NewPipe(t)
 		k := int(nfds % 8)
-		if err := raw.TryWriteMsg(frame, repeat(p.w, k)); err != nil {
+		if err := raw.TryWriteMsg(frame, fdtest.Repeat(p.W, k)); err != nil {
 			t.Fatalf("raw write of %d bytes: %v", len(frame), err)
 		}
-		p.closeW()
+		p.CloseW()
 		var m ipc.Message
 		err := sock.Recv(&m, false, nil)
 		switch {
 		case err == nil:
 			fds := handoffFDs(&m)
 			for _, fd := range fds {
-				assertCloexec(t, fd)
+				fdtest.AssertCloexec(t, fd)
 			}
-			closeFDs(fds)
+			fdtest.Close(fds)
 			if m.Kind != ipc.KindConns || len(fds) != k || m.NumFDs() != k {
 				t.Fatalf("accepted %s with %d handoffs, %d fds sent", m.Kind, len(fds), k)
 			}
@@ -226,6 +227,6 @@ func FuzzConnsRecv(f *testing.F) {
 		default:
 			t.Fatalf("Recv: unexpected error %v", err)
 		}
-		p.assertNoWriters(t)
+		p.AssertNoWriters(t)
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"go.uber.org/goleak"
@@ -67,92 +68,6 @@ func newConnPair(tb testing.TB) (*ipc.Conn, *ipc.Conn) {
 	tb.Helper()
 	c, peer := newPair(tb)
 	return c, ipc.NewConn(peer)
-}
-
-// testPipe is a non-blocking pipe whose ends the test owns until it closes
-// them through closeR/closeW, so that cleanup never closes a number twice.
-type testPipe struct{ r, w int }
-
-func newPipe(tb testing.TB) *testPipe {
-	tb.Helper()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		tb.Fatalf("pipe2: %v", err)
-	}
-	tp := &testPipe{r: p[0], w: p[1]}
-	tb.Cleanup(func() { tp.closeR(); tp.closeW() })
-	return tp
-}
-
-func (p *testPipe) closeR() {
-	if p.r >= 0 {
-		_ = unix.Close(p.r)
-		p.r = -1
-	}
-}
-
-func (p *testPipe) closeW() {
-	if p.w >= 0 {
-		_ = unix.Close(p.w)
-		p.w = -1
-	}
-}
-
-// assertNoWriters checks that every copy of the write end was closed,
-// here and in flight: an empty pipe then reads EOF rather than EAGAIN.
-func (p *testPipe) assertNoWriters(tb testing.TB) {
-	tb.Helper()
-	var b [1]byte
-	n, err := unix.Read(p.r, b[:])
-	switch {
-	case err == nil && n == 0:
-	case errors.Is(err, unix.EAGAIN):
-		tb.Errorf("pipe still has a writer: an fd was leaked")
-	default:
-		tb.Errorf("read pipe: n=%d err=%v", n, err)
-	}
-}
-
-// assertReadsByte checks that the pipe holds exactly the one byte b: it
-// was written through an fd that the test received for the pipe.
-func (p *testPipe) assertReadsByte(tb testing.TB, b byte, what string) {
-	tb.Helper()
-	var got [2]byte
-	if n, err := unix.Read(p.r, got[:]); n != 1 || err != nil || got[0] != b {
-		tb.Errorf("%s: pipe read n=%d b=%d err=%v, want the byte %d written through its fd", what, n, got[0], err, b)
-	}
-}
-
-func repeat(fd, n int) []int {
-	fds := make([]int, n)
-	for i := range fds {
-		fds[i] = fd
-	}
-	return fds
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd)
-	}
-}
-
-func countFDs(tb testing.TB) int {
-	tb.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		tb.Fatalf("read /proc/self/fd: %v", err)
-	}
-	return len(ents)
-}
-
-// assertCloexec checks that a received fd is close-on-exec.
-func assertCloexec(tb testing.TB, fd int) {
-	tb.Helper()
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	if err != nil || flags&unix.FD_CLOEXEC == 0 {
-		tb.Errorf("fd %d: flags %#x err %v, want close-on-exec", fd, flags, err)
-	}
 }
 
 // userFrame encodes a User frame by hand: there is no exported encoder for
@@ -660,18 +575,18 @@ func TestControlFramesCarryFDs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			master, worker := newConnPair(t)
-			pipes := make([]*testPipe, tt.n)
+			pipes := make([]*fdtest.Pipe, tt.n)
 			sent := make([]int, tt.n)
 			for i := range pipes {
-				pipes[i] = newPipe(t)
-				sent[i] = pipes[i].w
+				pipes[i] = fdtest.NewPipe(t)
+				sent[i] = pipes[i].W
 			}
 			if err := worker.WriteFrame(tt.frame, sent); err != nil {
 				t.Fatalf("WriteFrame: %v", err)
 			}
 			var m ipc.Message
 			fds := readMsg(t, master, &m)
-			t.Cleanup(func() { closeFDs(fds) })
+			t.Cleanup(func() { fdtest.Close(fds) })
 			if got, want := normalize(m), normalize(tt.want); !reflect.DeepEqual(got, want) {
 				t.Fatalf("got %+v, want %+v", got, want)
 			}
@@ -679,11 +594,11 @@ func TestControlFramesCarryFDs(t *testing.T) {
 				t.Fatalf("got %d fds, NumFDs %d, want %d", len(fds), m.NumFDs(), tt.n)
 			}
 			for i, fd := range fds {
-				assertCloexec(t, fd)
+				fdtest.AssertCloexec(t, fd)
 				if _, err := unix.Write(fd, []byte{byte(i)}); err != nil {
 					t.Fatalf("write through fd %d: %v", i, err)
 				}
-				pipes[i].assertReadsByte(t, byte(i), fmt.Sprintf("fd %d", i))
+				pipes[i].AssertReadsByte(t, byte(i), fmt.Sprintf("fd %d", i))
 			}
 		})
 	}
@@ -757,16 +672,16 @@ func TestWrongFDs(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c, peer := newPair(t)
-			p := newPipe(t)
-			writeRaw(t, peer, tt.frame, repeat(p.w, tt.nfds))
-			p.closeW()
+			p := fdtest.NewPipe(t)
+			writeRaw(t, peer, tt.frame, fdtest.Repeat(p.W, tt.nfds))
+			p.CloseW()
 			writeRaw(t, peer, ipc.AppendHello(nil, 77), nil)
 			var m ipc.Message
 			fds, err := c.Read(&m)
 			if !errors.Is(err, ipc.ErrFDs) || fds != nil {
 				t.Fatalf("Read: fds %v, err %v; want nil, ErrFDs", fds, err)
 			}
-			p.assertNoWriters(t)
+			p.AssertNoWriters(t)
 			if fds := readMsg(t, c, &m); m.Kind != ipc.KindHello || m.PID != 77 || len(fds) != 0 {
 				t.Fatalf("next Read: %s pid %d with %d fds, want the hello", m.Kind, m.PID, len(fds))
 			}
@@ -781,13 +696,13 @@ func TestUserMessages(t *testing.T) {
 	t.Parallel()
 	sizes := []int{0, 1, 10, ipc.MaxFrame - ipc.HeaderSize, ipc.MaxFrame - ipc.HeaderSize + 1, 3 * (ipc.MaxFrame - ipc.HeaderSize), 1 << 20, ipc.MaxMessage}
 	master, worker := newConnPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	wait := background(t, master, func() error {
 		for i, n := range sizes {
 			if err := master.WriteUser(payloadOf(uint64(i), n)); err != nil {
 				return fmt.Errorf("WriteUser(%d bytes): %w", n, err)
 			}
-			if err := master.WriteFrame(ipc.AppendListenReply(nil, uint32(i), uint32(i)+1, 0, ":80", "", ""), []int{p.w}); err != nil {
+			if err := master.WriteFrame(ipc.AppendListenReply(nil, uint32(i), uint32(i)+1, 0, ":80", "", ""), []int{p.W}); err != nil {
 				return fmt.Errorf("WriteFrame(listen-reply %d): %w", i, err)
 			}
 		}
@@ -806,7 +721,7 @@ func TestUserMessages(t *testing.T) {
 		}
 		keep := m.Payload
 		fds := readMsg(t, worker, &m)
-		closeFDs(fds)
+		fdtest.Close(fds)
 		if m.Kind != ipc.KindListenReply || m.Req != uint32(i) || m.Listener != uint32(i)+1 || len(fds) != 1 {
 			t.Fatalf("after message %d: got %s req %d listener %d with %d fds, want listen-reply %d", i, m.Kind, m.Req, m.Listener, len(fds), i)
 		}
@@ -916,7 +831,7 @@ func TestReadMessageTooLarge(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c, peer := newPair(t)
-			p := newPipe(t)
+			p := fdtest.NewPipe(t)
 			frag := payloadOf(1, chunk)
 			wait := background(t, peer, func() error {
 				for i := range tt.total {
@@ -931,7 +846,7 @@ func TestReadMessageTooLarge(t *testing.T) {
 				if err := peer.WriteMsg(userFrame(0, []byte(`"next"`)), nil); err != nil {
 					return err
 				}
-				return peer.WriteMsg(ipc.AppendReturn(nil, 1, 1), []int{p.w})
+				return peer.WriteMsg(ipc.AppendReturn(nil, 1, 1), []int{p.W})
 			})
 			var m ipc.Message
 			if fds, err := c.Read(&m); !errors.Is(err, ipc.ErrMessageTooLarge) || fds != nil {
@@ -941,7 +856,7 @@ func TestReadMessageTooLarge(t *testing.T) {
 				t.Fatalf("next Read: %s %q, want the next user message", m.Kind, m.Payload)
 			}
 			fds := readMsg(t, c, &m)
-			closeFDs(fds)
+			fdtest.Close(fds)
 			if m.Kind != ipc.KindReturn || m.Count != 1 || len(fds) != 1 {
 				t.Fatalf("then: %s of %d with %d fds, want return of 1", m.Kind, m.Count, len(fds))
 			}
@@ -1003,13 +918,13 @@ func TestDroppedFrames(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c, peer := newPair(t)
-			p := newPipe(t)
+			p := fdtest.NewPipe(t)
 			for _, f := range tt.frames {
-				writeRaw(t, peer, f.frame, repeat(p.w, f.nfds))
+				writeRaw(t, peer, f.frame, fdtest.Repeat(p.W, f.nfds))
 			}
 			writeRaw(t, peer, userFrame(ipc.FlagMore, []byte(`"whole`)), nil)
 			writeRaw(t, peer, userFrame(0, []byte(`"`)), nil)
-			p.closeW()
+			p.CloseW()
 			var m ipc.Message
 			fds, err := c.Read(&m)
 			if !errors.Is(err, tt.want) || fds != nil {
@@ -1018,7 +933,7 @@ func TestDroppedFrames(t *testing.T) {
 			if fds := readMsg(t, c, &m); m.Kind != ipc.KindUser || string(m.Payload) != `"whole"` || len(fds) != 0 {
 				t.Fatalf("next Read: %s %q, want the next whole message", m.Kind, m.Payload)
 			}
-			p.assertNoWriters(t)
+			p.AssertNoWriters(t)
 			if _, err := c.TryRead(&m); !errors.Is(err, unix.EAGAIN) {
 				t.Fatalf("then: %s %q, %v; want nothing more", m.Kind, m.Payload, err)
 			}
@@ -1235,26 +1150,26 @@ func TestInherited(t *testing.T) {
 	}); err != nil || werr != nil {
 		t.Fatalf("listen-reply: %v %v", err, werr)
 	}
-	served, returned := newPipe(t), newPipe(t)
+	served, returned := fdtest.NewPipe(t), fdtest.NewPipe(t)
 	hs := slices.Clone(inheritedConns)
-	hs[0].FD, hs[1].FD = int32(served.w), int32(returned.w)
+	hs[0].FD, hs[1].FD = int32(served.W), int32(returned.W)
 	if err := send.TrySend(3, hs); err != nil {
 		t.Fatal(err)
 	}
-	served.closeW()
-	returned.closeW()
+	served.CloseW()
+	returned.CloseW()
 
 	fds := readMsg(t, master, &m)
 	if m.Kind != ipc.KindReturn || m.Listener != 3 || m.Count != 1 || len(fds) != 1 {
-		closeFDs(fds)
+		fdtest.Close(fds)
 		t.Fatalf("got %s listener %d count %d with %d fds, want return of 1 on 3\n%s", m.Kind, m.Listener, m.Count, len(fds), output())
 	}
 	_, err = unix.Write(fds[0], []byte{'r'})
-	closeFDs(fds)
+	fdtest.Close(fds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	returned.assertReadsByte(t, 'r', "the returned conn")
+	returned.AssertReadsByte(t, 'r', "the returned conn")
 	if err := master.TryWriteFrame(ipc.AppendPing(nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -1273,13 +1188,13 @@ func TestInherited(t *testing.T) {
 	}
 	wait()
 	buf := make([]byte, 16)
-	if n, err := unix.Read(served.r, buf); err != nil || string(buf[:n]) != "from child" {
+	if n, err := unix.Read(served.R, buf); err != nil || string(buf[:n]) != "from child" {
 		t.Fatalf("served conn: %q %v", buf[:n], err)
 	}
 	// The child closed the conns it was handed, and the master its copy
 	// of the one returned.
-	served.assertNoWriters(t)
-	returned.assertNoWriters(t)
+	served.AssertNoWriters(t)
+	returned.AssertNoWriters(t)
 }
 
 func inheritedChild(t *testing.T) {
@@ -1297,7 +1212,7 @@ func inheritedChild(t *testing.T) {
 	var m ipc.Message
 	fds := readMsg(t, c, &m)
 	if m.Kind != ipc.KindListenReply || m.Req != 7 || m.Listener != 3 || len(fds) != 1 {
-		closeFDs(fds)
+		fdtest.Close(fds)
 		t.Fatalf("got %s req %d listener %d with %d fds, want listen-reply with the conns socket", m.Kind, m.Req, m.Listener, len(fds))
 	}
 	sock, err := ipc.ConnsSocketFrom(fds[0])
@@ -1313,7 +1228,7 @@ func inheritedChild(t *testing.T) {
 	for i, h := range m.Handoffs {
 		got[i] = int(h.FD)
 	}
-	defer closeFDs(got)
+	defer fdtest.Close(got)
 	if m.Kind != ipc.KindConns || m.Listener != 3 || !sameAddrs(m.Handoffs, inheritedConns) {
 		t.Fatalf("got %s listener %d %+v, want the two conns on 3 with their addresses", m.Kind, m.Listener, m.Handoffs)
 	}
@@ -1340,7 +1255,7 @@ func inheritedChild(t *testing.T) {
 // times, and checks that the process ends with the fds it started with.
 func TestFDLeak(t *testing.T) {
 	c, peer := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	bad := []struct {
 		frame []byte
 		nfds  int
@@ -1362,32 +1277,32 @@ func TestFDLeak(t *testing.T) {
 	one := func(i int) {
 		t.Helper()
 		b := bad[i%len(bad)]
-		writeRaw(t, peer, b.frame, repeat(p.w, b.nfds))
+		writeRaw(t, peer, b.frame, fdtest.Repeat(p.W, b.nfds))
 		if fds, err := c.Read(&m); err == nil || fds != nil {
 			t.Fatalf("Read of bad frame %d: %v, %v", i%len(bad), fds, err)
 		}
-		writeRaw(t, peer, ipc.AppendReturn(nil, 1, 2), []int{p.w, p.w})
+		writeRaw(t, peer, ipc.AppendReturn(nil, 1, 2), []int{p.W, p.W})
 		fds := readMsg(t, c, &m)
-		closeFDs(fds)
+		fdtest.Close(fds)
 	}
 	one(0)
-	before := countFDs(t)
+	before := fdtest.Count(t)
 	for i := range 2000 {
 		one(i)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after", before, after)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 func TestAllocs(t *testing.T) {
 	master, worker := newConnPair(t)
 	send, recv := newConnsPair(t)
-	p := newPipe(t)
-	hs := handoffs(16, repeat(p.w, 16)...)
-	sent := repeat(p.w, 16)
+	p := fdtest.NewPipe(t)
+	hs := handoffs(16, fdtest.Repeat(p.W, 16)...)
+	sent := fdtest.Repeat(p.W, 16)
 	room := func() bool { return true }
 	conns := ipc.AppendConns(nil, 1, handoffs(ipc.MaxConns))
 	ret := ipc.AppendReturn(nil, 1, len(sent))
@@ -1427,7 +1342,7 @@ func TestAllocs(t *testing.T) {
 			if err != nil || len(fds) != len(sent) {
 				t.Fatalf("Read: %d fds, %v", len(fds), err)
 			}
-			closeFDs(fds)
+			fdtest.Close(fds)
 		}},
 		{name: "TryWriteFrame ping+TryRead", f: func() {
 			if err := master.TryWriteFrame(ping); err != nil {

@@ -4,6 +4,7 @@ package scm
 
 import (
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"testing"
 )
 
@@ -13,8 +14,8 @@ func BenchmarkSendRecv(b *testing.B) {
 	for _, batch := range []int{1, 16, MaxFDs} {
 		b.Run(fmt.Sprintf("fds=%d", batch), func(b *testing.B) {
 			a, c := newPair(b)
-			p := newPipe(b)
-			sent := repeat(p.w, batch)
+			p := fdtest.NewPipe(b)
+			sent := fdtest.Repeat(p.W, batch)
 			payload := make([]byte, 4+8*batch) // about a Conns frame
 			buf := make([]byte, 4096)
 			var fds [MaxFDs]int
@@ -28,7 +29,7 @@ func BenchmarkSendRecv(b *testing.B) {
 				if err != nil || nfds != batch {
 					b.Fatalf("ReadMsg: %d fds, %v", nfds, err)
 				}
-				closeFDs(fds[:nfds])
+				fdtest.Close(fds[:nfds])
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/fd")

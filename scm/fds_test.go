@@ -7,38 +7,16 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
 // The tests in this file that open fds at chosen numbers or count
 // /proc/self/fd do not run in parallel.
-
-// openFDNumbers returns the numbers of this process's open fds, and the
-// lowest number that is not open.
-func openFDNumbers(tb testing.TB) (open map[int]bool, lowestFree int) {
-	tb.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		tb.Fatalf("read /proc/self/fd: %v", err)
-	}
-	open = map[int]bool{}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			tb.Fatalf("/proc/self/fd entry %q: %v", e.Name(), err)
-		}
-		open[fd] = true
-	}
-	for open[lowestFree] {
-		lowestFree++
-	}
-	return open, lowestFree
-}
 
 // isOpen reports whether fd is an open fd number (F_GETFD succeeds).
 func isOpen(tb testing.TB, fd int) bool {
@@ -59,7 +37,7 @@ func isOpen(tb testing.TB, fd int) bool {
 // nothing else in this (non-parallel) test takes them.
 func freeBlock(tb testing.TB, n int) int {
 	tb.Helper()
-	open, _ := openFDNumbers(tb)
+	open, _ := fdtest.Open(tb)
 	base := 0
 	for fd := range open {
 		base = max(base, fd+64)
@@ -119,22 +97,22 @@ func TestCloseFDs(t *testing.T) {
 					_ = unix.Close(fd)
 				}
 			})
-			closing, keeping := newPipe(t), newPipe(t)
+			closing, keeping := fdtest.NewPipe(t), fdtest.NewPipe(t)
 			toClose := map[int]bool{}
 			for _, off := range tt.close {
 				toClose[off] = true
 			}
 			for off := range size {
-				src := keeping.w
+				src := keeping.W
 				if toClose[off] {
-					src = closing.w
+					src = closing.W
 				}
 				if err := unix.Dup3(src, base+off, unix.O_CLOEXEC); err != nil {
 					t.Fatalf("dup3 to %d: %v", base+off, err)
 				}
 			}
-			closing.closeW()
-			keeping.closeW()
+			closing.CloseW()
+			keeping.CloseW()
 			fds := make([]int, len(tt.close))
 			for i, off := range tt.close {
 				fds[i] = base + off
@@ -147,9 +125,9 @@ func TestCloseFDs(t *testing.T) {
 					t.Errorf("fd %d (offset %d): open %v after CloseFDs, want %v", base+off, off, got, !toClose[off])
 				}
 			}
-			closing.assertNoWriters(t)
+			closing.AssertNoWriters(t)
 			var b [1]byte
-			if _, err := unix.Read(keeping.r, b[:]); !errors.Is(err, unix.EAGAIN) {
+			if _, err := unix.Read(keeping.R, b[:]); !errors.Is(err, unix.EAGAIN) {
 				t.Errorf("read of the kept fds' pipe: %v, want EAGAIN: a kept fd was closed", err)
 			}
 		})
@@ -163,7 +141,7 @@ func TestCloseFDs(t *testing.T) {
 func TestOpenFDs(t *testing.T) {
 	check := func(extra int) int {
 		t.Helper()
-		want := countFDs(t) - 1
+		want := fdtest.Count(t) - 1
 		got, err := OpenFDs()
 		if err != nil {
 			t.Fatalf("OpenFDs: %v", err)
@@ -174,11 +152,11 @@ func TestOpenFDs(t *testing.T) {
 		return got
 	}
 	before := check(0)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	fds := make([]int, 0, 1000)
-	t.Cleanup(func() { closeFDs(fds) })
+	t.Cleanup(func() { fdtest.Close(fds) })
 	for range cap(fds) {
-		fd, err := unix.FcntlInt(uintptr(p.w), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := unix.FcntlInt(uintptr(p.W), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,10 +165,10 @@ func TestOpenFDs(t *testing.T) {
 	if got := check(len(fds)); got != before+2+len(fds) {
 		t.Errorf("OpenFDs = %d with a pipe and %d dups open, want %d", got, len(fds), before+2+len(fds))
 	}
-	closeFDs(fds)
+	fdtest.Close(fds)
 	fds = fds[:0]
-	p.closeR()
-	p.closeW()
+	p.CloseR()
+	p.CloseW()
 	if got := check(0); got != before {
 		t.Errorf("OpenFDs = %d after closing them all, want %d", got, before)
 	}
@@ -312,12 +290,12 @@ func roomAtLimitChild(t *testing.T) {
 	// A message with fds in flight before the limit is lowered: they do
 	// not count against this process until it reads them.
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	const inFlight = 4
-	if err := a.WriteMsg([]byte("conns"), repeat(p.w, inFlight)); err != nil {
+	if err := a.WriteMsg([]byte("conns"), fdtest.Repeat(p.W, inFlight)); err != nil {
 		t.Fatal(err)
 	}
-	p.closeW()
+	p.CloseW()
 
 	open, err := OpenFDs()
 	if err != nil {
@@ -394,18 +372,18 @@ func roomAtLimitChild(t *testing.T) {
 	if rerr != nil || string(buf[:n]) != "conns" || nfds != inFlight {
 		t.Fatalf("ReadMsgWhen with room: %q, %d fds, %v; want the whole message", buf[:n], nfds, rerr)
 	}
-	closeFDs(fds[:nfds])
-	p.assertNoWriters(t)
+	fdtest.Close(fds[:nfds])
+	p.AssertNoWriters(t)
 }
 
 // sendRaw sends payload with dups of p's write end, then closes p's own
 // write end: after that, the only writers of p are the ones in flight.
-func sendRaw(tb testing.TB, c *Conn, payload []byte, p *testPipe, nfds int) {
+func sendRaw(tb testing.TB, c *Conn, payload []byte, p *fdtest.Pipe, nfds int) {
 	tb.Helper()
-	if err := c.WriteMsg(payload, repeat(p.w, nfds)); err != nil {
+	if err := c.WriteMsg(payload, fdtest.Repeat(p.W, nfds)); err != nil {
 		tb.Fatalf("WriteMsg: %v", err)
 	}
-	p.closeW()
+	p.CloseW()
 }
 
 // TestReadMsgWhenNoRoom: while its condition says no, ReadMsgWhen reads
@@ -414,7 +392,7 @@ func sendRaw(tb testing.TB, c *Conn, payload []byte, p *testPipe, nfds int) {
 func TestReadMsgWhenNoRoom(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	payload := []byte("a message with fds")
 	sendRaw(t, a, payload, p, 3)
 	buf := make([]byte, 64)
@@ -437,17 +415,17 @@ func TestReadMsgWhenNoRoom(t *testing.T) {
 		t.Fatalf("ReadMsg after ErrNoRoom: %q, %d fds, %v; want the message whole", buf[:n], nfds, err)
 	}
 	for i, fd := range fds[:nfds] {
-		assertCloexec(t, fd)
+		fdtest.AssertCloexec(t, fd)
 		if _, err := unix.Write(fd, []byte{byte(i)}); err != nil {
 			t.Errorf("write through fd %d: %v", i, err)
 		}
 	}
-	closeFDs(fds[:nfds])
+	fdtest.Close(fds[:nfds])
 	var got [8]byte
-	if n, err := unix.Read(p.r, got[:]); err != nil || n != 3 {
+	if n, err := unix.Read(p.R, got[:]); err != nil || n != 3 {
 		t.Errorf("pipe: %d bytes, %v; want one through each fd", n, err)
 	}
-	p.assertNoWriters(t)
+	p.AssertNoWriters(t)
 }
 
 func TestReadMsgWhenEmpty(t *testing.T) {
@@ -587,7 +565,7 @@ func TestControl(t *testing.T) {
 func TestUnsentUnread(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	queues := func() (aOut, aIn, bOut, bIn int) {
 		t.Helper()
 		var errs [4]error
@@ -604,7 +582,7 @@ func TestUnsentUnread(t *testing.T) {
 		t.Fatalf("fresh pair: a %d out %d in, b %d out %d in; want all 0", aOut, aIn, bOut, bIn)
 	}
 	payload := []byte("two fds and a payload")
-	if err := a.WriteMsg(payload, repeat(p.w, 2)); err != nil {
+	if err := a.WriteMsg(payload, fdtest.Repeat(p.W, 2)); err != nil {
 		t.Fatal(err)
 	}
 	if aOut, aIn, bOut, bIn := queues(); aOut == 0 || bIn < len(payload) || aIn != 0 || bOut != 0 {
@@ -616,7 +594,7 @@ func TestUnsentUnread(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeFDs(fds[:nfds])
+	fdtest.Close(fds[:nfds])
 	if aOut, aIn, bOut, bIn := queues(); aOut != 0 || aIn != 0 || bOut != 0 || bIn != 0 {
 		t.Errorf("after b read it: a %d out %d in, b %d out %d in; want all 0", aOut, aIn, bOut, bIn)
 	}
@@ -635,18 +613,18 @@ func TestUnsentUnread(t *testing.T) {
 func TestShutdownRead(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	if err := b.ShutdownRead(); err != nil {
 		t.Fatalf("ShutdownRead: %v", err)
 	}
 	if err := a.WriteMsg([]byte("x"), nil); !errors.Is(err, unix.EPIPE) {
 		t.Errorf("WriteMsg to a peer shut for reading: %v, want EPIPE", err)
 	}
-	if err := a.TryWriteMsg([]byte("x"), []int{p.w}); !errors.Is(err, unix.EPIPE) {
+	if err := a.TryWriteMsg([]byte("x"), []int{p.W}); !errors.Is(err, unix.EPIPE) {
 		t.Errorf("TryWriteMsg with an fd to a peer shut for reading: %v, want EPIPE", err)
 	}
-	p.closeW()
-	p.assertNoWriters(t) // the failed send kept no copy of the fd
+	p.CloseW()
+	p.AssertNoWriters(t) // the failed send kept no copy of the fd
 	if err := b.WriteMsg([]byte("still sends"), nil); err != nil {
 		t.Fatalf("WriteMsg from the end shut for reading: %v", err)
 	}

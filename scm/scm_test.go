@@ -8,12 +8,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
@@ -60,88 +60,6 @@ func connFromFile(tb testing.TB, f *os.File) *Conn {
 	return c
 }
 
-// testPipe is a non-blocking pipe whose ends the test owns until it closes
-// them through closeR/closeW, so that cleanup never closes a number twice.
-type testPipe struct{ r, w int }
-
-func newPipe(tb testing.TB) *testPipe {
-	tb.Helper()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		tb.Fatalf("pipe2: %v", err)
-	}
-	tp := &testPipe{r: p[0], w: p[1]}
-	tb.Cleanup(func() { tp.closeR(); tp.closeW() })
-	return tp
-}
-
-func (p *testPipe) closeR() {
-	if p.r >= 0 {
-		_ = unix.Close(p.r)
-		p.r = -1
-	}
-}
-
-func (p *testPipe) closeW() {
-	if p.w >= 0 {
-		_ = unix.Close(p.w)
-		p.w = -1
-	}
-}
-
-// assertNoWriters checks that every copy of the pipe's write end has been
-// closed, in this process and in flight: an empty pipe then reads as EOF
-// instead of EAGAIN. This is how the tests prove that fds were closed,
-// since fcntl on a closed number is unreliable once the number is reused.
-func (p *testPipe) assertNoWriters(tb testing.TB) {
-	tb.Helper()
-	var b [1]byte
-	n, err := unix.Read(p.r, b[:])
-	switch {
-	case err == nil && n == 0:
-	case errors.Is(err, unix.EAGAIN):
-		tb.Errorf("pipe still has a writer: an fd was leaked")
-	default:
-		tb.Errorf("read pipe: n=%d err=%v", n, err)
-	}
-}
-
-// repeat returns n copies of fd.
-func repeat(fd, n int) []int {
-	fds := make([]int, n)
-	for i := range fds {
-		fds[i] = fd
-	}
-	return fds
-}
-
-// countFDs counts this process's open fds.
-func countFDs(tb testing.TB) int {
-	tb.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		tb.Fatalf("read /proc/self/fd: %v", err)
-	}
-	return len(ents)
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd)
-	}
-}
-
-func assertCloexec(tb testing.TB, fd int) {
-	tb.Helper()
-	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-	if err != nil {
-		tb.Fatalf("F_GETFD %d: %v", fd, err)
-	}
-	if flags&unix.FD_CLOEXEC == 0 {
-		tb.Errorf("received fd %d is not close-on-exec", fd)
-	}
-}
-
 func TestRoundTrip(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -159,11 +77,11 @@ func TestRoundTrip(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			a, b := newPair(t)
-			pipes := make([]*testPipe, tt.nfds)
+			pipes := make([]*fdtest.Pipe, tt.nfds)
 			sent := make([]int, tt.nfds)
 			for i := range pipes {
-				pipes[i] = newPipe(t)
-				sent[i] = pipes[i].w
+				pipes[i] = fdtest.NewPipe(t)
+				sent[i] = pipes[i].W
 			}
 			payload := make([]byte, tt.payload)
 			for i := range payload {
@@ -179,7 +97,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("ReadMsg: %v", err)
 			}
 			got := fds[:nfds]
-			t.Cleanup(func() { closeFDs(got) })
+			t.Cleanup(func() { fdtest.Close(got) })
 			if !bytes.Equal(buf[:n], payload) {
 				t.Errorf("payload: got %d bytes, want %d bytes equal to those sent", n, len(payload))
 			}
@@ -189,7 +107,7 @@ func TestRoundTrip(t *testing.T) {
 			// Each received fd is a new number for the same pipe, in order:
 			// a byte written through it comes out of that pipe's read end.
 			for i, fd := range got {
-				assertCloexec(t, fd)
+				fdtest.AssertCloexec(t, fd)
 				if fd == sent[i] {
 					t.Errorf("fd %d: received the sender's own number", i)
 				}
@@ -197,7 +115,7 @@ func TestRoundTrip(t *testing.T) {
 					t.Fatalf("write through received fd %d: %v", i, err)
 				}
 				var b [2]byte
-				n, err := unix.Read(pipes[i].r, b[:])
+				n, err := unix.Read(pipes[i].R, b[:])
 				if err != nil || n != 1 || b[0] != byte(i) {
 					t.Errorf("pipe %d: read n=%d b=%d err=%v, want the byte written through its received fd", i, n, b[0], err)
 				}
@@ -209,8 +127,8 @@ func TestRoundTrip(t *testing.T) {
 func TestSendSameFDManyTimes(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t)
-	p := newPipe(t)
-	if err := a.WriteMsg([]byte("x"), repeat(p.w, 5)); err != nil {
+	p := fdtest.NewPipe(t)
+	if err := a.WriteMsg([]byte("x"), fdtest.Repeat(p.W, 5)); err != nil {
 		t.Fatalf("WriteMsg: %v", err)
 	}
 	var fds [MaxFDs]int
@@ -228,25 +146,25 @@ func TestSendSameFDManyTimes(t *testing.T) {
 		}
 		seen[fd] = true
 	}
-	closeFDs(fds[:nfds])
-	p.closeW()
-	p.assertNoWriters(t)
+	fdtest.Close(fds[:nfds])
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 func TestWriteErrors(t *testing.T) {
 	t.Parallel()
 	a, _ := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	tests := []struct {
 		name    string
 		payload []byte
 		fds     []int
 		want    error
 	}{
-		{name: "too many fds", payload: []byte("x"), fds: repeat(p.w, MaxFDs+1), want: ErrTooManyFDs},
-		{name: "far too many fds", payload: []byte("x"), fds: repeat(p.w, 1000), want: ErrTooManyFDs},
+		{name: "too many fds", payload: []byte("x"), fds: fdtest.Repeat(p.W, MaxFDs+1), want: ErrTooManyFDs},
+		{name: "far too many fds", payload: []byte("x"), fds: fdtest.Repeat(p.W, 1000), want: ErrTooManyFDs},
 		{name: "empty payload", payload: nil, fds: nil, want: ErrEmpty},
-		{name: "empty payload with fds", payload: []byte{}, fds: []int{p.w}, want: ErrEmpty},
+		{name: "empty payload with fds", payload: []byte{}, fds: []int{p.W}, want: ErrEmpty},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -279,14 +197,14 @@ func TestNewConnRejects(t *testing.T) {
 		fd   func(t *testing.T) int
 	}{
 		{name: "pipe", fd: func(t *testing.T) int {
-			p := newPipe(t)
-			fd, err := unix.Dup(p.w)
+			p := fdtest.NewPipe(t)
+			fd, err := unix.Dup(p.W)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p.closeW()
+			p.CloseW()
 			// Keep p's read end to check that NewConn closed fd.
-			t.Cleanup(func() { p.assertNoWriters(t) })
+			t.Cleanup(func() { p.AssertNoWriters(t) })
 			return fd
 		}},
 		{name: "stream socket", fd: func(t *testing.T) int {
@@ -381,13 +299,13 @@ func fill(tb testing.TB, c *Conn) int {
 func TestTryWriteFull(t *testing.T) {
 	t.Parallel()
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	n := fill(t, a)
 	if n == 0 {
 		t.Fatal("not one message fit")
 	}
 	// Nothing is sent on EAGAIN, fds included.
-	if err := a.TryWriteMsg([]byte("fd"), []int{p.w}); !errors.Is(err, unix.EAGAIN) {
+	if err := a.TryWriteMsg([]byte("fd"), []int{p.W}); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("TryWriteMsg with fds on a full socket: %v, want EAGAIN", err)
 	}
 	buf := make([]byte, 16)
@@ -496,21 +414,21 @@ func assertClosedErr(tb testing.TB, err error) {
 
 func TestTruncatedClosesFDs(t *testing.T) {
 	a, b := newPair(t)
-	p := newPipe(t)
-	if err := a.WriteMsg(bytes.Repeat([]byte("x"), 64), repeat(p.w, 16)); err != nil {
+	p := fdtest.NewPipe(t)
+	if err := a.WriteMsg(bytes.Repeat([]byte("x"), 64), fdtest.Repeat(p.W, 16)); err != nil {
 		t.Fatalf("WriteMsg: %v", err)
 	}
-	p.closeW() // the only writers left are in flight
-	before := countFDs(t)
+	p.CloseW() // the only writers left are in flight
+	before := fdtest.Count(t)
 	var fds [MaxFDs]int
 	n, nfds, err := b.ReadMsg(make([]byte, 8), fds[:])
 	if !errors.Is(err, ErrTruncated) || n != 0 || nfds != 0 {
 		t.Fatalf("ReadMsg into 8 bytes: n=%d nfds=%d err=%v, want ErrTruncated", n, nfds, err)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after a truncated read", before, after)
 	}
-	p.assertNoWriters(t)
+	p.AssertNoWriters(t)
 
 	// The truncated message is gone and the next one reads whole.
 	if err := a.WriteMsg([]byte("next"), nil); err != nil {
@@ -536,29 +454,29 @@ func TestFDsSliceTooShort(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := newPair(t)
-			p := newPipe(t)
-			if err := a.WriteMsg([]byte("x"), repeat(p.w, tt.sent)); err != nil {
+			p := fdtest.NewPipe(t)
+			if err := a.WriteMsg([]byte("x"), fdtest.Repeat(p.W, tt.sent)); err != nil {
 				t.Fatalf("WriteMsg: %v", err)
 			}
-			p.closeW()
-			before := countFDs(t)
+			p.CloseW()
+			before := fdtest.Count(t)
 			fds := make([]int, tt.slice)
 			n, nfds, err := b.ReadMsg(make([]byte, 8), fds)
 			if !errors.Is(err, ErrTooManyFDs) || n != 0 || nfds != 0 {
 				t.Fatalf("ReadMsg: n=%d nfds=%d err=%v, want ErrTooManyFDs", n, nfds, err)
 			}
-			if after := countFDs(t); after != before {
+			if after := fdtest.Count(t); after != before {
 				t.Errorf("open fds: %d before, %d after", before, after)
 			}
-			p.assertNoWriters(t)
+			p.AssertNoWriters(t)
 		})
 	}
 }
 
 func TestFDLeak(t *testing.T) {
 	a, b := newPair(t)
-	p := newPipe(t)
-	sent := repeat(p.w, 4)
+	p := fdtest.NewPipe(t)
+	sent := fdtest.Repeat(p.W, 4)
 	buf := make([]byte, 64)
 	var fds [MaxFDs]int
 	one := func(i int) {
@@ -583,19 +501,19 @@ func TestFDLeak(t *testing.T) {
 			if nfds != i%5 {
 				t.Fatalf("ReadMsg %d: %d fds, want %d", i, nfds, i%5)
 			}
-			closeFDs(fds[:nfds])
+			fdtest.Close(fds[:nfds])
 		}
 	}
 	one(0) // warm up anything the runtime opens lazily
-	before := countFDs(t)
+	before := fdtest.Count(t)
 	for i := 1; i <= 5000; i++ {
 		one(i)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after 5000 messages", before, after)
 	}
-	p.closeW()
-	p.assertNoWriters(t)
+	p.CloseW()
+	p.AssertNoWriters(t)
 }
 
 // TestControlTruncated runs itself in a child process whose RLIMIT_NOFILE
@@ -625,58 +543,28 @@ func TestControlTruncated(t *testing.T) {
 
 func controlTruncatedChild(t *testing.T) {
 	a, b := newPair(t)
-	p := newPipe(t)
+	p := fdtest.NewPipe(t)
 	const sent = 64
-	if err := a.WriteMsg([]byte("x"), repeat(p.w, sent)); err != nil {
+	if err := a.WriteMsg([]byte("x"), fdtest.Repeat(p.W, sent)); err != nil {
 		t.Fatalf("WriteMsg: %v", err)
 	}
-	p.closeW()
+	p.CloseW()
 
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	open := map[int]bool{}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			t.Fatal(err)
-		}
-		open[fd] = true
-	}
-	// The limit is on fd numbers, and this process may have inherited fds
-	// with high numbers. Pick the limit that leaves two free numbers below
-	// it (three if ReadDir's own fd, closed again, was below it): far
-	// fewer than the fds sent.
-	limit, free := 0, 0
-	for ; free < 2; limit++ {
-		if !open[limit] {
-			free++
-		}
-	}
-	before := countFDs(t)
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
-	low := old
-	low.Cur = uint64(limit)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
-		t.Fatal(err)
-	}
+	// The limit is on fd numbers: AtLimit leaves two free numbers below
+	// it, far fewer than the fds sent.
+	before := fdtest.Count(t)
 	var fds [MaxFDs]int
-	n, nfds, rerr := b.ReadMsg(make([]byte, 8), fds[:])
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
-		t.Fatal(err)
-	}
+	var n, nfds int
+	var rerr error
+	fdtest.AtLimit(t, 2, func() { n, nfds, rerr = b.ReadMsg(make([]byte, 8), fds[:]) })
 	// The data arrives whole (1 byte), the fds do not.
 	if !errors.Is(rerr, ErrControlTruncated) || n != 1 || nfds != 0 {
 		t.Fatalf("ReadMsg at the fd limit: n=%d nfds=%d err=%v, want n=1, nfds=0 and ErrControlTruncated", n, nfds, rerr)
 	}
-	if after := countFDs(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("open fds: %d before, %d after", before, after)
 	}
-	p.assertNoWriters(t)
+	p.AssertNoWriters(t)
 }
 
 // rights builds an SCM_RIGHTS control message; appending several gives a
@@ -739,16 +627,16 @@ func TestParseRights(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := newPipe(t)
+			p := fdtest.NewPipe(t)
 			in := make([]int, tt.nfds)
 			for i := range in {
-				fd, err := unix.FcntlInt(uintptr(p.w), unix.F_DUPFD_CLOEXEC, 0)
+				fd, err := unix.FcntlInt(uintptr(p.W), unix.F_DUPFD_CLOEXEC, 0)
 				if err != nil {
 					t.Fatal(err)
 				}
 				in[i] = fd
 			}
-			p.closeW()
+			p.CloseW()
 			oob := tt.build(in)
 			fds := make([]int, tt.slice)
 			n, err := parseRights(oob, fds)
@@ -768,17 +656,17 @@ func TestParseRights(t *testing.T) {
 						t.Errorf("fds[%d] = %d, want %d", i, fds[i], in[i])
 					}
 				}
-				closeFDs(fds[:n])
+				fdtest.Close(fds[:n])
 			}
-			p.assertNoWriters(t)
+			p.AssertNoWriters(t)
 		})
 	}
 }
 
 func TestAllocs(t *testing.T) {
 	a, b := newPair(t)
-	p := newPipe(t)
-	sent := repeat(p.w, 16)
+	p := fdtest.NewPipe(t)
+	sent := fdtest.Repeat(p.W, 16)
 	payload := []byte("conns")
 	buf := make([]byte, 64)
 	var fds [MaxFDs]int
@@ -794,7 +682,7 @@ func TestAllocs(t *testing.T) {
 			if err != nil || nfds != len(sent) {
 				t.Fatalf("ReadMsg: %d fds, %v", nfds, err)
 			}
-			closeFDs(fds[:nfds])
+			fdtest.Close(fds[:nfds])
 		}},
 		{name: "TryWriteMsg+TryReadMsg", f: func() {
 			if err := a.TryWriteMsg(payload, sent); err != nil {
@@ -804,7 +692,7 @@ func TestAllocs(t *testing.T) {
 			if err != nil || nfds != len(sent) {
 				t.Fatalf("TryReadMsg: %d fds, %v", nfds, err)
 			}
-			closeFDs(fds[:nfds])
+			fdtest.Close(fds[:nfds])
 		}},
 	}
 	for _, tt := range tests {
