@@ -90,6 +90,35 @@
 // non-blocking, pings use TryWriteFrame, and process starts, binds and
 // waits happen outside it. Helpers that need it end in Locked.
 //
+// Reload holds reloadMu, so that one rolling restart runs at a time, and
+// takes mu under it, never the other way round. The event queue has a
+// mutex of its own, never held with mu.
+//
+// # Goroutines
+//
+// Each has one owner and ends in one known way; Shutdown joins them all
+// before it returns.
+//
+//   - One accept loop per listener, started by Listen or Adopt; it ends at
+//     Shutdown, after a last pass over the backlog, and closes the
+//     listener's done channel, which Shutdown waits for before it drains
+//     the workers (so that nothing accepted is left unserved).
+//   - Per worker, a control reader (readLoop), which ends when the control
+//     socket closes, and a waiter (waitExit), which reaps the process,
+//     closes the control socket and counter page, and reclaims what the
+//     worker never read. On Disconnect, one goroutine writes the
+//     Disconnect frame and one sends SIGTERM and, after ShutdownTimeout,
+//     SIGKILL; it ends when the process has exited. All four are counted
+//     in Balancer.wg.
+//   - A restart timer per slot waiting to restart, also in wg; Shutdown
+//     cancels those not yet run.
+//   - Two timers that run under mu and never block: the pending queue's
+//     retry and the stall check (stall.go), stopped at Shutdown.
+//   - The event queue's one goroutine, which calls Options.OnEvent; it
+//     ends when Shutdown closes the queue and the queue is empty.
+//   - Reload's replacements, one per worker replaced at once, joined by
+//     Reload itself; Run's reload and shutdown, joined by Run.
+//
 // # Events
 //
 // Options.OnEvent receives ForkEvent, OnlineEvent, ListeningEvent,

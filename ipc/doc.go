@@ -83,6 +83,16 @@
 // on error they have closed them all. Writers keep ownership of the fds
 // they send (see [scm]); the master closes its copies right after a send.
 //
+// # Goroutines and locking
+//
+// The package starts no goroutine. A [Conn]'s writes are serialised by
+// its write mutex, which also guards the frame buffer it reuses; its reads
+// are for one goroutine at a time. A [ConnsSocket]'s read mutex guards its
+// receive buffers, so that the worker's Accept and the master's reclaim
+// never share them; its sends are for one goroutine at a time (the master
+// sends under its own lock). A [Page] is read and written with atomic
+// operations only.
+//
 // # Robustness
 //
 // [Decode] checks every length and never panics: a fuzz target proves it,

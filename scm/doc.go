@@ -31,4 +31,12 @@
 // At most [MaxFDs] (253, the kernel's SCM_MAX_FD) fds travel in one
 // message. A message whose data or control part did not fit the receiver's
 // buffers (MSG_TRUNC, MSG_CTRUNC) is an error, never a silent loss.
+//
+// # Goroutines and locking
+//
+// The package starts no goroutine. A Conn's writes may come from many
+// goroutines: its write mutex serialises them and guards the sendmsg
+// arguments it reuses. Its reads must come from one goroutine at a time,
+// which owns the read buffers; the packages above hold their own lock for
+// that. A blocked read or write returns when Close is called.
 package scm

@@ -84,4 +84,33 @@
 // net.FileConn dups it and the original is closed at once). Fds still
 // queued when the Listener closes are sent back to the master and closed
 // here. The conns socket is owned by its Listener and closed by Close.
+// Serve owns no fd: srv and the listeners stay the caller's, and Serve
+// closes the listeners when it drains.
+//
+// # Goroutines
+//
+//   - The control reader (readLoop), started by init in a worker process,
+//     lives as long as the control socket: at EOF (the master is gone) it
+//     closes the listeners, sends the process SIGTERM and returns.
+//   - The inbox's forwarder starts at the first call to Messages and ends
+//     when the control socket closes and the queue is empty.
+//   - On Disconnect, one goroutine per Listener (closeWhenDrained) closes
+//     it once Accept has taken what was queued, within drainTimeout.
+//   - Serve starts one goroutine per listener (srv.Serve), one that waits
+//     for them, one that absorbs signals during the drain, and OnDrain's;
+//     each ends before Serve returns, except OnDrain past the drain's
+//     deadline.
+//
+// Accept runs on the caller's goroutine and reads the conns socket
+// itself: there is no goroutine per listener or per connection.
+//
+// # Locking
+//
+// The control client's mu guards its requests and its listeners; a
+// Listener's mu guards its queue and its closed state, and its readMu
+// lets one Accept read the conns socket at a time. The order is readMu,
+// then mu; the control client's mu is never held with a Listener's. Only
+// readMu is held across a blocking call (an Accept waiting for a frame),
+// and Close wakes that Accept by closing the socket before it takes
+// readMu. Writes to the control socket are serialised by ipc.Conn.
 package worker
