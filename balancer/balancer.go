@@ -74,33 +74,37 @@ type Balancer struct {
 }
 
 // New returns a Balancer; it opens nothing and starts no worker until
-// Listen and Start.
+// Listen and Start. Options that Validate rejects are its error; zero
+// fields get their defaults.
 func New(opts Options) (*Balancer, error) {
-	if opts.Workers <= 0 {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Workers == 0 {
 		opts.Workers = runtime.NumCPU()
 	}
 	if opts.Policy == nil {
 		opts.Policy = RoundRobin
 	}
-	if opts.ShutdownTimeout <= 0 {
+	if opts.ShutdownTimeout == 0 {
 		opts.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	if opts.HandoffTimeout <= 0 {
+	if opts.HandoffTimeout == 0 {
 		opts.HandoffTimeout = DefaultHandoffTimeout
 	}
-	if opts.ReloadTimeout <= 0 {
+	if opts.ReloadTimeout == 0 {
 		opts.ReloadTimeout = DefaultReloadTimeout
 	}
-	if opts.ReloadConcurrency <= 0 {
+	if opts.ReloadConcurrency == 0 {
 		opts.ReloadConcurrency = DefaultReloadConcurrency
 	}
-	if opts.MaxUnread <= 0 {
+	if opts.MaxUnread == 0 {
 		opts.MaxUnread = DefaultMaxUnread
 	}
 	if opts.KeepAlive == 0 {
 		opts.KeepAlive = DefaultKeepAlive
 	}
-	if opts.MaxPending <= 0 {
+	if opts.MaxPending == 0 {
 		opts.MaxPending = DefaultMaxPending
 	}
 	if opts.Stdout == nil {
@@ -183,16 +187,16 @@ func lookupUser(name string) (*syscall.Credential, error) {
 // worker.Listen with the same address share it. It returns the bound
 // address. Listening on an address already open returns that one.
 func (b *Balancer) Listen(network, address string) (net.Addr, error) {
-	l, err := b.listener(network, address)
+	l, err := b.findOrOpen(network, address)
 	if err != nil {
 		return nil, err
 	}
 	return l.bound, nil
 }
 
-// listener finds or opens the listener for a request. The socket is
+// findOrOpen finds or opens the listener for a request. The socket is
 // opened without holding b.mu, so a slow bind never stalls dispatch.
-func (b *Balancer) listener(network, address string) (*listener, error) {
+func (b *Balancer) findOrOpen(network, address string) (*listener, error) {
 	resolved := resolve(network, address) // outside b.mu: it may ask DNS
 	b.mu.Lock()
 	l, err := b.lookupLocked(network, address, resolved)
@@ -205,19 +209,6 @@ func (b *Balancer) listener(network, address string) (*listener, error) {
 		return nil, err
 	}
 	return b.register(network, address, resolved, l)
-}
-
-// resolve returns the TCP address a request names, for matching it with
-// an open listener, or nil.
-func resolve(network, address string) *net.TCPAddr {
-	if network == "unix" {
-		return nil
-	}
-	a, err := net.ResolveTCPAddr(network, address)
-	if err != nil || a.Port == 0 {
-		return nil
-	}
-	return a
 }
 
 // register starts accepting on l, unless another request opened the same
@@ -249,8 +240,8 @@ func (b *Balancer) register(network, address string, resolved *net.TCPAddr, l *l
 // ln's own address. The balancer works on a dup of ln's fd: the caller
 // keeps ln and may close it. A Unix socket's path is left in place.
 func (b *Balancer) Adopt(network, address string, ln net.Listener) (net.Addr, error) {
-	if err := checkNetwork(network); err != nil {
-		return nil, err
+	if err := ipc.CheckNetwork(network); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
 	}
 	l, err := dupListener(network, address, ln)
 	if err != nil {
@@ -309,16 +300,13 @@ func (b *Balancer) lookupLocked(network, address string, resolved *net.TCPAddr) 
 }
 
 // findLocked matches a request with an open listener, by the address as
-// written or, for TCP with a fixed port, by the address it resolved to.
+// written or, as Serves does, by the address it resolved to (a).
 func (b *Balancer) findLocked(network, address string, a *net.TCPAddr) *listener {
 	if l := b.byKey[network+" "+address]; l != nil {
 		return l
 	}
-	if a == nil {
-		return nil
-	}
 	for _, l := range b.listeners {
-		if ta, ok := l.bound.(*net.TCPAddr); ok && ta.Port == a.Port && (ta.IP.Equal(a.IP) || (ta.IP.IsUnspecified() && a.IP == nil)) {
+		if serves(l.bound, network, address, a) {
 			return l
 		}
 	}

@@ -23,9 +23,14 @@ var errNeedsLinux = fmt.Errorf("balancer: the master needs Linux (it hands conne
 // Balancer is a handoff master; outside Linux none runs.
 type Balancer struct{}
 
-// New returns an error matching errors.ErrUnsupported: the master needs
-// Linux.
-func New(opts Options) (*Balancer, error) { return nil, errNeedsLinux }
+// New returns Validate's error, or else one matching
+// errors.ErrUnsupported: the master needs Linux.
+func New(opts Options) (*Balancer, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	return nil, errNeedsLinux
+}
 
 // done is what Done returns: closed, since nothing runs.
 var done = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -61,3 +66,5 @@ func (w *Worker) Kill(sig os.Signal) error { return errNeedsLinux }
 func (w *Worker) Disconnect()              {}
 func (w *Worker) Active() int              { return 0 }
 func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead} }
+
+func ListenSocket(network, address string) (net.Listener, error) { return nil, errNeedsLinux }

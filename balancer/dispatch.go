@@ -438,7 +438,7 @@ func (b *Balancer) hello(w *Worker) {
 // worker's conns socket for it, and sends the worker its end in the reply
 // before routing any connection to it.
 func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string) {
-	l, err := b.listener(network, address)
+	l, err := b.findOrOpen(network, address)
 	if err == nil {
 		b.mu.Lock()
 		if w.links[l] != nil {

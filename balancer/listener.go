@@ -67,23 +67,40 @@ type listener struct {
 	done chan struct{}
 }
 
-// openListener binds like net.Listen, so its errors are net.Listen's, and
-// keeps a dup of the socket for raw accept4.
-func openListener(network, address string) (*listener, error) {
-	if err := checkNetwork(network); err != nil {
-		return nil, err
+// ListenSocket opens a listening socket as Balancer.Listen does, without
+// accepting on it: the network must be one that masters hand off (tcp,
+// tcp4, tcp6 or unix), and a Unix socket is made 0600, so that only this
+// user (and root) may connect. Its errors are *net.OpError, as
+// net.Listen's. It is for a program that keeps the socket itself, to hand
+// it to the next master (as the handoff CLI does with tableflip), and
+// gives the balancer a dup of it with Adopt. The caller owns the
+// net.Listener; closing it removes a Unix socket's path.
+func ListenSocket(network, address string) (net.Listener, error) {
+	if err := ipc.CheckNetwork(network); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	ln, err := net.Listen(network, address)
 	if err != nil {
 		return nil, err
 	}
-	path := ""
-	if ul, ok := ln.(*net.UnixListener); ok {
-		// Only this master and the users it allows may connect.
+	if _, ok := ln.(*net.UnixListener); ok {
 		if err := os.Chmod(address, 0o600); err != nil {
-			_ = ln.Close()
+			_ = ln.Close() // removes the path
 			return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
 		}
+	}
+	return ln, nil
+}
+
+// openListener binds with ListenSocket and keeps a dup of the socket for
+// raw accept4; l removes a Unix socket's path when it closes.
+func openListener(network, address string) (*listener, error) {
+	ln, err := ListenSocket(network, address)
+	if err != nil {
+		return nil, err
+	}
+	path := ""
+	if ul, ok := ln.(*net.UnixListener); ok {
 		ul.SetUnlinkOnClose(false)
 		path = address
 	}
@@ -101,14 +118,6 @@ func openListener(network, address string) (*listener, error) {
 	return l, nil
 }
 
-func checkNetwork(network string) error {
-	switch network {
-	case "tcp", "tcp4", "tcp6", "unix":
-		return nil
-	}
-	return &net.OpError{Op: "listen", Net: network, Err: fmt.Errorf("handoff: network %q is not supported (tcp, tcp4, tcp6, unix)", network)}
-}
-
 // dupListener makes a listener from a dup of ln's socket. The caller
 // keeps ln and closes it when it likes; the socket stays open for l.
 func dupListener(network, address string, ln net.Listener) (*listener, error) {
@@ -121,7 +130,7 @@ func dupListener(network, address string, ln net.Listener) (*listener, error) {
 	case *net.UnixListener:
 		f, err = ln.File()
 	default:
-		err = fmt.Errorf("handoff: cannot take over a %T", ln)
+		err = fmt.Errorf("balancer: cannot take over a %T", ln)
 	}
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: err}
@@ -130,12 +139,12 @@ func dupListener(network, address string, ln net.Listener) (*listener, error) {
 	// in the runtime poller.
 	if err := unix.SetNonblock(int(fdOf(f)), true); err != nil {
 		_ = f.Close()
-		return nil, os.NewSyscallError("setnonblock", err)
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: os.NewSyscallError("setnonblock", err)}
 	}
 	l.f = f
 	if l.rc, err = f.SyscallConn(); err != nil {
 		_ = f.Close()
-		return nil, err
+		return nil, &net.OpError{Op: "listen", Net: network, Addr: l.bound, Err: err}
 	}
 	return l, nil
 }

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -42,7 +43,9 @@ var (
 
 // Options configures a Balancer. The zero value runs one worker per CPU,
 // each re-executing the current binary with the same arguments, as
-// cluster.fork() does.
+// cluster.fork() does. A zero field means its default; a value that
+// means nothing (a negative count or timeout) makes Validate, and so New,
+// fail with an *OptionError: nothing is quietly replaced.
 type Options struct {
 	// Workers is the number of worker processes; 0 means runtime.NumCPU().
 	Workers int
@@ -80,7 +83,7 @@ type Options struct {
 	// listen; 0 means DefaultReloadTimeout.
 	ReloadTimeout time.Duration
 	// ReloadConcurrency is how many workers Reload replaces at once; 0
-	// means 1.
+	// means DefaultReloadConcurrency.
 	ReloadConcurrency int
 	// MaxUnread bounds the handoffs waiting, unread, in a worker's
 	// sockets. A worker at the bound gets no more until it reads; 0 means
@@ -99,7 +102,8 @@ type Options struct {
 	KeepAlive time.Duration
 	// TCPUserTimeout, if positive, sets TCP_USER_TIMEOUT on every TCP
 	// listener, and so on every connection accepted there: how long sent
-	// data may stay unacknowledged before the kernel drops the connection.
+	// data may stay unacknowledged before the kernel drops the connection;
+	// 0 leaves the kernel's default.
 	// Libraries that set it per connection (grpc-go) cannot on a handed-off
 	// one unless it is a *net.TCPConn; set it here instead.
 	TCPUserTimeout time.Duration
@@ -108,4 +112,40 @@ type Options struct {
 	Logger zerolog.Logger
 	// OnEvent, if set, receives every Event; see Event.
 	OnEvent func(Event)
+}
+
+// OptionError is the error of Options.Validate, and so of New, for a field
+// whose value means nothing.
+type OptionError struct {
+	Field string // the field of Options, such as "MaxPending"
+	Value any    // its value
+	Rule  string // what it breaks, such as "must not be negative"
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("balancer: Options.%s %s, not %v", e.Field, e.Rule, e.Value)
+}
+
+// Validate returns an *OptionError for the first field whose value means
+// nothing, or nil. Zero values are valid: they mean the defaults.
+func (o Options) Validate() error {
+	for _, f := range []struct {
+		name string
+		bad  bool
+		val  any
+	}{
+		{"Workers", o.Workers < 0, o.Workers},
+		{"ShutdownTimeout", o.ShutdownTimeout < 0, o.ShutdownTimeout},
+		{"HandoffTimeout", o.HandoffTimeout < 0, o.HandoffTimeout},
+		{"ReloadTimeout", o.ReloadTimeout < 0, o.ReloadTimeout},
+		{"ReloadConcurrency", o.ReloadConcurrency < 0, o.ReloadConcurrency},
+		{"MaxUnread", o.MaxUnread < 0, o.MaxUnread},
+		{"MaxPending", o.MaxPending < 0, o.MaxPending},
+		{"TCPUserTimeout", o.TCPUserTimeout < 0, o.TCPUserTimeout},
+	} {
+		if f.bad {
+			return &OptionError{Field: f.name, Value: f.val, Rule: "must not be negative"}
+		}
+	}
+	return nil
 }

@@ -1,5 +1,10 @@
 package balancer
 
+import (
+	"fmt"
+	"strings"
+)
+
 // WorkerLoad is what a Policy sees of one worker that can take a
 // connection on a listener.
 type WorkerLoad struct {
@@ -29,6 +34,36 @@ type PolicyFunc func(candidates []WorkerLoad) int
 
 // Pick calls f.
 func (f PolicyFunc) Pick(candidates []WorkerLoad) int { return f(candidates) }
+
+// The names of the built-in policies, for PolicyByName: what the handoff
+// CLI's --policy takes.
+const (
+	PolicyRoundRobin  = "round-robin"  // RoundRobin
+	PolicyLeastLoaded = "least-loaded" // LeastLoaded
+)
+
+// policies are the built-in policies by name, in the order errors list them.
+var policies = []struct {
+	name   string
+	policy func() Policy
+}{
+	{PolicyRoundRobin, RoundRobin},
+	{PolicyLeastLoaded, LeastLoaded},
+}
+
+// PolicyByName returns the built-in policy called name (PolicyRoundRobin
+// or PolicyLeastLoaded), for Options.Policy, or an error that lists the
+// names.
+func PolicyByName(name string) (func() Policy, error) {
+	names := make([]string, len(policies))
+	for i, p := range policies {
+		if p.name == name {
+			return p.policy, nil
+		}
+		names[i] = p.name
+	}
+	return nil, fmt.Errorf("balancer: unknown policy %q; want %s", name, strings.Join(names, " or "))
+}
 
 // RoundRobin returns a Policy that rotates exactly over the candidates, by
 // worker id: each connection goes to the next id after the last one chosen,
