@@ -1,5 +1,7 @@
 // Package integration_test proves handoff across what crosses a real
-// network: every test builds its own hosts out of Linux network namespaces
+// network, and that the README's library example does what it says
+// (readme_test.go: it needs no namespace and runs without root). Every
+// other test builds its own hosts out of Linux network namespaces
 // (internal/netnstest) and runs a real master, whose workers are this test
 // binary re-executed (internal/testworker), against clients on other
 // hosts; the TestFleet tests run HAProxy in front of several hosts, each
@@ -52,7 +54,7 @@
 //
 // # Running
 //
-// The tests need root (to create namespaces) and run in parallel, one
+// The namespace tests need root (to create namespaces) and run in parallel, one
 // namespace set each, so each can bind port 80. Without root they skip,
 // saying how to run them (`sudo go test ./integration_test/`); with
 // HANDOFF_REQUIRE_NETNS=1, as in CI, they fail instead.
