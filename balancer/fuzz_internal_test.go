@@ -4,7 +4,6 @@ package balancer
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -21,205 +20,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/fuzzctl"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sys/unix"
 )
 
-// The input of FuzzMasterControl is a sequence of ops, each
-//
-//	h      1 byte
-//	n      2 bytes, little-endian
-//	frame  n bytes, cut short at the end of the input
-//
-// The frame is written raw, as one message from the worker, with h&3 fds
-// attached (3 means none). Bits 2-3 and 4-5 of h choose each fd (see
-// fdKind). An empty frame is skipped: no worker sends one, and it reads
-// as end of stream. With bit 7 set the op is a connect instead: once the
-// master has read every frame before, a client connects to one of its
-// listeners, frame[0] choosing which, and the test waits until the master
-// has accepted and dispatched the conn, to this worker if it can take it.
-// worker's FuzzWorkerControl reads the same format, but for bit 7.
-const maxFuzzOps = 256
-
-// fdKind is what an fd attached to a fuzzed frame refers to.
-type fdKind uint8
-
-const (
-	fdPipe fdKind = iota // the write end of a pipe, checked for EOF
-	fdTCP                // a connected loopback TCP socket
-	fdUnix               // a connected Unix stream socket
-)
-
+// The input of FuzzMasterControl is a sequence of fuzzctl ops: each frame
+// is written raw, as one message from the worker. An empty frame is
+// skipped: no worker sends one, and it reads as end of stream. With bit 7
+// of h set the op is a connect instead: once the master has read every
+// frame before, a client connects to one of its listeners, frame[0]
+// choosing which, and the test waits until the master has accepted and
+// dispatched the conn, to this worker if it can take it. worker's
+// FuzzWorkerControl reads the same format, but for bit 7.
 const opConnect = 0x80
-
-type fuzzOp struct {
-	h     byte
-	frame []byte
-}
-
-// kinds returns what each fd of the op's frame is.
-func (op fuzzOp) kinds() []fdKind {
-	n := int(op.h&3) % 3
-	k := make([]fdKind, n)
-	for i := range k {
-		k[i] = fdKind(op.h>>(2+2*i)&3) % 3
-	}
-	return k
-}
-
-func parseOps(in []byte) []fuzzOp {
-	var ops []fuzzOp
-	for len(in) >= 3 && len(ops) < maxFuzzOps {
-		h, n := in[0], int(binary.LittleEndian.Uint16(in[1:3]))
-		in = in[3:]
-		n = min(n, len(in))
-		ops = append(ops, fuzzOp{h: h, frame: in[:n]})
-		in = in[n:]
-	}
-	return ops
-}
-
-// fuzzInput encodes ops for f.Add.
-func fuzzInput(ops ...fuzzOp) []byte {
-	var b []byte
-	for _, op := range ops {
-		b = append(b, op.h)
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(op.frame)))
-		b = append(b, op.frame...)
-	}
-	return b
-}
-
-// withFDs is an op sending frame with fds of the given kinds, at most 2.
-func withFDs(frame []byte, kinds ...fdKind) fuzzOp {
-	h := byte(len(kinds))
-	for i, k := range kinds {
-		h |= byte(k) << (2 + 2*i)
-	}
-	return fuzzOp{h: h, frame: frame}
-}
 
 // connectOp connects a client to the master's listener i, counting from 0
 // in the order they were opened.
-func connectOp(i byte) fuzzOp { return fuzzOp{h: opConnect, frame: []byte{i}} }
-
-// fdSource holds the sockets whose fds fuzzed frames carry, for the whole
-// fuzz run. Every frame carries its own copy, which the receiver owns.
-type fdSource struct {
-	tcp  int // the server end of a loopback TCP connection
-	unix int // one end of a Unix stream socketpair
-}
-
-func newFDSource(f *testing.F) *fdSource {
-	f.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		f.Fatal(err)
-	}
-	_ = client.(*net.TCPConn).SetLinger(0)
-	server, err := ln.Accept()
-	if err != nil {
-		_ = client.Close()
-		f.Fatal(err)
-	}
-	// File dups the fd; File's own fd stays blocking, which no one minds
-	// here: it is only ever sent.
-	sf, err := server.(*net.TCPConn).File()
-	_ = server.Close()
-	if err != nil {
-		_ = client.Close()
-		f.Fatal(err)
-	}
-	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		_ = client.Close()
-		_ = sf.Close()
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		_ = client.Close()
-		_ = sf.Close()
-		_ = unix.Close(sp[0])
-		_ = unix.Close(sp[1])
-	})
-	return &fdSource{tcp: int(fdOf(sf)), unix: sp[0]}
-}
-
-// fds returns the fds to attach to op's frame; pipe is this input's pipe.
-// The caller keeps ownership: the kernel gives the receiver copies.
-func (s *fdSource) fds(op fuzzOp, pipe int) []int {
-	var fds []int
-	for _, k := range op.kinds() {
-		switch k {
-		case fdTCP:
-			fds = append(fds, s.tcp)
-		case fdUnix:
-			fds = append(fds, s.unix)
-		default:
-			fds = append(fds, pipe)
-		}
-	}
-	return fds
-}
-
-// fuzzPipe is a pipe whose write end goes out with fuzzed frames: once
-// every copy is closed, the empty pipe reads EOF instead of EAGAIN.
-type fuzzPipe struct{ r, w int }
-
-func newFuzzPipe(t *testing.T) *fuzzPipe {
-	t.Helper()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		t.Fatalf("pipe2: %v", err)
-	}
-	fp := &fuzzPipe{r: p[0], w: p[1]}
-	t.Cleanup(func() { fp.closeW(); fp.closeR() })
-	return fp
-}
-
-func (p *fuzzPipe) closeW() {
-	if p.w >= 0 {
-		_ = unix.Close(p.w)
-		p.w = -1
-	}
-}
-
-func (p *fuzzPipe) closeR() {
-	if p.r >= 0 {
-		_ = unix.Close(p.r)
-		p.r = -1
-	}
-}
-
-// assertNoWriters checks that no copy of the write end is left open, in
-// this process or in flight.
-func (p *fuzzPipe) assertNoWriters(t *testing.T) {
-	t.Helper()
-	var b [1]byte
-	n, err := unix.Read(p.r, b[:])
-	switch {
-	case err == nil && n == 0:
-	case err == unix.EAGAIN:
-		t.Errorf("a copy of the pipe's write end is still open: an fd was leaked")
-	default:
-		t.Errorf("read pipe: n=%d err=%v", n, err)
-	}
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
+func connectOp(i byte) fuzzctl.Op { return fuzzctl.Op{H: opConnect, Frame: []byte{i}} }
 
 // fuzzWait bounds every wait for the master in FuzzMasterControl.
 const fuzzWait = 10 * time.Second
@@ -492,53 +312,53 @@ func tameListen(frame []byte, dir string) []byte {
 // masterSeeds are valid frame sequences, one per case the master
 // handles, and the junk a hostile worker might send.
 func masterSeeds() [][]byte {
-	hello := withFDs(ipc.AppendHello(nil, 1))
-	listen := func(req uint32, network, address string) fuzzOp {
-		return withFDs(ipc.AppendListen(nil, req, network, address))
+	hello := fuzzctl.WithFDs(ipc.AppendHello(nil, 1))
+	listen := func(req uint32, network, address string) fuzzctl.Op {
+		return fuzzctl.WithFDs(ipc.AppendListen(nil, req, network, address))
 	}
-	ret := func(lid uint32, n int, kinds ...fdKind) fuzzOp {
-		return withFDs(ipc.AppendReturn(nil, lid, n), kinds...)
+	ret := func(lid uint32, n int, kinds ...fuzzctl.Kind) fuzzctl.Op {
+		return fuzzctl.WithFDs(ipc.AppendReturn(nil, lid, n), kinds...)
 	}
-	pong := withFDs(ipc.AppendPong(nil))
-	user := func(flags uint16, payload string) fuzzOp {
-		return withFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
+	pong := fuzzctl.WithFDs(ipc.AppendPong(nil))
+	user := func(flags uint16, payload string) fuzzctl.Op {
+		return fuzzctl.WithFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
 	}
 	return [][]byte{
 		// A worker's life: hello, listen, take conns, send a message,
 		// answer a ping, stop listening and hand one back.
-		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(0),
-			user(0, `{"requests":1}`), pong, ret(1, 1, fdTCP), connectOp(0)),
+		fuzzctl.Input(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(0),
+			user(0, `{"requests":1}`), pong, ret(1, 1, fuzzctl.TCP), connectOp(0)),
 		// Two listeners, one shared by two requests; an unlisten with
 		// nothing to return.
-		fuzzInput(hello, listen(1, "unix", "/run/handoff.sock"), listen(2, "tcp", "127.0.0.1:0"),
+		fuzzctl.Input(hello, listen(1, "unix", "/run/handoff.sock"), listen(2, "tcp", "127.0.0.1:0"),
 			listen(3, "tcp", "127.0.0.1:0"), connectOp(0), connectOp(1),
-			ret(2, 0), connectOp(1), ret(1, 1, fdUnix), connectOp(0)),
+			ret(2, 0), connectOp(1), ret(1, 1, fuzzctl.Unix), connectOp(0)),
 		// Unread conns go to no one when the worker dies.
-		fuzzInput(hello, listen(1, "tcp4", "127.0.0.1:0"), connectOp(0), connectOp(0), connectOp(0)),
+		fuzzctl.Input(hello, listen(1, "tcp4", "127.0.0.1:0"), connectOp(0), connectOp(0), connectOp(0)),
 		// Nonsense listens.
-		fuzzInput(listen(1, "udp", ":53"), listen(2, "tcp", "no-port"), listen(3, "tcp", "127.0.0.1:99999"),
+		fuzzctl.Input(listen(1, "udp", ":53"), listen(2, "tcp", "no-port"), listen(3, "tcp", "127.0.0.1:99999"),
 			listen(4, "unix", "@handoff-fuzz"), listen(5, "tcp", "host.invalid:80"), listen(6, "", ":0"),
 			listen(7, "tcp6", "[::1]:0"), listen(8, "unix", ""), listen(9, "tcp", "[fe80::1%lo]:0"),
 			listen(10, "tcp", "1.2.3.4:0"), connectOp(1), connectOp(2)),
 		// Returns of fds that are not the listener's conns, or for no
 		// listener, and pongs nobody asked for.
-		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), pong, pong,
-			ret(9, 1, fdTCP), ret(1, 2, fdPipe, fdPipe), ret(0, 1, fdUnix), ret(1, 1, fdTCP)),
+		fuzzctl.Input(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), pong, pong,
+			ret(9, 1, fuzzctl.TCP), ret(1, 2, fuzzctl.Pipe, fuzzctl.Pipe), ret(0, 1, fuzzctl.Unix), ret(1, 1, fuzzctl.TCP)),
 		// Protocol errors: the worker is killed, and its frames after
 		// that are read until it is gone.
-		fuzzInput(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), user(0, "not json"),
+		fuzzctl.Input(hello, listen(1, "tcp", "127.0.0.1:0"), connectOp(0), user(0, "not json"),
 			connectOp(0), hello),
-		fuzzInput(withFDs(ipc.AppendConns(nil, 1, []ipc.Handoff{{}}), fdPipe),
-			withFDs(ipc.AppendListenReply(nil, 1, 1, 0, "x", "", "")), withFDs(ipc.AppendDisconnect(nil), fdTCP),
-			withFDs(ipc.AppendPing(nil)), ret(1, 1), ret(1, 0, fdUnix, fdPipe), withFDs(ipc.AppendPong(nil), fdPipe)),
+		fuzzctl.Input(fuzzctl.WithFDs(ipc.AppendConns(nil, 1, []ipc.Handoff{{}}), fuzzctl.Pipe),
+			fuzzctl.WithFDs(ipc.AppendListenReply(nil, 1, 1, 0, "x", "", "")), fuzzctl.WithFDs(ipc.AppendDisconnect(nil), fuzzctl.TCP),
+			fuzzctl.WithFDs(ipc.AppendPing(nil)), ret(1, 1), ret(1, 0, fuzzctl.Unix, fuzzctl.Pipe), fuzzctl.WithFDs(ipc.AppendPong(nil), fuzzctl.Pipe)),
 		// Fragmented messages, whole and interrupted.
-		fuzzInput(hello, user(ipc.FlagMore, `{"a":`), user(ipc.FlagMore, `"b"`), user(0, `}`),
+		fuzzctl.Input(hello, user(ipc.FlagMore, `{"a":`), user(ipc.FlagMore, `"b"`), user(0, `}`),
 			user(ipc.FlagMore, `{"a":`), hello, user(0, `1}`)),
 		// Junk.
-		fuzzInput(withFDs([]byte{ipc.Version + 1, byte(ipc.KindReturn), 0, 0}, fdPipe),
-			withFDs([]byte{ipc.Version, 200, 0, 0}, fdTCP, fdUnix), withFDs([]byte{ipc.Version}),
-			withFDs([]byte{ipc.Version, byte(ipc.KindListen), 0, 0, 1}),
-			withFDs(append(ipc.AppendReturn(nil, 1, 0), 0), fdPipe)),
+		fuzzctl.Input(fuzzctl.WithFDs([]byte{ipc.Version + 1, byte(ipc.KindReturn), 0, 0}, fuzzctl.Pipe),
+			fuzzctl.WithFDs([]byte{ipc.Version, 200, 0, 0}, fuzzctl.TCP, fuzzctl.Unix), fuzzctl.WithFDs([]byte{ipc.Version}),
+			fuzzctl.WithFDs([]byte{ipc.Version, byte(ipc.KindListen), 0, 0, 1}),
+			fuzzctl.WithFDs(append(ipc.AppendReturn(nil, 1, 0), 0), fuzzctl.Pipe)),
 		{0x02, 0xff, 0xff, ipc.Version, byte(ipc.KindReturn)},
 		{},
 	}
@@ -557,35 +377,35 @@ func FuzzMasterControl(f *testing.F) {
 	for _, seed := range masterSeeds() {
 		f.Add(seed)
 	}
-	src := newFDSource(f)
+	src := fuzzctl.NewSource(f)
 	dir, err := os.MkdirTemp("", "handoff-fuzz")
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { _ = os.RemoveAll(dir) })
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ops := parseOps(in)
+		ops := fuzzctl.Parse(in)
 		goroutines := runtime.NumGoroutine()
-		before := openFDs(t)
-		p := newFuzzPipe(t)
+		before := fdtest.Count(t)
+		p := fdtest.NewPipe(t)
 		fm := startFuzzMaster(t)
 		for _, op := range ops {
 			switch {
-			case op.h&opConnect != 0:
+			case op.H&opConnect != 0:
 				i := 0
-				if len(op.frame) > 0 {
-					i = int(op.frame[0])
+				if len(op.Frame) > 0 {
+					i = int(op.Frame[0])
 				}
 				fm.connect(t, i)
-			case len(op.frame) > 0:
-				fm.write(tameListen(op.frame, dir), src.fds(op, p.w))
+			case len(op.Frame) > 0:
+				fm.write(tameListen(op.Frame, dir), src.FDs(op, p.W))
 			}
 		}
-		p.closeW()
+		p.CloseW()
 		fm.stop(t)
-		p.assertNoWriters(t)
-		p.closeR()
-		if after := openFDs(t); after != before {
+		p.AssertNoWriters(t)
+		p.CloseR()
+		if after := fdtest.Count(t); after != before {
 			t.Errorf("open fds: %d before, %d after", before, after)
 		}
 		checkGoroutines(t, goroutines)

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/internal/testworker"
 	"go.uber.org/goleak"
 )
@@ -266,24 +267,14 @@ func newConnClient() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 }
 
-// fdCount counts this process's open fds.
-func fdCount(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // stableFDCount counts fds once the count has stopped moving, so that a
 // client connection still closing in the background is not counted.
 func stableFDCount(t *testing.T) int {
 	t.Helper()
-	last := fdCount(t)
+	last := fdtest.Count(t)
 	for same := 0; same < 5; {
 		time.Sleep(20 * time.Millisecond)
-		n := fdCount(t)
+		n := fdtest.Count(t)
 		if n == last {
 			same++
 		} else {

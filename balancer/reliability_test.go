@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/internal/testworker"
 )
 
@@ -214,10 +215,10 @@ func TestHostileWorkersCannotHurtTheMaster(t *testing.T) {
 			}
 			c.waitIdle(t)
 			deadline = time.Now().Add(5 * time.Second)
-			after := fdCount(t)
+			after := fdtest.Count(t)
 			for after != before && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
-				after = fdCount(t)
+				after = fdtest.Count(t)
 			}
 			if after != before {
 				t.Errorf("master fds: %d before the hostile worker, %d after", before, after)
@@ -283,7 +284,7 @@ func TestChaosKillsLoseNothingUnstarted(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c.waitIdle(t)
-		fds, gs := fdCount(t), runtime.NumGoroutine()
+		fds, gs := fdtest.Count(t), runtime.NumGoroutine()
 		if fds == fdsBefore && gs <= goroutinesBefore {
 			break
 		}

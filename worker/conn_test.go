@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"golang.org/x/net/nettest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -117,16 +118,6 @@ func connTestPair(t *testing.T, network string) (a, b *Conn) {
 	}
 	t.Cleanup(func() { _, _ = a.Close(), b.Close() })
 	return a, b
-}
-
-// connFDCount counts this process's open fds.
-func connFDCount(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // connTestListener is a net.Listener whose Accept turns each connection
@@ -545,7 +536,7 @@ func TestConnClosesItsFD(t *testing.T) {
 	}
 	_, _ = a.Close(), b.Close()
 
-	before := connFDCount(t)
+	before := fdtest.Count(t)
 	for range 100 {
 		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -573,7 +564,7 @@ func TestConnClosesItsFD(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if after := connFDCount(t); after != before {
+	if after := fdtest.Count(t); after != before {
 		t.Errorf("%d fds open before, %d after 100 closed pairs", before, after)
 	}
 }

@@ -10,42 +10,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/fuzzctl"
 	"github.com/handoff-go/handoff/ipc"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
-// The input of FuzzWorkerControl is a sequence of ops, each
-//
-//	h      1 byte
-//	n      2 bytes, little-endian
-//	frame  n bytes, cut short at the end of the input
-//
-// The frame is written raw, as one message, with h&3 fds attached (3
-// means none). Bits 2-3 and 4-5 of h choose each fd (see fdKind). With
-// bit 6 set the frame goes on the input's conns socket, the one that
-// fdConns attaches, instead of the control socket. An empty frame is
-// skipped: no peer sends one, and it reads as end of stream. With bit 7
-// set the op is a sync instead and its frame is ignored: the test waits
-// until the worker has read every frame before and the application has
-// accepted every conn queued. balancer's FuzzMasterControl reads the same
-// format, but for bits 6 and 7.
-const maxFuzzOps = 256
-
-// fdKind is what an fd attached to a fuzzed frame refers to.
-type fdKind uint8
-
-const (
-	fdPipe  fdKind = iota // the write end of a pipe, checked for EOF
-	fdTCP                 // a connected loopback TCP socket
-	fdUnix                // a connected Unix stream socket
-	fdConns               // the worker's end of the input's conns socket
-)
-
-type fuzzOp struct {
-	h     byte
-	frame []byte
-}
+// The input of FuzzWorkerControl is a sequence of fuzzctl ops: each frame
+// is written raw, as one message from the master. A frame may carry
+// fdConns, the worker's end of the input's conns socket, besides the fds
+// of fuzzctl.Source. With bit 6 of h set the frame goes on the conns
+// socket instead of the control socket. An empty frame is skipped: no
+// peer sends one, and it reads as end of stream. With bit 7 set the op is
+// a sync instead and its frame is ignored: the test waits until the
+// worker has read every frame before and the application has accepted
+// every conn queued. balancer's FuzzMasterControl reads the same format,
+// but for bits 6 and 7.
+const fdConns = fuzzctl.Unix + 1
 
 // Bits of an op's h.
 const (
@@ -53,99 +35,20 @@ const (
 	opSync  = 0x80 // a sync, not a frame
 )
 
-var syncOp = fuzzOp{h: opSync}
+var syncOp = fuzzctl.Op{H: opSync}
 
-// kinds returns what each fd of the op's frame is.
-func (op fuzzOp) kinds() []fdKind {
-	n := int(op.h&3) % 3
-	k := make([]fdKind, n)
-	for i := range k {
-		k[i] = fdKind(op.h >> (2 + 2*i) & 3)
-	}
-	return k
-}
-
-func parseOps(in []byte) []fuzzOp {
-	var ops []fuzzOp
-	for len(in) >= 3 && len(ops) < maxFuzzOps {
-		h, n := in[0], int(binary.LittleEndian.Uint16(in[1:3]))
-		in = in[3:]
-		n = min(n, len(in))
-		ops = append(ops, fuzzOp{h: h, frame: in[:n]})
-		in = in[n:]
-	}
-	return ops
-}
-
-// fuzzInput encodes ops for f.Add.
-func fuzzInput(ops ...fuzzOp) []byte {
-	var b []byte
-	for _, op := range ops {
-		b = append(b, op.h)
-		b = binary.LittleEndian.AppendUint16(b, uint16(len(op.frame)))
-		b = append(b, op.frame...)
-	}
-	return b
-}
-
-// withFDs is an op sending frame with fds of the given kinds, at most 2.
-func withFDs(frame []byte, kinds ...fdKind) fuzzOp {
-	h := byte(len(kinds))
-	for i, k := range kinds {
-		h |= byte(k) << (2 + 2*i)
-	}
-	return fuzzOp{h: h, frame: frame}
-}
-
-// fdSource holds the sockets whose fds fuzzed frames carry, for the whole
-// fuzz run. Every frame carries its own copy, which the receiver owns.
-type fdSource struct {
-	tcp  int // the server end of a loopback TCP connection
-	unix int // one end of a Unix stream socketpair
-}
-
-func newFDSource(f *testing.F) *fdSource {
-	f.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer ln.Close()
-	client, fd, err := connect(ln)
-	if err != nil {
-		f.Fatal(err)
-	}
-	_ = client.(*net.TCPConn).SetLinger(0)
-	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		_ = client.Close()
-		closeFDs([]int{fd})
-		f.Fatal(err)
-	}
-	f.Cleanup(func() {
-		_ = client.Close()
-		closeFDs([]int{fd, sp[0], sp[1]})
-	})
-	return &fdSource{tcp: fd, unix: sp[0]}
-}
-
-// fds returns the fds to attach to op's frame; pipe is this input's pipe
-// and conns the worker's end of its conns socket. A frame on the conns
-// socket carries the pipe instead of the socket itself: a socket in its
-// own queue is freed only by the kernel's garbage collector, later.
+// fuzzFDs returns the fds to attach to op's frame; pipe is this input's
+// pipe and conns the worker's end of its conns socket. A frame on the
+// conns socket carries the pipe instead of the socket itself: a socket in
+// its own queue is freed only by the kernel's garbage collector, later.
 // The caller keeps ownership: the kernel gives the receiver copies.
-func (s *fdSource) fds(op fuzzOp, pipe, conns int) []int {
+func fuzzFDs(src *fuzzctl.Source, op fuzzctl.Op, pipe, conns int) []int {
 	var fds []int
-	for _, k := range op.kinds() {
-		switch {
-		case k == fdTCP:
-			fds = append(fds, s.tcp)
-		case k == fdUnix:
-			fds = append(fds, s.unix)
-		case k == fdConns && op.h&opConns == 0:
+	for _, k := range op.Kinds(int(fdConns) + 1) {
+		if k == fdConns && op.H&opConns == 0 {
 			fds = append(fds, conns)
-		default:
-			fds = append(fds, pipe)
+		} else {
+			fds = append(fds, src.FD(k, pipe))
 		}
 	}
 	return fds
@@ -190,59 +93,8 @@ func (c *fuzzConns) unread() int {
 
 func (c *fuzzConns) close() {
 	if c.send >= 0 {
-		closeFDs([]int{c.send, c.recv})
+		fdtest.Close([]int{c.send, c.recv})
 		c.send, c.recv = -1, -1
-	}
-}
-
-// fuzzPipe is a pipe whose write end goes out with fuzzed frames: once
-// every copy is closed, the empty pipe reads EOF instead of EAGAIN.
-type fuzzPipe struct{ r, w int }
-
-func newFuzzPipe(t *testing.T) *fuzzPipe {
-	t.Helper()
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		t.Fatalf("pipe2: %v", err)
-	}
-	fp := &fuzzPipe{r: p[0], w: p[1]}
-	t.Cleanup(func() { fp.closeW(); fp.closeR() })
-	return fp
-}
-
-func (p *fuzzPipe) closeW() {
-	if p.w >= 0 {
-		_ = unix.Close(p.w)
-		p.w = -1
-	}
-}
-
-func (p *fuzzPipe) closeR() {
-	if p.r >= 0 {
-		_ = unix.Close(p.r)
-		p.r = -1
-	}
-}
-
-// hasWriters reports whether a copy of the write end is still open.
-func (p *fuzzPipe) hasWriters() bool {
-	var b [1]byte
-	_, err := unix.Read(p.r, b[:])
-	return err == unix.EAGAIN
-}
-
-// assertNoWriters checks that no copy of the write end is left open, in
-// this process or in flight.
-func (p *fuzzPipe) assertNoWriters(t *testing.T) {
-	t.Helper()
-	var b [1]byte
-	n, err := unix.Read(p.r, b[:])
-	switch {
-	case err == nil && n == 0:
-	case err == unix.EAGAIN:
-		t.Errorf("a copy of the pipe's write end is still open: an fd was leaked")
-	default:
-		t.Errorf("read pipe: n=%d err=%v", n, err)
 	}
 }
 
@@ -254,78 +106,78 @@ var fuzzListens = [...][2]string{{"tcp", "127.0.0.1:0"}, {"unix", "/run/handoff-
 // workerSeeds are valid frame sequences, one per case the worker handles,
 // and the junk a broken master might send.
 func workerSeeds() [][]byte {
-	reply := func(req, lid uint32, addr string) fuzzOp {
-		return withFDs(ipc.AppendListenReply(nil, req, lid, 0, addr, "", ""), fdConns)
+	reply := func(req, lid uint32, addr string) fuzzctl.Op {
+		return fuzzctl.WithFDs(ipc.AppendListenReply(nil, req, lid, 0, addr, "", ""), fdConns)
 	}
 	// conns is a Conns frame on the conns socket, with no client address
-	// but for fdTCP's, which carries a raw sockaddr_in.
-	conns := func(kinds ...fdKind) fuzzOp {
+	// but for fuzzctl.TCP's, which carries a raw sockaddr_in.
+	conns := func(kinds ...fuzzctl.Kind) fuzzctl.Op {
 		hs := make([]ipc.Handoff, len(kinds))
 		for i, k := range kinds {
-			if k == fdTCP {
+			if k == fuzzctl.TCP {
 				hs[i].AddrLen = unix.SizeofSockaddrInet4
 				binary.NativeEndian.PutUint16(hs[i].Addr[:], unix.AF_INET)
 				binary.BigEndian.PutUint16(hs[i].Addr[2:], 4321)
 				copy(hs[i].Addr[4:], []byte{127, 0, 0, 1})
 			}
 		}
-		op := withFDs(ipc.AppendConns(nil, 1, hs), kinds...)
-		op.h |= opConns
+		op := fuzzctl.WithFDs(ipc.AppendConns(nil, 1, hs), kinds...)
+		op.H |= opConns
 		return op
 	}
-	onConns := func(op fuzzOp) fuzzOp { op.h |= opConns; return op }
-	user := func(flags uint16, payload string) fuzzOp {
-		return withFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
+	onConns := func(op fuzzctl.Op) fuzzctl.Op { op.H |= opConns; return op }
+	user := func(flags uint16, payload string) fuzzctl.Op {
+		return fuzzctl.WithFDs(append([]byte{ipc.Version, byte(ipc.KindUser), byte(flags), byte(flags >> 8)}, payload...))
 	}
-	disconnect := withFDs(ipc.AppendDisconnect(nil))
-	ping := withFDs(ipc.AppendPing(nil))
+	disconnect := fuzzctl.WithFDs(ipc.AppendDisconnect(nil))
+	ping := fuzzctl.WithFDs(ipc.AppendPing(nil))
 	return [][]byte{
 		// Both listens succeed; conns of every kind are read, accepted
 		// and closed; a message; a ping; Disconnect drains, and what
 		// comes after it goes back or stays unread.
-		fuzzInput(reply(1, 1, "127.0.0.1:8080"), reply(2, 2, "/run/handoff-fuzz.sock"),
-			conns(fdPipe), conns(fdTCP, fdUnix), user(0, `{"hello":1}`), ping, syncOp,
-			conns(fdTCP, fdPipe), disconnect, conns(fdTCP)),
+		fuzzctl.Input(reply(1, 1, "127.0.0.1:8080"), reply(2, 2, "/run/handoff-fuzz.sock"),
+			conns(fuzzctl.Pipe), conns(fuzzctl.TCP, fuzzctl.Unix), user(0, `{"hello":1}`), ping, syncOp,
+			conns(fuzzctl.TCP, fuzzctl.Pipe), disconnect, conns(fuzzctl.TCP)),
 		// A wildcard listener; frames without a listen.
-		fuzzInput(conns(fdPipe, fdPipe), reply(1, 3, "0.0.0.0:1"), reply(2, 4, "[::]:1"),
-			conns(), syncOp, conns(fdTCP), ping, ping),
+		fuzzctl.Input(conns(fuzzctl.Pipe, fuzzctl.Pipe), reply(1, 3, "0.0.0.0:1"), reply(2, 4, "[::]:1"),
+			conns(), syncOp, conns(fuzzctl.TCP), ping, ping),
 		// Failed listens; a fragmented message.
-		fuzzInput(withFDs(ipc.AppendListenReply(nil, 1, 0, uint32(syscall.EADDRINUSE), "127.0.0.1:80", "bind", "address already in use")),
-			withFDs(ipc.AppendListenReply(nil, 2, 0, 0, "", "", "no such thing")),
+		fuzzctl.Input(fuzzctl.WithFDs(ipc.AppendListenReply(nil, 1, 0, uint32(syscall.EADDRINUSE), "127.0.0.1:80", "bind", "address already in use")),
+			fuzzctl.WithFDs(ipc.AppendListenReply(nil, 2, 0, 0, "", "", "no such thing")),
 			user(ipc.FlagMore, `{"a":`), user(ipc.FlagMore, `"b"`), user(0, `}`)),
 		// One listener id twice; a reply to no request; two Disconnects.
-		fuzzInput(reply(1, 5, "127.0.0.1:1"), reply(2, 5, "127.0.0.1:2"), reply(7, 6, "x"),
-			conns(fdPipe, fdTCP), syncOp, conns(fdUnix), disconnect, disconnect),
+		fuzzctl.Input(reply(1, 5, "127.0.0.1:1"), reply(2, 5, "127.0.0.1:2"), reply(7, 6, "x"),
+			conns(fuzzctl.Pipe, fuzzctl.TCP), syncOp, conns(fuzzctl.Unix), disconnect, disconnect),
 		// A success without its conns socket, or with something else;
 		// a failure with an fd.
-		fuzzInput(withFDs(ipc.AppendListenReply(nil, 1, 1, 0, "127.0.0.1:1", "", "")),
-			withFDs(ipc.AppendListenReply(nil, 1, 1, 0, "127.0.0.1:1", "", ""), fdPipe),
-			withFDs(ipc.AppendListenReply(nil, 2, 2, 0, "127.0.0.1:1", "", ""), fdUnix),
-			withFDs(ipc.AppendListenReply(nil, 2, 0, 0, "", "", "no"), fdConns)),
+		fuzzctl.Input(fuzzctl.WithFDs(ipc.AppendListenReply(nil, 1, 1, 0, "127.0.0.1:1", "", "")),
+			fuzzctl.WithFDs(ipc.AppendListenReply(nil, 1, 1, 0, "127.0.0.1:1", "", ""), fuzzctl.Pipe),
+			fuzzctl.WithFDs(ipc.AppendListenReply(nil, 2, 2, 0, "127.0.0.1:1", "", ""), fuzzctl.Unix),
+			fuzzctl.WithFDs(ipc.AppendListenReply(nil, 2, 0, 0, "", "", "no"), fdConns)),
 		// Frames a master never sends, and wrong fd counts, on both
 		// sockets.
-		fuzzInput(reply(1, 1, "127.0.0.1:1"),
-			withFDs(ipc.AppendReturn(nil, 1, 1), fdPipe), withFDs(ipc.AppendReturn(nil, 1, 0)),
-			withFDs(ipc.AppendPong(nil)), withFDs(ipc.AppendHello(nil, 1)),
-			withFDs(ipc.AppendListen(nil, 1, "tcp", ":0")),
-			withFDs(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 1)), fdTCP),
-			onConns(withFDs(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 2)), fdPipe)),
-			onConns(withFDs(ipc.AppendConns(nil, 1, nil), fdPipe)),
-			onConns(withFDs(ipc.AppendReturn(nil, 1, 1), fdPipe)),
-			onConns(withFDs(ipc.AppendPing(nil))),
-			user(0, "not json"), withFDs(ipc.AppendDisconnect(nil), fdUnix), syncOp, conns(fdTCP)),
+		fuzzctl.Input(reply(1, 1, "127.0.0.1:1"),
+			fuzzctl.WithFDs(ipc.AppendReturn(nil, 1, 1), fuzzctl.Pipe), fuzzctl.WithFDs(ipc.AppendReturn(nil, 1, 0)),
+			fuzzctl.WithFDs(ipc.AppendPong(nil)), fuzzctl.WithFDs(ipc.AppendHello(nil, 1)),
+			fuzzctl.WithFDs(ipc.AppendListen(nil, 1, "tcp", ":0")),
+			fuzzctl.WithFDs(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 1)), fuzzctl.TCP),
+			onConns(fuzzctl.WithFDs(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 2)), fuzzctl.Pipe)),
+			onConns(fuzzctl.WithFDs(ipc.AppendConns(nil, 1, nil), fuzzctl.Pipe)),
+			onConns(fuzzctl.WithFDs(ipc.AppendReturn(nil, 1, 1), fuzzctl.Pipe)),
+			onConns(fuzzctl.WithFDs(ipc.AppendPing(nil))),
+			user(0, "not json"), fuzzctl.WithFDs(ipc.AppendDisconnect(nil), fuzzctl.Unix), syncOp, conns(fuzzctl.TCP)),
 		// A frame inside a fragmented message drops both.
-		fuzzInput(reply(1, 1, "127.0.0.1:1"), user(ipc.FlagMore, `{"a":`),
+		fuzzctl.Input(reply(1, 1, "127.0.0.1:1"), user(ipc.FlagMore, `{"a":`),
 			ping, user(0, `1}`), user(0, `2`),
-			user(ipc.FlagMore, `{"b":`), syncOp, conns(fdTCP), syncOp),
+			user(ipc.FlagMore, `{"b":`), syncOp, conns(fuzzctl.TCP), syncOp),
 		// Junk.
-		fuzzInput(withFDs([]byte{ipc.Version + 1, byte(ipc.KindListenReply), 0, 0}, fdConns),
-			withFDs([]byte{ipc.Version, 200, 0, 0}, fdTCP, fdUnix),
-			withFDs([]byte{ipc.Version}), withFDs([]byte{ipc.Version, byte(ipc.KindListenReply), 0, 0, 1}),
-			withFDs(append(ipc.AppendPing(nil), 0), fdPipe),
+		fuzzctl.Input(fuzzctl.WithFDs([]byte{ipc.Version + 1, byte(ipc.KindListenReply), 0, 0}, fdConns),
+			fuzzctl.WithFDs([]byte{ipc.Version, 200, 0, 0}, fuzzctl.TCP, fuzzctl.Unix),
+			fuzzctl.WithFDs([]byte{ipc.Version}), fuzzctl.WithFDs([]byte{ipc.Version, byte(ipc.KindListenReply), 0, 0, 1}),
+			fuzzctl.WithFDs(append(ipc.AppendPing(nil), 0), fuzzctl.Pipe),
 			reply(2, 2, "127.0.0.1:2"),
-			onConns(withFDs([]byte{ipc.Version, byte(ipc.KindConns), 0, 0}, fdPipe)),
-			onConns(withFDs(append(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 1)), 0), fdPipe))),
+			onConns(fuzzctl.WithFDs([]byte{ipc.Version, byte(ipc.KindConns), 0, 0}, fuzzctl.Pipe)),
+			onConns(fuzzctl.WithFDs(append(ipc.AppendConns(nil, 1, make([]ipc.Handoff, 1)), 0), fuzzctl.Pipe))),
 		{0x02, 0xff, 0xff, ipc.Version, byte(ipc.KindListenReply)},
 		{},
 	}
@@ -347,11 +199,11 @@ func FuzzWorkerControl(f *testing.F) {
 	for _, seed := range workerSeeds() {
 		f.Add(seed)
 	}
-	src := newFDSource(f)
+	src := fuzzctl.NewSource(f)
 	f.Fuzz(func(t *testing.T, in []byte) {
-		ops := parseOps(in)
-		before := fdCount(t)
-		p := newFuzzPipe(t)
+		ops := fuzzctl.Parse(in)
+		before := fdtest.Count(t)
+		p := fdtest.NewPipe(t)
 		cs := newFuzzConns(t)
 		fm := startMaster(t)
 		fm.mu.Lock()
@@ -373,18 +225,18 @@ func FuzzWorkerControl(f *testing.F) {
 
 		for i, op := range ops {
 			switch {
-			case op.h&opSync != 0:
+			case op.H&opSync != 0:
 				fm.syncInput(t, i, cs)
-			case len(op.frame) == 0:
-			case op.h&opConns != 0:
-				cs.write(t, op.frame, src.fds(op, p.w, cs.recv))
+			case len(op.Frame) == 0:
+			case op.H&opConns != 0:
+				cs.write(t, op.Frame, fuzzFDs(src, op, p.W, cs.recv))
 			default:
-				if err := fm.ctl.WriteFrame(op.frame, src.fds(op, p.w, cs.recv)); err != nil {
-					t.Fatalf("writing a %d-byte frame: %v", len(op.frame), err)
+				if err := fm.ctl.WriteFrame(op.Frame, fuzzFDs(src, op, p.W, cs.recv)); err != nil {
+					t.Fatalf("writing a %d-byte frame: %v", len(op.Frame), err)
 				}
 			}
 		}
-		p.closeW()
+		p.CloseW()
 		fm.stop(t)
 		// The master's ends of the conns socket go, and with them what
 		// the worker never read.
@@ -394,14 +246,14 @@ func FuzzWorkerControl(f *testing.F) {
 		}
 		// A listener that a Disconnect frame drains closes on a goroutine
 		// of its own, which may still be handing its queue back: allow it
-		// a moment. p.r is the one fd open now that was not before.
+		// a moment. p.R is the one fd open now that was not before.
 		deadline := time.Now().Add(2 * drainTimeout)
-		for (p.hasWriters() || fdCount(t) != before+1) && time.Now().Before(deadline) {
+		for (p.HasWriters() || fdtest.Count(t) != before+1) && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
-		p.assertNoWriters(t)
-		p.closeR()
-		if after := fdCount(t); after != before {
+		p.AssertNoWriters(t)
+		p.CloseR()
+		if after := fdtest.Count(t); after != before {
 			t.Errorf("open fds: %d before, %d after", before, after)
 		}
 	})

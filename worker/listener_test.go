@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sync/errgroup"
@@ -202,7 +203,7 @@ func TestEveryConnIsReceived(t *testing.T) {
 				t.Errorf("master's end: Unsent %d, %v; want 0", n, err)
 			}
 			if fds := fm.reclaim(t, l.id); len(fds) != 0 {
-				closeFDs(fds)
+				fdtest.Close(fds)
 				t.Errorf("%d conns reclaimed, want none", len(fds))
 			}
 		})
@@ -262,7 +263,7 @@ func TestConcurrentAccept(t *testing.T) {
 		t.Errorf("%d conns accepted, want each of %d once", len(accepted), n)
 	}
 	if r := fm.takeReturn(t, l.id); len(r.fds) != 0 {
-		closeFDs(r.fds)
+		fdtest.Close(r.fds)
 		t.Errorf("%d conns returned, want all accepted", len(r.fds))
 	}
 }
@@ -375,7 +376,7 @@ func TestListenerClose(t *testing.T) {
 			// One Return frame, even an empty one, carries what was read
 			// and not accepted, in order.
 			r := fm.takeReturn(t, l.id)
-			t.Cleanup(func() { closeFDs(r.fds) })
+			t.Cleanup(func() { fdtest.Close(r.fds) })
 			if want := tt.read - tt.accepted; len(r.fds) != want {
 				t.Fatalf("Return frame with %d fds, want %d", len(r.fds), want)
 			}
@@ -385,7 +386,7 @@ func TestListenerClose(t *testing.T) {
 			}
 			// What was never read stays in the socket for the master.
 			reclaimed := fm.reclaim(t, l.id)
-			t.Cleanup(func() { closeFDs(reclaimed) })
+			t.Cleanup(func() { fdtest.Close(reclaimed) })
 			if want := sum(tt.unread); len(reclaimed) != want {
 				t.Fatalf("%d conns reclaimed, want %d", len(reclaimed), want)
 			}
@@ -397,8 +398,8 @@ func TestListenerClose(t *testing.T) {
 			for i, fd := range back {
 				echoThrough(t, fd, clients[tt.accepted+i])
 			}
-			closeFDs(r.fds)
-			closeFDs(reclaimed)
+			fdtest.Close(r.fds)
+			fdtest.Close(reclaimed)
 			r.fds, reclaimed = nil, nil
 			expectEOF(t, clients[tt.accepted:]...)
 		})
@@ -627,7 +628,7 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 		t.Errorf("Serve returned %v, want http.ErrServerClosed", err)
 	}
 	if r := fm.takeReturn(t, l.id); len(r.fds) != 0 {
-		closeFDs(r.fds)
+		fdtest.Close(r.fds)
 		t.Errorf("Shutdown returned %d conns to the master, want none", len(r.fds))
 	}
 	select {
@@ -683,7 +684,7 @@ func TestNoFDLeak(t *testing.T) {
 	}
 	round(l, 10) // warm up: the poller, timers
 	round(ls, 10)
-	before := fdCount(t)
+	before := fdtest.Count(t)
 	sizes := []int{1, 7, 64, ipc.MaxConns}
 	const total = 3000
 	for i, done := 0, 0; done < total; i++ {
@@ -705,13 +706,13 @@ func TestNoFDLeak(t *testing.T) {
 	}
 	acceptN(t, l2, 1)[0].Close()
 	_ = l2.Close()
-	closeFDs(fm.takeReturn(t, l2.id).fds)
-	closeFDs(fm.reclaim(t, l2.id))
+	fdtest.Close(fm.takeReturn(t, l2.id).fds)
+	fdtest.Close(fm.reclaim(t, l2.id))
 	for _, c := range append(clients, unreadClients...) {
 		_ = c.Close()
 	}
 	// l2's conns socket, which the master keeps, is the only new fd pair.
-	if after := fdCount(t); after != before+2 {
+	if after := fdtest.Count(t); after != before+2 {
 		t.Errorf("%d fds open after %d handoffs, %d before (and 2 for a new conns socket)", after, total+250, before)
 	}
 }
@@ -729,7 +730,7 @@ func TestBadConnsFramesAreSkipped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeFDs(sp[:])
+	defer fdtest.Close(sp[:])
 	type listenResult struct {
 		ln  net.Listener
 		err error
@@ -755,7 +756,7 @@ func TestBadConnsFramesAreSkipped(t *testing.T) {
 	}
 	defer unix.Close(p[1])
 	clients, fds := connectN(t, ln, 1)
-	defer closeFDs(fds)
+	defer fdtest.Close(fds)
 	bad := []struct {
 		name  string
 		frame []byte
@@ -776,7 +777,7 @@ func TestBadConnsFramesAreSkipped(t *testing.T) {
 			t.Fatalf("%s: %v", b.name, err)
 		}
 	}
-	closeFDs(p[:1])
+	fdtest.Close(p[:1])
 	good := handoffOf(fds[0])
 	if err := unix.Sendmsg(sp[0], ipc.AppendConns(nil, 9, []ipc.Handoff{good}), unix.UnixRights(fds[0]), nil, 0); err != nil {
 		t.Fatal(err)
@@ -843,7 +844,7 @@ func noRoomScenario(t *testing.T) {
 	}
 	// Leave frameFDs fds free: one short of room for a frame.
 	fill := fillFDs(t, frameFDs)
-	defer closeFDs(fill)
+	defer fdtest.Close(fill)
 
 	type result struct {
 		c   net.Conn
@@ -899,19 +900,19 @@ func fillFDs(t *testing.T, free int) []int {
 	for {
 		n, err := scm.FreeFDs()
 		if err != nil {
-			closeFDs(fds)
+			fdtest.Close(fds)
 			t.Fatal(err)
 		}
 		if n <= free {
 			if n < free {
-				closeFDs(fds)
+				fdtest.Close(fds)
 				t.Fatalf("%d fds free already, want %d", n, free)
 			}
 			return fds
 		}
 		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			closeFDs(fds)
+			fdtest.Close(fds)
 			t.Fatal(err)
 		}
 		fds = append(fds, fd)

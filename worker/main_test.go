@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"go.uber.org/goleak"
@@ -145,7 +146,7 @@ func (fm *fakeMaster) stop(t *testing.T) {
 	fm.mu.Lock()
 	defer fm.mu.Unlock()
 	for i := range fm.returns {
-		closeFDs(fm.returns[i].fds)
+		fdtest.Close(fm.returns[i].fds)
 		fm.returns[i].fds = nil
 	}
 	for _, p := range fm.allSocks {
@@ -188,7 +189,7 @@ func (fm *fakeMaster) read() {
 			case ipc.KindPong:
 				fm.pongs++
 			default:
-				closeFDs(fds)
+				fdtest.Close(fds)
 				fm.badFrames = append(fm.badFrames, fmt.Errorf("unexpected %s frame", m.Kind))
 			}
 		})
@@ -335,7 +336,7 @@ func (fm *fakeMaster) send(lid uint32, fds []int) error {
 // master does, closes its copies at once. The fds are closed on every
 // path.
 func (fm *fakeMaster) handoff(lid uint32, fds []int) error {
-	defer closeFDs(fds)
+	defer fdtest.Close(fds)
 	return fm.send(lid, fds)
 }
 
@@ -356,7 +357,7 @@ func (fm *fakeMaster) reclaim(t *testing.T, lid uint32) []int {
 			return fds
 		}
 		if err != nil {
-			closeFDs(fds)
+			fdtest.Close(fds)
 			t.Fatalf("reclaim: %v", err)
 		}
 		for _, h := range m.Handoffs {
@@ -549,7 +550,7 @@ func connectN(t *testing.T, ln net.Listener, n int) ([]net.Conn, []int) {
 	for range n {
 		cc, fd, err := connect(ln)
 		if err != nil {
-			closeFDs(fds)
+			fdtest.Close(fds)
 			t.Fatal(err)
 		}
 		clients = append(clients, cc)
@@ -617,24 +618,8 @@ func expectEOF(t *testing.T, clients ...net.Conn) {
 	}
 }
 
-// fdCount counts this process's open fds.
-func fdCount(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // isClosed reports whether err says the listener or conn was closed.
 func isClosed(err error) bool {
 	var op *net.OpError
 	return errors.Is(err, net.ErrClosed) && errors.As(err, &op)
-}
-
-func closeFDs(fds []int) {
-	for _, fd := range fds {
-		_ = unix.Close(fd)
-	}
 }

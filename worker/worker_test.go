@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
 	"github.com/handoff-go/handoff/ipc"
 )
 
@@ -381,7 +382,7 @@ func TestMasterGone(t *testing.T) {
 	if len(back) != len(unread) {
 		t.Errorf("%d conns reclaimed, want %d", len(back), len(unread))
 	}
-	closeFDs(back)
+	fdtest.Close(back)
 	expectEOF(t, unread...)
 	if r, cl := fm.ctr.Received.Load(), fm.ctr.Closed.Load(); r != 3 || cl != 0 {
 		t.Errorf("counter page: %d received, %d closed; want 3 and 0", r, cl)
@@ -428,8 +429,8 @@ func TestDisconnectClosesListeners(t *testing.T) {
 		t.Errorf("Accept after the drain: %v, %v; want net.ErrClosed", c, err)
 	}
 	r1, r2 := fm.takeReturn(t, l1.id), fm.takeReturn(t, l2.id)
-	defer closeFDs(r1.fds)
-	defer closeFDs(r2.fds)
+	defer fdtest.Close(r1.fds)
+	defer fdtest.Close(r2.fds)
 	if len(r1.fds) != 0 || len(r2.fds) != 0 {
 		t.Errorf("Return frames with %d and %d fds, want both empty", len(r1.fds), len(r2.fds))
 	}
@@ -470,7 +471,7 @@ func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 	// Nobody calls Accept: after the drain timeout, what was read comes
 	// back, and what was not stays in the socket.
 	r := fm.takeReturn(t, l.id)
-	defer closeFDs(r.fds)
+	defer fdtest.Close(r.fds)
 	if d := time.Since(start); d < drainTimeout {
 		t.Errorf("the listener closed %v after Disconnect, before drainTimeout (%v)", d, drainTimeout)
 	}
@@ -481,7 +482,7 @@ func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 		echoThrough(t, fd, clients[1+i])
 	}
 	back := fm.reclaim(t, l.id)
-	defer closeFDs(back)
+	defer fdtest.Close(back)
 	if len(back) != 2 {
 		t.Fatalf("%d conns reclaimed, want 2", len(back))
 	}
@@ -520,7 +521,7 @@ func TestBadFramesAreSkipped(t *testing.T) {
 			t.Fatalf("%s: %v", b.name, err)
 		}
 	}
-	closeFDs(fds) // the worker closed its copies of the bad frames' fds
+	fdtest.Close(fds) // the worker closed its copies of the bad frames' fds
 	if err := fm.ctl.WriteUser([]byte(`"after"`)); err != nil {
 		t.Fatal(err)
 	}
