@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 
 	"github.com/cloudflare/tableflip"
@@ -127,23 +126,8 @@ func inheritOrListen(upg *tableflip.Upgrader, s listenSpec) (net.Listener, strin
 	if ln != nil || err != nil {
 		return ln, fromPrevious, err
 	}
-	ln, err = upg.ListenWithCallback(s.network, s.address, listenNew)
+	// Opened as the balancer opens its own (a Unix socket 0600), but
+	// kept by upg for the next master; the balancer adopts a dup.
+	ln, err = upg.ListenWithCallback(s.network, s.address, balancer.ListenSocket)
 	return ln, fromNew, err
-}
-
-// listenNew opens a socket as balancer.Listen would: a Unix socket is
-// made 0600, so that only this user (and root) may connect.
-func listenNew(network, address string) (net.Listener, error) {
-	ln, err := net.Listen(network, address)
-	if err != nil {
-		return nil, err
-	}
-	if network == "unix" {
-		if err := os.Chmod(address, 0o600); err != nil {
-			_ = ln.Close()
-			_ = os.Remove(address)
-			return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
-		}
-	}
-	return ln, nil
 }

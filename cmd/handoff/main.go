@@ -78,18 +78,18 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	var listen listFlag
 	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
-	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "number of worker processes")
-	fs.StringVar(&c.policy, "policy", "round-robin", "dispatch policy: round-robin or least-loaded")
+	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "number of worker processes; 0 means one per CPU")
+	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" or "+balancer.PolicyLeastLoaded)
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", balancer.DefaultShutdownTimeout, "how long a draining worker may take after SIGTERM before SIGKILL")
-	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", balancer.DefaultHandoffTimeout, "how long a worker that stopped reading its connections (they are served elsewhere within milliseconds) may also leave the master's pings unanswered before it is killed")
-	fs.IntVar(&c.maxPending, "max-pending", balancer.DefaultMaxPending, "accepted connections held while no worker can take them; past this the newest are closed")
-	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", balancer.DefaultShutdownTimeout, "how long a draining worker may take after SIGTERM before SIGKILL; 0 means the default")
+	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", balancer.DefaultHandoffTimeout, "how long a worker that stopped reading its connections (they are served elsewhere within milliseconds) may also leave the master's pings unanswered before it is killed; 0 means the default")
+	fs.IntVar(&c.maxPending, "max-pending", balancer.DefaultMaxPending, "accepted connections held while no worker can take them; past this the newest are closed; 0 means the default")
+	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more; 0 means the default")
 	fs.DurationVar(&c.tcpKeepAlive, "tcp-keepalive", balancer.DefaultKeepAlive, "TCP keep-alive idle time and probe interval of every connection, set once on the listening socket; 0 turns keep-alive off")
 	fs.IntVar(&c.masterProcs, "master-procs", 1, "GOMAXPROCS of the master process (the workers keep Go's default): the master's work is one accept loop per listener, and one P spares it the Go runtime's wakeups of idle threads; 0 leaves Go's default")
 	fs.DurationVar(&c.tcpUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every connection, set once on the listening socket: how long sent data may go unacknowledged before the kernel drops the connection; 0 leaves the kernel's default")
-	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP)")
+	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP); 0 means the default")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
 	fs.StringVar(&c.admin, "admin", "", "serve GET /metrics (Prometheus), /workers (JSON) and /healthz on this HOST:PORT (default off); it has no authentication, so bind it to loopback, such as 127.0.0.1:9090")
 	fs.IntVar(&c.adminMaxConns, "admin-max-conns", defaultAdminMaxConns, "connections the --admin server serves at once; more wait in the kernel's listen backlog, taking none of the master's fds, until one closes (idle ones are closed after a few seconds)")
@@ -134,28 +134,12 @@ Flags:
 	}
 	c.command = fs.Args()
 	switch {
-	case c.workers < 1:
-		return nil, fmt.Errorf("--workers must be at least 1, not %d", c.workers)
-	case c.policy != "round-robin" && c.policy != "least-loaded":
-		return nil, fmt.Errorf("--policy must be round-robin or least-loaded, not %q", c.policy)
 	case c.logFormat != "" && c.logFormat != "json" && c.logFormat != "console":
 		return nil, fmt.Errorf("--log-format must be json or console, not %q", c.logFormat)
-	case c.shutdownTimeout <= 0:
-		return nil, fmt.Errorf("--shutdown-timeout must be positive, not %s", c.shutdownTimeout)
-	case c.handoffTimeout <= 0:
-		return nil, fmt.Errorf("--handoff-timeout must be positive, not %s", c.handoffTimeout)
-	case c.maxPending < 1:
-		return nil, fmt.Errorf("--max-pending must be at least 1, not %d", c.maxPending)
-	case c.maxUnread < 1:
-		return nil, fmt.Errorf("--max-unread must be at least 1, not %d", c.maxUnread)
-	case c.reloadConcurrency < 1:
-		return nil, fmt.Errorf("--reload-concurrency must be at least 1, not %d", c.reloadConcurrency)
 	case c.masterProcs < 0:
 		return nil, fmt.Errorf("--master-procs must be 0 or more, not %d", c.masterProcs)
 	case c.tcpKeepAlive < 0:
 		return nil, fmt.Errorf("--tcp-keepalive must not be negative, not %s", c.tcpKeepAlive)
-	case c.tcpUserTimeout < 0:
-		return nil, fmt.Errorf("--tcp-user-timeout must not be negative, not %s", c.tcpUserTimeout)
 	case c.shutdownDelay < 0:
 		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
 	case c.maxConnAge < 0:
@@ -173,6 +157,12 @@ Flags:
 	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
 		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.logLevel)
 	}
+	// The balancer checks its own options (Options.Validate); the checks
+	// above are of the flags that are the CLI's own, and of a flag's own
+	// encoding (--tcp-keepalive 0 for off).
+	if _, err := masterOptions(c); err != nil {
+		return nil, err
+	}
 	for _, a := range c.listen {
 		s, err := parseListen(a)
 		if err != nil {
@@ -181,6 +171,63 @@ Flags:
 		c.specs = append(c.specs, s)
 	}
 	return c, nil
+}
+
+// optionFlags names the flag that sets each balancer.Options field, so
+// that the balancer's *OptionError speaks of the flag.
+var optionFlags = map[string]string{
+	"Workers":           "workers",
+	"ShutdownTimeout":   "shutdown-timeout",
+	"HandoffTimeout":    "handoff-timeout",
+	"MaxPending":        "max-pending",
+	"MaxUnread":         "max-unread",
+	"KeepAlive":         "tcp-keepalive",
+	"TCPUserTimeout":    "tcp-user-timeout",
+	"ReloadConcurrency": "reload-concurrency",
+}
+
+// masterOptions maps the flags to the balancer's Options, checked by
+// Options.Validate; the Logger is left to the caller. An error names the
+// flag.
+func masterOptions(c *config) (balancer.Options, error) {
+	opts := balancer.Options{
+		Workers:           c.workers,
+		ShutdownTimeout:   c.shutdownTimeout,
+		HandoffTimeout:    c.handoffTimeout,
+		MaxPending:        c.maxPending,
+		MaxUnread:         c.maxUnread,
+		KeepAlive:         c.tcpKeepAlive,
+		TCPUserTimeout:    c.tcpUserTimeout,
+		ReloadConcurrency: c.reloadConcurrency,
+		User:              c.user,
+	}
+	policy, err := balancer.PolicyByName(c.policy)
+	if err != nil {
+		return opts, fmt.Errorf("--policy: %w", err)
+	}
+	opts.Policy = policy
+	if c.tcpKeepAlive == 0 {
+		opts.KeepAlive = -1 // off; the Options' zero means the default
+	}
+	if len(c.command) > 0 {
+		opts.Path, opts.Args = c.command[0], c.command[1:]
+		if opts.Args == nil {
+			opts.Args = []string{}
+		}
+	}
+	opts.Env = append(opts.Env, workerLogEnv(c)...) // the demo logs as the master does
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		// The last value wins: only the master talks to systemd.
+		opts.Env = append(opts.Env, "NOTIFY_SOCKET=")
+	}
+	if err := opts.Validate(); err != nil {
+		var oe *balancer.OptionError
+		if errors.As(err, &oe) && optionFlags[oe.Field] != "" {
+			return opts, fmt.Errorf("--%s %s, not %v", optionFlags[oe.Field], oe.Rule, oe.Value)
+		}
+		return opts, err
+	}
+	return opts, nil
 }
 
 func main() {

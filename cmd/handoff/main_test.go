@@ -77,17 +77,25 @@ func TestParseFlags(t *testing.T) {
 			return nil
 		}},
 		{name: "bad policy", args: []string{"--policy", "random"}, wantErr: "--policy"},
-		{name: "no workers", args: []string{"--workers", "0"}, wantErr: "--workers"},
+		{name: "negative workers", args: []string{"--workers", "-1"}, wantErr: "--workers must not be negative, not -1"},
 		{name: "bad listen", args: []string{"--listen", "8000"}, wantErr: "HOST:PORT"},
 		{name: "empty unix path", args: []string{"--listen", "unix:"}, wantErr: "path"},
 		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
-		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "--shutdown-timeout must be positive, not -1s"},
-		// Each message names the one flag that is wrong, and its value.
-		{name: "zero handoff timeout", args: []string{"--handoff-timeout", "0s"}, wantErr: "--handoff-timeout must be positive, not 0s"},
-		{name: "zero max pending", args: []string{"--max-pending", "0"}, wantErr: "--max-pending must be at least 1, not 0"},
-		{name: "zero max unread", args: []string{"--max-unread", "0"}, wantErr: "--max-unread must be at least 1, not 0"},
-		{name: "zero reload concurrency", args: []string{"--reload-concurrency", "0"}, wantErr: "--reload-concurrency must be at least 1, not 0"},
+		{name: "bad timeout", args: []string{"--shutdown-timeout", "-1s"}, wantErr: "--shutdown-timeout must not be negative, not -1s"},
+		// Each message names the one flag that is wrong, and its value,
+		// also when the balancer's Options.Validate finds it.
+		{name: "negative handoff timeout", args: []string{"--handoff-timeout", "-1s"}, wantErr: "--handoff-timeout must not be negative, not -1s"},
+		{name: "negative max pending", args: []string{"--max-pending", "-1"}, wantErr: "--max-pending must not be negative, not -1"},
+		{name: "negative max unread", args: []string{"--max-unread", "-1"}, wantErr: "--max-unread must not be negative, not -1"},
+		{name: "negative reload concurrency", args: []string{"--reload-concurrency", "-1"}, wantErr: "--reload-concurrency must not be negative, not -1"},
+		// 0 means the balancer's default, as in its Options.
+		{name: "zeros are defaults", args: []string{"--workers", "0", "--handoff-timeout", "0s", "--max-pending", "0", "--max-unread", "0", "--reload-concurrency", "0", "--shutdown-timeout", "0s"}, check: func(c *config) error {
+			if c.workers != 0 || c.maxPending != 0 {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		}},
 		{name: "negative keepalive", args: []string{"--tcp-keepalive", "-1s"}, wantErr: "--tcp-keepalive must not be negative, not -1s"},
 		{name: "negative user timeout", args: []string{"--tcp-user-timeout", "-2s"}, wantErr: "--tcp-user-timeout must not be negative, not -2s"},
 		{name: "negative master procs", args: []string{"--master-procs", "-1"}, wantErr: "--master-procs must be 0 or more, not -1"},

@@ -42,36 +42,12 @@ func runMaster(c *config) int {
 	}
 	notify := newNotifier(log)
 
-	opts := balancer.Options{
-		Workers:           c.workers,
-		ShutdownTimeout:   c.shutdownTimeout,
-		HandoffTimeout:    c.handoffTimeout,
-		MaxPending:        c.maxPending,
-		MaxUnread:         c.maxUnread,
-		KeepAlive:         c.tcpKeepAlive,
-		TCPUserTimeout:    c.tcpUserTimeout,
-		ReloadConcurrency: c.reloadConcurrency,
-		User:              c.user,
-		Logger:            log,
+	opts, err := masterOptions(c) // parseFlags has checked them
+	var b *balancer.Balancer
+	if err == nil {
+		opts.Logger = log
+		b, err = balancer.New(opts)
 	}
-	if c.policy == "least-loaded" {
-		opts.Policy = balancer.LeastLoaded
-	}
-	if c.tcpKeepAlive == 0 {
-		opts.KeepAlive = -1 // off; the Options' zero means the default
-	}
-	if len(c.command) > 0 {
-		opts.Path, opts.Args = c.command[0], c.command[1:]
-		if opts.Args == nil {
-			opts.Args = []string{}
-		}
-	}
-	opts.Env = append(opts.Env, workerLogEnv(c)...) // the demo logs as the master does
-	if os.Getenv("NOTIFY_SOCKET") != "" {
-		// The last value wins: only the master talks to systemd.
-		opts.Env = append(opts.Env, "NOTIFY_SOCKET=")
-	}
-	b, err := balancer.New(opts)
 	if err != nil {
 		for _, a := range activated {
 			_ = a.ln.Close()
@@ -119,7 +95,7 @@ func runMaster(c *config) int {
 	if err := b.Start(); err != nil {
 		return fail(err)
 	}
-	log.Info().Int("pid", os.Getpid()).Int("workers", c.workers).Str("policy", c.policy).Strs("listen", c.listen).
+	log.Info().Int("pid", os.Getpid()).Int("workers", len(b.Workers())).Str("policy", c.policy).Strs("listen", c.listen).
 		Bool("upgraded", upg.HasParent()).Msg("master running")
 
 	ctx, cancel := context.WithCancel(context.Background())

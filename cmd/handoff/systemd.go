@@ -5,12 +5,12 @@ package main
 import (
 	"fmt"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/handoff-go/handoff/balancer"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +45,8 @@ func activatedListeners(log zerolog.Logger) []activatedListener {
 
 // matchActivated pairs each spec with the socket systemd passed for it:
 // first by name (a spec's NAME= and the socket's FileDescriptorName=), then
-// by the address the socket is bound to. It returns, per spec, the index
+// by the address the socket is bound to, as the balancer matches a
+// request with an open socket (balancer.Serves). It returns, per spec, the index
 // of its socket in socks, or -1 if the master is to open its own. A spec
 // whose name matches a socket of another network is an error.
 func matchActivated(specs []listenSpec, socks []activatedListener) ([]int, error) {
@@ -72,7 +73,7 @@ func matchActivated(specs []listenSpec, socks []activatedListener) ([]int, error
 			continue
 		}
 		for j, a := range socks {
-			if !taken[j] && boundTo(a.ln.Addr(), s) {
+			if !taken[j] && balancer.Serves(a.ln.Addr(), s.network, s.address) {
 				match[i], taken[j] = j, true
 				break
 			}
@@ -86,31 +87,6 @@ func networkOf(a net.Addr) string {
 		return "unix"
 	}
 	return "tcp"
-}
-
-// boundTo reports whether a socket bound to a serves spec s: the same
-// path, or the same port and IP, where a spec without a host or with an
-// unspecified one (":80", "0.0.0.0:80", "[::]:80") matches a socket bound
-// to any unspecified address. A spec with port 0 matches nothing.
-func boundTo(a net.Addr, s listenSpec) bool {
-	switch a := a.(type) {
-	case *net.UnixAddr:
-		return s.network == "unix" && filepath.Clean(a.Name) == filepath.Clean(s.address)
-	case *net.TCPAddr:
-		if s.network != "tcp" {
-			return false
-		}
-		ta, err := net.ResolveTCPAddr("tcp", s.address)
-		if err != nil || ta.Port == 0 || ta.Port != a.Port {
-			return false
-		}
-		ip := ta.IP
-		if ip == nil {
-			return a.IP.IsUnspecified()
-		}
-		return ip.Equal(a.IP) || (ip.IsUnspecified() && a.IP.IsUnspecified())
-	}
-	return false
 }
 
 // notifier sends sd_notify(3) states to systemd. Without NOTIFY_SOCKET it

@@ -4,14 +4,15 @@ package main
 
 import (
 	"context"
+	"math"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cloudflare/tableflip"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // This file is the zero-downtime upgrade of the master itself, done by
@@ -29,10 +30,16 @@ import (
 // listening before the old master kills it and keeps serving.
 const DefaultUpgradeTimeout = tableflip.DefaultUpgradeTimeout
 
-// tableflipParentEnv is the variable tableflip sets for a new master (its
-// unexported sentinelEnvVar). Workers must not inherit it: a worker
-// program that used tableflip itself would think fds 3 and 4 were a
-// parent master's pipes, and fd 3 is the worker's control socket.
+// tableflipParentEnv is the variable that tableflip sets for a new master
+// and that makes its New look for a parent's pipes. Workers must not
+// inherit it: a worker program that used tableflip itself would take its
+// fds for a parent master's pipes (fd 3 is its control socket). It is a
+// copy of tableflip's unexported sentinelEnvVar (parent.go, v1.2.3), and
+// a copy is the only way: tableflip exports neither the name nor a way
+// to keep it from a child (its environment is os.Environ, read when New
+// runs and when it starts the next master), and the master's environment
+// must stay whole for the next master. TestCLIWorkersDoNotSeeTableflip
+// fails if tableflip stops taking this name for its own.
 const tableflipParentEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
 
 // newUpgrader makes this process's only tableflip.Upgrader. In a master
@@ -43,15 +50,30 @@ func newUpgrader(pidFile string, timeout time.Duration) (*tableflip.Upgrader, er
 	if err != nil {
 		return nil, err
 	}
-	if upg.HasParent() {
-		// tableflip's pipes to the old master are fds 3 and 4, inherited
-		// without close-on-exec; keep them out of the workers. tableflip
-		// itself sets close-on-exec on the sockets, from fd 5 on.
-		syscall.CloseOnExec(3)
-		syscall.CloseOnExec(4)
-	}
+	// tableflip has taken what it inherited (its pipes to the old
+	// master, whichever fds they are, and the sockets); none of it may
+	// reach a worker, which gets exactly the fds the balancer passes it.
+	closeOnExecFrom(3)
 	_ = os.Unsetenv(tableflipParentEnv)
 	return upg, nil
+}
+
+// closeOnExecFrom sets close-on-exec on every fd from first up. The Go
+// runtime opens every fd of its own so; an fd without it was inherited.
+func closeOnExecFrom(first int) {
+	if unix.CloseRange(uint(first), math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	// Before Linux 5.11: one by one.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= first {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
 
 // stopUpgrader ends upg when the last master stops without an upgrade:
@@ -98,10 +120,14 @@ func waitForParent(ctx context.Context, upg *tableflip.Upgrader) <-chan struct{}
 }
 
 // errParentRunning is the text of tableflip's refusal to upgrade while the
-// old master that started this one still runs (its upgrader.go). It is not
-// a failure: the master keeps serving and may be upgraded once the old one
-// has drained. The master's loop checks first (waitForParent), so this is
-// only the race in which the old master exits meanwhile.
+// old master that started this one still runs. It is not a failure: the
+// master keeps serving and may be upgraded once the old one has drained.
+// The master's loop checks first (waitForParent), so this is only the race
+// in which the old master exits meanwhile: WaitForParent has returned,
+// and tableflip's own loop has not yet seen the exit. The text is the only
+// way to tell: tableflip (upgrader.go, v1.2.3) makes this error with
+// errors.New where it returns it, with no sentinel or type. Were the text
+// to change, that race would be logged as an error instead of a warning.
 const errParentRunning = "parent hasn't exited"
 
 // upgradeFailed logs an upgrade that did not happen: a refusal because the
