@@ -189,14 +189,11 @@ func runMasterRole(c *config) error {
 		ShutdownTimeout: masterShutdownTimeout,
 		Logger:          zerolog.New(os.Stderr).Level(zerolog.WarnLevel).With().Timestamp().Logger(),
 	}
-	switch c.policy {
-	case "rr":
-		opts.Policy = balancer.RoundRobin
-	case "ll":
-		opts.Policy = balancer.LeastLoaded
-	default:
-		return fmt.Errorf("unknown -policy %q (rr or ll)", c.policy)
+	policy, err := balancer.PolicyByName(c.policy)
+	if err != nil {
+		return fmt.Errorf("-policy: %w", err)
 	}
+	opts.Policy = policy
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2)
 	defer signal.Stop(sigs)

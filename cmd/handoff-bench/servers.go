@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/handoff-go/handoff/balancer"
 	"github.com/prometheus/procfs"
 )
 
@@ -172,7 +173,8 @@ func startServer(ctx context.Context, reg *registry, env *serverEnv, name, runTa
 			}
 		}
 	case "handoff-rr", "handoff-ll":
-		args := append([]string{"-role=master", "-procs=" + strconv.Itoa(env.workers), "-policy=" + strings.TrimPrefix(name, "handoff-")}, base...)
+		policy := map[string]string{"handoff-rr": balancer.PolicyRoundRobin, "handoff-ll": balancer.PolicyLeastLoaded}[name]
+		args := append([]string{"-role=master", "-procs=" + strconv.Itoa(env.workers), "-policy=" + policy}, base...)
 		if env.profile != "" {
 			args = append(args, "-cpuprofile="+env.profile)
 		}
