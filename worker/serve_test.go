@@ -384,7 +384,7 @@ func TestServeReportsBusyConnections(t *testing.T) {
 	fm := startMaster(t)
 	fm.install(t)
 	l := fm.listen(t, "tcp", "127.0.0.1:0")
-	real := tcpListener(t)
+	clientLn := tcpListener(t) // where the clients connect, to make conns to hand off
 	started, release := make(chan struct{}), make(chan struct{})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		started <- struct{}{}
@@ -394,7 +394,7 @@ func TestServeReportsBusyConnections(t *testing.T) {
 	serving(t, &ServeConfig{}, srv, l)
 	waitFor(t, "Serving on the page", func() bool { return fm.ctr.Serving.Load() == 1 })
 
-	clients, fds := connectN(t, real, 2)
+	clients, fds := connectN(t, clientLn, 2)
 	if err := fm.handoff(l.id, fds); err != nil {
 		t.Fatal(err)
 	}
