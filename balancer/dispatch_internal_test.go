@@ -200,7 +200,8 @@ func TestProgressWhileStalledIsNotSilence(t *testing.T) {
 }
 
 // The pending queue's prune closes a client that left, and keeps one that
-// sent its request and half-closed, which still waits for its answer.
+// sent its request and half-closed, which still waits for its answer, for
+// halfCloseGrace.
 func TestPruneKeepsHalfClosedClientsWithARequest(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -237,11 +238,17 @@ func TestPruneKeepsHalfClosedClientsWithARequest(t *testing.T) {
 	q.push(ipc.Handoff{FD: int32(accept(""))})                       // left without a word
 	time.Sleep(50 * time.Millisecond)                                // the FINs arrive
 	closed, _ := q.prune(nil)
+	if kept := q.len(); closed != 1 || kept != 1 {
+		t.Fatalf("closed %d and kept %d, want 1 and 1 (the client with a request)", closed, kept)
+	}
+	// Past halfCloseGrace it is taken for a client that gave up.
+	time.Sleep(halfCloseGrace + 100*time.Millisecond)
+	closed, _ = q.prune(nil)
 	kept := q.take()
 	for _, h := range kept {
 		_ = unix.Close(int(h.FD))
 	}
-	if closed != 1 || len(kept) != 1 {
-		t.Fatalf("closed %d and kept %d, want 1 and 1 (the client with a request)", closed, len(kept))
+	if closed != 1 || len(kept) != 0 {
+		t.Fatalf("after %s: closed %d and kept %d, want 1 and 0", halfCloseGrace, closed, len(kept))
 	}
 }

@@ -402,20 +402,29 @@ func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
 func (q *handoffQueue) push(h ipc.Handoff) { q.hs = append(q.hs, h) }
 
-// unreadBytes reports whether the socket fd has bytes waiting to be read.
-func unreadBytes(fd int) bool {
+// halfCloseGrace is how long a queued client that sent its request and
+// then FIN is kept. One that half-closed to wait for its answer is served
+// if a worker can take it within this; one that sent a request and gave
+// up (the master cannot tell the two apart) is closed after it, so that a
+// crash loop with clients coming and going holds no fds for them.
+const halfCloseGrace = time.Second
+
+// waitsForAnswer reports whether the TCP socket fd, whose client sent
+// FIN, has a request waiting that arrived within halfCloseGrace.
+func waitsForAnswer(fd int) bool {
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return false // not TCP
+	}
 	n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
-	return err == nil && n > 0
+	return err == nil && n > 0 && time.Duration(ti.Last_data_recv)*time.Millisecond < halfCloseGrace
 }
 
 // prune closes the queued connections whose client has gone: it reset
-// the connection (POLLHUP, POLLERR), or sent FIN (POLLRDHUP) with nothing
-// left to read. It returns how many it closed. A client that sent its
-// request and then half-closed, waiting for its answer, is kept: its
-// request is still to be read. (One that sent a request and gave up is
-// kept too; the master cannot tell them apart, and the pending queue's
-// bound holds either way.) Holding an fd for every client that left
-// without a word would starve the master.
+// the connection (POLLHUP, POLLERR), or sent FIN (POLLRDHUP) with no
+// request waiting, or with one older than halfCloseGrace. It returns how
+// many it closed. Holding an fd for every client that left would starve
+// the master.
 func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	live := q.hs[q.head:]
 	scratch = scratch[:0]
@@ -431,7 +440,7 @@ func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	kept, closed := live[:0], 0
 	for i, h := range live {
 		ev := scratch[i].Revents
-		if ev&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 || ev&unix.POLLRDHUP != 0 && !unreadBytes(int(h.FD)) {
+		if ev&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 || ev&unix.POLLRDHUP != 0 && !waitsForAnswer(int(h.FD)) {
 			closeFD(int(h.FD))
 			closed++
 			continue
