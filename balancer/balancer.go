@@ -29,48 +29,47 @@ const maxListeners = 256
 // every connection, hands each to a worker process, and keeps the workers
 // running. All its methods are safe for concurrent use.
 type Balancer struct {
-	opts   Options
-	log    zerolog.Logger
-	events *eventQueue
-	cred   *syscall.Credential
-	path   string
-	args   []string
+	opts   Options             // as given to New, with the defaults filled in
+	log    zerolog.Logger      // Options.Logger
+	events *eventQueue         // delivers to Options.OnEvent
+	cred   *syscall.Credential // the workers' user (Options.User), or nil
+	path   string              // the workers' program
+	args   []string            // and its arguments
 
 	mu         sync.Mutex
-	started    bool
-	stopping   bool // Shutdown has begun: no restarts, no new workers
-	nextID     int
-	nextConn   uint64
-	workers    []*Worker // alive or exiting, by id
-	listeners  []*listener
-	byKey      map[string]*listener
-	restarting map[*slot]bool
-	pending    int // fds queued on all listeners
-	pendTimer  *time.Timer
-	pendArmed  bool
-	pendDelay  time.Duration
-	stallTimer *time.Timer
-	stallArmed bool
-	closed     bool          // Shutdown has finished: timers do nothing
-	orphans    []*link       // links of gone workers still holding connections
-	sentFDs    []int         // the master's copies of fds just sent, to close
-	pingBuf    []byte        // the ping frame
-	room       scm.Room      // the master's own fd room
-	fdReserve  int           // fds kept free for the master's own needs; see maxFDReserve
-	changed    chan struct{} // closed and replaced on every state change
+	started    bool                 // Start has been called
+	stopping   bool                 // Shutdown has begun: no restarts, no new workers
+	nextID     int                  // the id of the last worker forked
+	workers    []*Worker            // alive or exiting, by id
+	listeners  []*listener          // every listener opened, by id - 1
+	byKey      map[string]*listener // listeners by "network address", as requested and as bound
+	restarting map[*slot]bool       // slots waiting for a restart timer
+	pending    int                  // fds queued on all listeners
+	pendTimer  *time.Timer          // retries the pending queues (retryPending)
+	pendArmed  bool                 // pendTimer is set
+	pendDelay  time.Duration        // pendTimer's last delay, doubled up to maxPendingRetry
+	stallTimer *time.Timer          // checks for stalled workers (checkStalls)
+	stallArmed bool                 // stallTimer is set
+	closed     bool                 // Shutdown has finished: timers do nothing
+	orphans    []*link              // links of gone workers still holding connections
+	sentFDs    []int                // the master's copies of fds just sent, to close
+	pingBuf    []byte               // the ping frame
+	room       scm.Room             // the master's own fd room
+	fdReserve  int                  // fds kept free for the master's own needs; see maxFDReserve
+	changed    chan struct{}        // closed and replaced on every state change
 
-	stopAccept     chan struct{}
-	acceptLogLimit rateLimit
-	dropLogLimit   rateLimit
-	badLogLimit    rateLimit
+	stopAccept     chan struct{} // closed by Shutdown: accept loops stop backing off
+	acceptLogLimit rateLimit     // of "accept failed" lines
+	dropLogLimit   rateLimit     // of "the pending queue is full" lines
+	badLogLimit    rateLimit     // of lines about failed handoffs and reclaims
 
-	reloadMu     sync.Mutex
-	shutdownOnce sync.Once
-	shutdownErr  error
-	done         chan struct{}
+	reloadMu     sync.Mutex     // one Reload at a time
+	shutdownOnce sync.Once      // one shutdown
+	shutdownErr  error          // its result, for every Shutdown call
+	done         chan struct{}  // closed when Shutdown has finished
 	wg           sync.WaitGroup // worker goroutines and restart timers
 
-	stats stats
+	stats stats // the counters behind Stats; under mu
 }
 
 // New returns a Balancer; it opens nothing and starts no worker until

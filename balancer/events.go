@@ -71,12 +71,12 @@ const maxQueuedEvents = 1 << 16
 
 // eventQueue delivers events to a callback on one goroutine.
 type eventQueue struct {
-	fn   func(Event)
-	mu   sync.Mutex
-	q    []Event
-	wake chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	fn   func(Event)   // Options.OnEvent; nil: nothing is queued or run
+	mu   sync.Mutex    // guards q
+	q    []Event       // the events not yet delivered, oldest first
+	wake chan struct{} // a token when q grows
+	stop chan struct{} // closed by close: deliver what is queued and end
+	done chan struct{} // closed when run has ended
 }
 
 func newEventQueue(fn func(Event)) *eventQueue {

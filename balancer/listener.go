@@ -42,29 +42,29 @@ const (
 // listener is one listening socket of the master. Its accept goroutine
 // owns the fd and closes it.
 type listener struct {
-	id      uint32
-	network string
-	address string // as first requested
-	bound   net.Addr
-	unix    string // socket path to remove at close, for "unix"
+	id      uint32   // 1 for the first, counting up; the workers know it by this
+	network string   // as first requested
+	address string   // as first requested
+	bound   net.Addr // the address the socket is bound to
+	unix    string   // socket path to remove at close, for "unix"
 
-	f  *os.File // the listening socket, non-blocking, in the runtime poller
-	rc syscall.RawConn
+	f  *os.File        // the listening socket, non-blocking, in the runtime poller
+	rc syscall.RawConn // f's, for accept4 and setsockopt
 
-	policy  Policy
+	policy  Policy    // made by Options.Policy for this listener; under Balancer.mu
 	workers []*Worker // listening here and routable, by id; under Balancer.mu
 
 	// Dispatch scratch, under Balancer.mu.
-	loads      []WorkerLoad
-	touched    []*link
-	pending    handoffQueue
+	loads      []WorkerLoad  // what policy.Pick sees
+	touched    []*link       // the links a dispatch filled, to flush
+	pending    handoffQueue  // connections no worker could take yet
 	pollBuf    []unix.PollFd // pending.prune's scratch
-	reclaimBuf []ipc.Handoff
+	reclaimBuf []ipc.Handoff // what a reclaim read back, to dispatch again
 
 	// Accept scratch, owned by the accept goroutine.
-	batch []ipc.Handoff
+	batch []ipc.Handoff // the connections of one accept pass
 
-	done chan struct{}
+	done chan struct{} // closed when the accept goroutine has closed the socket
 }
 
 // ListenSocket opens a listening socket as Balancer.Listen does, without
@@ -393,9 +393,9 @@ func sameSocket(bound net.Addr, local unix.Sockaddr) bool {
 
 // handoffQueue is a FIFO of accepted connections waiting for a worker.
 type handoffQueue struct {
-	hs    []ipc.Handoff
-	spare []ipc.Handoff
-	head  int
+	hs    []ipc.Handoff // the queue is hs[head:]
+	spare []ipc.Handoff // the slice take returned last, reused by the next
+	head  int           // hs[:head] has been taken
 }
 
 func (q *handoffQueue) len() int { return len(q.hs) - q.head }
@@ -461,8 +461,8 @@ func (q *handoffQueue) take() []ipc.Handoff {
 
 // rateLimit allows one event per interval, from any goroutine.
 type rateLimit struct {
-	every time.Duration
-	next  atomic.Int64 // unix nanoseconds
+	every time.Duration // the interval
+	next  atomic.Int64  // when the next event is allowed, in unix nanoseconds
 }
 
 func (r *rateLimit) allow() bool {

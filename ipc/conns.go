@@ -22,7 +22,7 @@ import (
 // Send is for one goroutine at a time (the master sends under its lock).
 // Recv may be called from many goroutines; they take turns.
 type ConnsSocket struct {
-	sc *scm.Conn
+	sc *scm.Conn // the socket; ConnsSocket owns it
 
 	wbuf []byte        // Send's frame
 	wfds [MaxConns]int // Send's fds

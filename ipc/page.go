@@ -20,8 +20,8 @@ import (
 // only lie about itself, and the master clamps what it reads. Its layout
 // is part of the protocol, as Version is: a field is added only at the end.
 type Page struct {
-	mem []byte
-	c   *Counters
+	mem []byte    // the shared mapping, pageSize bytes
+	c   *Counters // the counters, laid over mem
 }
 
 // pageSize is the size of the shared mapping.

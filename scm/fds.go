@@ -67,9 +67,9 @@ func rawClose(fd int) { _, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0
 // Fds the program opens meanwhile on its own are covered by that slack.
 // Its methods are safe for concurrent use; the zero value is ready.
 type Room struct {
-	mu      sync.Mutex
-	free    int       // spare fds at the last count, minus those taken since
-	counted time.Time // when free was last counted; zero: never
+	mu      sync.Mutex // guards free and counted
+	free    int        // spare fds at the last count, minus those taken since
+	counted time.Time  // when free was last counted; zero: never
 }
 
 // Slack and recount period of Room; see Room.

@@ -23,34 +23,36 @@ const roomPoll = 10 * time.Millisecond
 // controlClient is the worker's end of the control socket. Its readLoop
 // goroutine owns reading; writes are serialised by ipc.Conn.
 type controlClient struct {
-	id       int
-	ctl      *ipc.Conn
+	id       int           // this worker's id, from the master
+	ctl      *ipc.Conn     // the control socket, fd ipc.ControlFD
 	ctr      *ipc.Counters // this worker's counter page
-	inbox    *inbox
+	inbox    *inbox        // the master's user messages, for Messages
 	room     scm.Room      // fd room, shared by every listener's reader
 	frameFDs int           // the most fds the master puts in one frame
 	roomWake chan struct{} // a token when a conn closes
 
-	mu        sync.Mutex
-	nextReq   uint32
-	requests  map[uint32]listenRequest
-	listeners map[uint32]*Listener
-	gone      bool
+	mu        sync.Mutex               // guards the fields below
+	nextReq   uint32                   // the id of the last Listen request
+	requests  map[uint32]listenRequest // Listen requests awaiting a reply, by id
+	listeners map[uint32]*Listener     // open listeners, by the master's listener id
+	gone      bool                     // the master is gone: no more requests
 
 	// connClosed is the onClose of every conn: built once, so that
 	// handing it to a conn allocates nothing.
 	connClosed func()
 }
 
+// listenRequest is a Listen waiting for the master's reply.
 type listenRequest struct {
-	network, address string
-	std              bool
-	ch               chan listenResult
+	network, address string            // as the caller asked
+	std              bool              // ListenConfig.StdConns
+	ch               chan listenResult // the reply, buffered for one
 }
 
+// listenResult is the outcome of a listenRequest.
 type listenResult struct {
-	l   *Listener
-	err error
+	l   *Listener // the listener, or nil
+	err error     // or why not
 }
 
 func newControlClient(id int, ctl *ipc.Conn, ctr *ipc.Counters) *controlClient {
@@ -291,12 +293,12 @@ func (a stringAddr) String() string  { return a.address }
 
 // inbox queues the master's messages without bound and feeds a channel.
 type inbox struct {
-	mu    sync.Mutex
-	queue []json.RawMessage
-	wake  chan struct{}
-	done  bool
-	once  sync.Once
-	ch    chan json.RawMessage
+	mu    sync.Mutex           // guards queue and done
+	queue []json.RawMessage    // messages not yet on ch, oldest first
+	wake  chan struct{}        // a token when queue grows or done is set
+	done  bool                 // the master is gone: close ch once queue is empty
+	once  sync.Once            // starts forward, on the first channel call
+	ch    chan json.RawMessage // what Messages returns
 }
 
 func newInbox() *inbox {

@@ -29,21 +29,21 @@ func (lc *ListenConfig) Listen(network, address string) (net.Listener, error) {
 // goroutine in between. Close is idempotent and unblocks Accept, which
 // then returns an error matching net.ErrClosed.
 type Listener struct {
-	c       *controlClient
-	id      uint32
-	network string
-	addr    net.Addr
-	laddr   net.Addr // addr, or nil for a wildcard: each conn then asks the kernel
-	std     bool     // Accept returns net.FileConn's conns
-	sock    *ipc.ConnsSocket
-	room    func() bool // may the next frame be read? (fd room)
+	c       *controlClient   // the control client it belongs to
+	id      uint32           // the master's id for the listener
+	network string           // as Listen was called
+	addr    net.Addr         // the address the master bound
+	laddr   net.Addr         // addr, or nil for a wildcard: each conn then asks the kernel
+	std     bool             // Accept returns net.FileConn's conns
+	sock    *ipc.ConnsSocket // the worker's end of the conns socket
+	room    func() bool      // may the next frame be read? (fd room)
 
 	readMu sync.Mutex  // one Accept reads the socket at a time; guards msg
 	msg    ipc.Message // the frame read
 
-	mu       sync.Mutex
+	mu       sync.Mutex    // guards the fields below
 	queue    []ipc.Handoff // read off the socket, not yet taken by Accept
-	head     int
+	head     int           // queue[:head] has been taken
 	wrapping int           // conns taken off the queue by Accept and not yet returned
 	closed   bool          // Close has begun
 	done     chan struct{} // closed by Close
