@@ -68,8 +68,8 @@ type listener struct {
 }
 
 // ListenSocket opens a listening socket as Balancer.Listen does, without
-// accepting on it: the network must be one that masters hand off (tcp,
-// tcp4, tcp6 or unix), and a Unix socket is made 0600, so that only this
+// accepting on it: the network must be one that masters hand off
+// (ipc.CheckNetwork), and a Unix socket is made 0600, so that only this
 // user (and root) may connect. Its errors are *net.OpError, as
 // net.Listen's. It is for a program that keeps the socket itself, to hand
 // it to the next master (as the handoff CLI does with tableflip), and
