@@ -4,15 +4,11 @@ package balancer_test
 
 import (
 	"context"
-
 	"fmt"
-	"github.com/rs/zerolog"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -20,8 +16,9 @@ import (
 
 	"github.com/handoff-go/handoff/balancer"
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/handoff-go/handoff/internal/testworker"
-	"go.uber.org/goleak"
+	"github.com/rs/zerolog"
 )
 
 // hostileBin is internal/hostileworker, built by TestMain.
@@ -32,24 +29,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(envChildMaster); addr != "" {
 		os.Exit(runChildMaster(addr))
 	}
-	dir, err := os.MkdirTemp("", "handoff-balancer-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	hostileBin = filepath.Join(dir, "hostileworker")
-	out, err := exec.Command("go", "build", "-o", hostileBin, "../internal/hostileworker").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building hostileworker: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := 0
-	func() {
-		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(exitRecorder{m, &code})
-	}()
-	os.Exit(code)
+	bin, remove := proctest.Build("hostileworker", "../internal/hostileworker")
+	hostileBin = bin
+	proctest.Main(m, remove)
 }
 
 // envChildMaster makes the test binary a master in its own process,
@@ -80,14 +62,6 @@ func runChildMaster(addr string) int {
 	}
 	return 0
 }
-
-// exitRecorder lets TestMain clean up after goleak's os.Exit would run.
-type exitRecorder struct {
-	m    *testing.M
-	code *int
-}
-
-func (e exitRecorder) Run() int { *e.code = e.m.Run(); return *e.code }
 
 // eventLog records a balancer's events.
 type eventLog struct {

@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/proctest"
 )
 
 // childMaster is a master run by runChildMaster in a process of its own.
 type childMaster struct {
 	addr string
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *proctest.Output
 	done chan struct{} // closed when the process has exited
 	err  error         // Wait's result, once done is closed
 }
@@ -29,7 +30,7 @@ type childMaster struct {
 // Cleanup sends it SIGTERM, and kills it if it has not exited 20s later.
 func startChildMaster(t *testing.T) *childMaster {
 	t.Helper()
-	m := &childMaster{addr: freeAddr(t), logs: &syncBuffer{}, done: make(chan struct{})}
+	m := &childMaster{addr: freeAddr(t), logs: &proctest.Output{}, done: make(chan struct{})}
 	m.cmd = exec.Command(os.Args[0])
 	m.cmd.Env = append(os.Environ(), envChildMaster+"="+m.addr)
 	m.cmd.Stderr = m.logs

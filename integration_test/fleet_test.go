@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/netnstest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -208,7 +209,7 @@ func (h *fleetHost) waitReady(pid int) error {
 		if err == nil {
 			return nil
 		}
-		if !alive(pid) {
+		if !proctest.Alive(pid) {
 			return fmt.Errorf("%s: the master (pid %d) exited before it was ready: %v", h.name, pid, err)
 		}
 		if time.Now().After(deadline) {
@@ -269,24 +270,24 @@ func (h *fleetHost) stop(t *testing.T) {
 	}
 	var workers []int
 	for _, pid := range pids {
-		if alive(pid) {
-			workers = append(workers, childPIDs(pid)...)
+		if proctest.Alive(pid) {
+			workers = append(workers, proctest.Children(pid)...)
 			_ = syscall.Kill(pid, syscall.SIGTERM)
 		}
 	}
 	deadline := time.Now().Add(shutdownTimeout)
 	for _, pid := range pids {
-		for alive(pid) && time.Now().Before(deadline) {
+		for proctest.Alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
-		if alive(pid) {
+		if proctest.Alive(pid) {
 			t.Errorf("%s: master %d still running %v after SIGTERM; killing it", h.name, pid, shutdownTimeout)
-			workers = append(workers, childPIDs(pid)...)
+			workers = append(workers, proctest.Children(pid)...)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	for _, pid := range workers {
-		if alive(pid) {
+		if proctest.Alive(pid) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -301,7 +302,7 @@ func (h *fleetHost) stop(t *testing.T) {
 // waits until they are gone.
 func (h *fleetHost) kill() error {
 	pid := h.masterPID()
-	victims := append([]int{pid}, childPIDs(pid)...)
+	victims := append([]int{pid}, proctest.Children(pid)...)
 	for _, p := range victims {
 		if err := syscall.Kill(p, syscall.SIGKILL); err != nil {
 			return fmt.Errorf("killing %d: %w", p, err)
@@ -309,7 +310,7 @@ func (h *fleetHost) kill() error {
 	}
 	deadline := time.Now().Add(shutdownTimeout)
 	for _, p := range victims {
-		for alive(p) {
+		for proctest.Alive(p) {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("process %d still alive after SIGKILL", p)
 			}
@@ -519,41 +520,4 @@ func logSummary(t *testing.T, title string, s summary, took time.Duration) {
 	for _, e := range s.errs {
 		t.Logf("  failed: %s", e)
 	}
-}
-
-// childPIDs lists the processes whose parent is pid.
-func childPIDs(parent int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if f := procStat(pid); len(f) > 1 && f[1] == strconv.Itoa(parent) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	f := procStat(pid)
-	return len(f) > 0 && f[0] != "Z"
-}
-
-// procStat is the fields of /proc/PID/stat after the command's name:
-// state, ppid, ...; nil if there is no such process.
-func procStat(pid int) []string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
 }

@@ -4,7 +4,6 @@ package integration_test
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/csv"
 	"fmt"
 	"io"
@@ -14,13 +13,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"text/template"
 	"time"
 
 	"github.com/handoff-go/handoff/internal/netnstest"
+	"github.com/handoff-go/handoff/internal/proctest"
 )
 
 // HAProxy's health checks of the fleet: every checkInter, down after
@@ -73,30 +72,12 @@ type haproxyServer struct {
 // haproxy is an HAProxy process the test started in the balancer's
 // namespace, in the foreground (-db), so that its pid is the one to stop.
 type haproxy struct {
-	socket string          // the stats socket's path
-	config string          // the configuration file's text
-	out    *lockedBuffer   // its stdout and stderr: alerts and state changes
-	cmd    *exec.Cmd       // the process
-	done   chan struct{}   // closed once cmd.Wait returned
-	host   *netnstest.Host // where it runs
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	socket string           // the stats socket's path
+	config string           // the configuration file's text
+	out    *proctest.Output // its stdout and stderr: alerts and state changes
+	cmd    *exec.Cmd        // the process
+	done   chan struct{}    // closed once cmd.Wait returned
+	host   *netnstest.Host  // where it runs
 }
 
 // haproxyPath finds HAProxy, or skips (fails with HANDOFF_REQUIRE_NETNS=1).
@@ -119,7 +100,7 @@ func startHAProxy(t *testing.T, host *netnstest.Host, frontend string, adminPort
 	t.Helper()
 	bin := haproxyPath(t)
 	dir := t.TempDir()
-	h := &haproxy{socket: filepath.Join(dir, "stats.sock"), out: &lockedBuffer{}, done: make(chan struct{}), host: host}
+	h := &haproxy{socket: filepath.Join(dir, "stats.sock"), out: &proctest.Output{}, done: make(chan struct{}), host: host}
 	var cfg strings.Builder
 	err := template.Must(template.New("haproxy").Parse(haproxyConfig)).Execute(&cfg, map[string]any{
 		"Socket": h.socket, "Frontend": frontend, "AdminPort": adminPort, "Servers": servers,

@@ -9,9 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -20,8 +17,8 @@ import (
 
 	"github.com/handoff-go/handoff/balancer"
 	"github.com/handoff-go/handoff/internal/netnstest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/handoff-go/handoff/internal/testworker"
-	"go.uber.org/goleak"
 )
 
 // handoffBin is the handoff CLI, built by TestMain, that the fleet tests
@@ -34,27 +31,9 @@ var handoffBin string
 func TestMain(m *testing.M) {
 	fleetWorkerMain()
 	testworker.Main()
-	dir, err := os.MkdirTemp("", "handoff-integration")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	handoffBin = filepath.Join(dir, "handoff")
-	build := exec.Command("go", "build", "-race", "-o", handoffBin, "github.com/handoff-go/handoff/cmd/handoff")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building the handoff CLI: %v\n%s", err, out)
-		_ = os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: errors on successful test run: %v\n", err)
-			code = 1
-		}
-	}
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
+	bin, remove := proctest.Build("handoff", "github.com/handoff-go/handoff/cmd/handoff", "-race")
+	handoffBin = bin
+	proctest.Main(m, remove)
 }
 
 // Bounds of every wait and request in this package.

@@ -365,14 +365,8 @@ func TestCLIShutdownDelay(t *testing.T) {
 	if v := value(t, metricsOf(t, admin), "handoff_draining"); v != 1 {
 		t.Errorf("handoff_draining = %v during the delay, want 1", v)
 	}
-	select {
-	case err := <-m.done:
-		m.done <- err // for Cleanup
-		if err != nil {
-			t.Errorf("master exit: %v, want 0", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("master did not exit")
+	if err := m.wait(t, 30*time.Second, "master did not exit"); err != nil {
+		t.Errorf("master exit: %v, want 0", err)
 	}
 	if d := time.Since(start); d < delay {
 		t.Errorf("master exited %v after SIGTERM, before the %v delay", d, delay)

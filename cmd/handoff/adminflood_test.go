@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proctest"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -173,7 +174,7 @@ func BenchmarkMetricsFlood(b *testing.B) {
 	start := func(admin string) *master {
 		addr := freePort(b)
 		cmd := exec.Command(bin, "--listen", addr, "--log-format", "json", "--workers", "2", "--admin", admin)
-		out := &syncBuffer{}
+		out := &proctest.Output{}
 		cmd.Stdout, cmd.Stderr = out, out
 		return launch(b, cmd, addr, out)
 	}

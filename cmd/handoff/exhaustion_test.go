@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"net"
 	"net/http"
 	"os/exec"
@@ -24,7 +25,7 @@ func startLimited(t *testing.T, n int, args ...string) *master {
 	addr := freePort(t)
 	full := append([]string{fmt.Sprintf("--nofile=%d:%d", n, n), handoffBin, "--listen", addr, "--log-format", "json"}, args...)
 	cmd := exec.Command(prlimit, full...) // prlimit execs handoff: same pid
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	return launch(t, cmd, addr, out)
 }
@@ -156,7 +157,7 @@ func TestCLIQueueDropsClientsThatLeft(t *testing.T) {
 	addr := freePort(t)
 	// Workers that exit at once: a crash loop, so no worker ever listens.
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "2", "--admin", admin, "--", "/bin/false")
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	m := &master{cmd: cmd, addr: addr, out: out, done: make(chan error, 1)}
 	if err := cmd.Start(); err != nil {

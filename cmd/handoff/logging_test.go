@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 )
@@ -61,7 +62,7 @@ func decodeLine(t *testing.T, m map[string]any) logLine {
 
 func TestRateLimitedLogHoldsBackAndCounts(t *testing.T) {
 	t.Parallel()
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	const every = 200 * time.Millisecond
 	r := &rateLimitedLog{log: zerolog.New(out).With().Str("source", "test").Logger(), every: every, now: time.Now}
 	t.Cleanup(r.stop)
@@ -116,7 +117,7 @@ func TestHTTPErrorLogGoesThroughZerolog(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			out := &syncBuffer{}
+			out := &proctest.Output{}
 			srv := tt.server(zerolog.New(out))
 			if srv.ErrorLog == nil {
 				t.Fatal("no ErrorLog: the server would write raw lines to stderr")
@@ -218,14 +219,8 @@ func TestCLIJSONLogsEveryLine(t *testing.T) {
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-m.done:
-		m.done <- err
-		if err != nil {
-			t.Errorf("master exit: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("master did not exit")
+	if err := m.wait(t, 30*time.Second, "master did not exit"); err != nil {
+		t.Errorf("master exit: %v", err)
 	}
 
 	lines := jsonLines(t, m.out.String())
@@ -290,7 +285,7 @@ func startUnderFDLimit(t *testing.T, n int, args ...string) *master {
 	}
 	addr := freePort(t)
 	cmd := exec.Command("/usr/bin/prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", n, n), handoffBin, "--listen", addr, "--log-format", "json"}, args...)...)
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	return launch(t, cmd, addr, out)
 }

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"io"
 	"net/http"
 	"os/exec"
@@ -38,12 +39,7 @@ func TestCLIWorkerLogLines(t *testing.T) {
 	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-m.done:
-		m.done <- err
-	case <-time.After(30 * time.Second):
-		t.Fatal("master did not exit")
-	}
+	m.wait(t, 30*time.Second, "master did not exit")
 
 	pidOf := map[int]int{}
 	messages := map[string]bool{}
@@ -96,7 +92,7 @@ func TestCLIWorkerOutputPassesThrough(t *testing.T) {
 	script := `echo "to stdout from worker $HANDOFF_WORKER_ID"; echo "to stderr from worker $HANDOFF_WORKER_ID" >&2; exec "$0" "$@"`
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "2", "--",
 		"sh", "-c", script, handoffBin, "--listen", addr)
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &proctest.Output{}, &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	m := launch(t, cmd, addr, stderr)
 	resp, err := http.Get("http://" + m.addr + "/")

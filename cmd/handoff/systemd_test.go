@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"io"
 	"net"
 	"net/http"
@@ -160,7 +161,7 @@ func activatedMaster(t *testing.T, socks []*net.TCPListener, names string, serve
 	cmd := exec.Command("sh", append([]string{"-c", `LISTEN_PID=$$ exec "$0" "$@"`, handoffBin, "--log-format", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "LISTEN_FDS="+strconv.Itoa(len(files)), "LISTEN_FDNAMES="+names)
 	cmd.ExtraFiles = files
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	m := launch(t, cmd, serveAddr, out)
 	// The master has its copies now; ours go, so that only the master's
@@ -295,7 +296,7 @@ func TestCLISystemdNotify(t *testing.T) {
 	addr := freePort(t)
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "2")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	m := launch(t, cmd, addr, out)
 
@@ -326,13 +327,7 @@ func TestCLISystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns.expect(t, "STOPPING=1")
-	select {
-	case err := <-m.done:
-		m.done <- err
-		if err != nil {
-			t.Errorf("master exit: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("master did not exit")
+	if err := m.wait(t, 30*time.Second, "master did not exit"); err != nil {
+		t.Errorf("master exit: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/proctest"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +40,7 @@ func TestCLIWorkersDoNotSeeTableflip(t *testing.T) {
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "1")
 	cmd.Env = append(os.Environ(), tableflipParentEnv+"=yes")
 	cmd.ExtraFiles = []*os.File{readyW, namesR} // fds 3 and 4, as tableflip passes them
-	out := &syncBuffer{}
+	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	m := launch(t, cmd, addr, out)
 	_ = readyW.Close()

@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"io"
 	"net/http"
 	"os"
@@ -33,20 +34,20 @@ func readPID(path string) int {
 // then SIGKILL if it has not exited within 20s, then its workers.
 func stopProcessTree(t *testing.T, pid int) {
 	t.Helper()
-	workers := childPIDs(pid)
-	if alive(pid) {
+	workers := proctest.Children(pid)
+	if proctest.Alive(pid) {
 		_ = syscall.Kill(pid, syscall.SIGTERM)
 		deadline := time.Now().Add(20 * time.Second)
-		for alive(pid) && time.Now().Before(deadline) {
+		for proctest.Alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
-		if alive(pid) {
+		if proctest.Alive(pid) {
 			t.Errorf("master %d still alive 20s after SIGTERM; killing it", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	for _, w := range workers {
-		if alive(w) {
+		if proctest.Alive(w) {
 			_ = syscall.Kill(w, syscall.SIGKILL)
 		}
 	}
@@ -172,21 +173,21 @@ func TestCLIUpgradeUnderLoad(t *testing.T) {
 		t.Errorf("only %d requests sent", sent)
 	}
 
-	if newPID == 0 || newPID == oldPID || !alive(newPID) {
+	if newPID == 0 || newPID == oldPID || !proctest.Alive(newPID) {
 		t.Fatalf("pid file says %d after the upgrade; old master %d", newPID, oldPID)
 	}
 	for _, p := range oldWorkers {
-		if alive(p) {
+		if proctest.Alive(p) {
 			t.Errorf("old worker %d still alive", p)
 		}
 	}
-	newWorkers := childPIDs(newPID)
+	newWorkers := proctest.Children(newPID)
 	if len(newWorkers) != 2 {
 		t.Errorf("new master has %d children, want 2 workers", len(newWorkers))
 	}
 	ws := workersOf(t, admin)
 	for _, w := range ws {
-		if ppid(w.PID) != newPID {
+		if proctest.Parent(w.PID) != newPID {
 			t.Errorf("/workers lists %+v, not a worker of the new master %d", w, newPID)
 		}
 	}
@@ -273,20 +274,14 @@ func TestCLIUpgradeRefusedWhileOldMasterDrains(t *testing.T) {
 	}
 	const refused = "SIGUSR2 while the previous master still drains"
 	waitFor(t, "the refusal", func() bool { return strings.Contains(m.out.String(), refused) })
-	if !alive(oldPID) {
+	if !proctest.Alive(oldPID) {
 		t.Fatal("the old master exited before the second SIGUSR2 was handled: nothing was tested")
 	}
 	if err := <-slow; err != nil {
 		t.Errorf("the slow request: %v", err)
 	}
-	select {
-	case err := <-m.done:
-		m.done <- err // for Cleanup
-		if err != nil {
-			t.Errorf("old master exit: %v, want 0", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("old master did not exit")
+	if err := m.wait(t, 30*time.Second, "old master did not exit"); err != nil {
+		t.Errorf("old master exit: %v, want 0", err)
 	}
 	if ok := serveN("http://"+addr+"/", 5); ok != 5 {
 		t.Errorf("the new master served %d of 5", ok)

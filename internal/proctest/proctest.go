@@ -1,0 +1,68 @@
+package proctest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// Build builds the Go package pkg with go build and args (such as
+// "-race") into a new temporary directory, as a binary called name. It
+// returns the binary's path and a function that removes the directory.
+// It is for TestMain, before any test runs: on a failure it prints the
+// build's output and exits the process with status 1.
+func Build(name, pkg string, args ...string) (bin string, remove func()) {
+	dir, err := os.MkdirTemp("", "handoff-test-"+name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	remove = func() { _ = os.RemoveAll(dir) }
+	bin = filepath.Join(dir, name)
+	cmd := exec.Command("go", append(append([]string{"build"}, args...), "-o", bin, pkg)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building %s: %v\n%s", name, err, out)
+		remove()
+		os.Exit(1)
+	}
+	return bin, remove
+}
+
+// Main runs m's tests and checks, as goleak.VerifyTestMain does, that a
+// successful run leaked no goroutine. Then it calls cleanup, if it is not
+// nil, and exits with the tests' status.
+func Main(m *testing.M, cleanup func()) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		if cleanup != nil {
+			cleanup()
+		}
+		os.Exit(code)
+	}))
+}
+
+// Output is a buffer safe for concurrent use, for what a process or a
+// logger writes while the test reads it.
+type Output struct {
+	mu sync.Mutex   // guards b
+	b  bytes.Buffer // what was written
+}
+
+// Write appends p.
+func (o *Output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.Write(p)
+}
+
+// String returns everything written so far.
+func (o *Output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.b.String()
+}
