@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"golang.org/x/sync/errgroup"
@@ -536,14 +537,7 @@ func TestConnsSocketFDLeak(t *testing.T) {
 		}
 		fdtest.Close(handoffFDs(&m))
 	}
-	one(0)
-	before := fdtest.Count(t)
-	for i := range 2000 {
-		one(i)
-	}
-	if after := fdtest.Count(t); after != before {
-		t.Errorf("open fds: %d before, %d after", before, after)
-	}
+	fdtest.Steady(t, 2000, one)
 	p.CloseW()
 	p.AssertNoWriters(t)
 }
@@ -555,12 +549,12 @@ func TestConnsSocketFDLeak(t *testing.T) {
 // no leaves the frame for when there is room. Lowering the limit of the
 // test process itself would disturb everything else running in it.
 func TestFDsLost(t *testing.T) {
-	if os.Getenv("IPC_TEST_CHILD") == "ctrunc" {
+	if proctest.ChildMode() == "ctrunc" {
 		fdsLostChild(t)
 		return
 	}
 	t.Parallel()
-	_, wait, _ := startChild(t, "TestFDsLost", "ctrunc", nil)
+	_, wait, _ := proctest.StartChild(t, "TestFDsLost", "ctrunc", nil)
 	wait()
 }
 

@@ -108,13 +108,10 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
-// FuzzConnRead writes the input as one raw frame, with nfds%4 fds
-// attached, to a fresh connection and reads it back. Read must not panic;
-// on error it returns no fds; on success it returns exactly NumFDs of them.
-// Every fd sent is a dup of one pipe's write end, closed by the test after
-// the send, so the pipe reading EOF after each input proves that nothing
-// that arrived was leaked. The open fd count is checked once at the end.
-func FuzzConnRead(f *testing.F) {
+// addFrameSeeds adds to f's corpus every valid frame, with its own number
+// of fds and with one, and the junk frames, with as many fds as their
+// index: the seeds of FuzzConnRead and FuzzConnsRecv.
+func addFrameSeeds(f *testing.F) {
 	for _, tt := range validFrames() {
 		f.Add(tt.frame, uint8(tt.fds))
 		f.Add(tt.frame, uint8(1))
@@ -122,6 +119,16 @@ func FuzzConnRead(f *testing.F) {
 	for i, b := range junkFrames() {
 		f.Add(b, uint8(i))
 	}
+}
+
+// FuzzConnRead writes the input as one raw frame, with nfds%4 fds
+// attached, to a fresh connection and reads it back. Read must not panic;
+// on error it returns no fds; on success it returns exactly NumFDs of them.
+// Every fd sent is a dup of one pipe's write end, closed by the test after
+// the send, so the pipe reading EOF after each input proves that nothing
+// that arrived was leaked. The open fd count is checked once at the end.
+func FuzzConnRead(f *testing.F) {
+	addFrameSeeds(f)
 	f.Add(ipc.AppendConns(nil, 1, handoffs(3)), uint8(3))
 	f.Add(ipc.AppendReturn(nil, 1, 2), uint8(2))
 	f.Add(ipc.AppendListenReply(nil, 1, 2, 0, ":80", "", ""), uint8(1))
@@ -129,12 +136,7 @@ func FuzzConnRead(f *testing.F) {
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame)), uint8(0))
 	f.Add(userFrame(0, make([]byte, ipc.MaxFrame-ipc.HeaderSize+1)), uint8(1))
 
-	before := fdtest.Count(f)
-	f.Cleanup(func() {
-		if after := fdtest.Count(f); after != before {
-			f.Errorf("open fds: %d before, %d after", before, after)
-		}
-	})
+	fdtest.CheckAtCleanup(f)
 	f.Fuzz(func(t *testing.T, frame []byte, nfds uint8) {
 		if len(frame) == 0 || len(frame) > ipc.MaxFrame+64 {
 			return // scm sends no empty message; keep well under the socket buffer
@@ -180,22 +182,11 @@ func FuzzConnRead(f *testing.F) {
 // of the protocol (ErrMalformed, ErrVersion, ErrUnknownKind or ErrFDs) and
 // has closed every fd that came with it.
 func FuzzConnsRecv(f *testing.F) {
-	for _, tt := range validFrames() {
-		f.Add(tt.frame, uint8(tt.fds))
-		f.Add(tt.frame, uint8(1))
-	}
-	for i, b := range junkFrames() {
-		f.Add(b, uint8(i))
-	}
+	addFrameSeeds(f)
 	f.Add(ipc.AppendConns(nil, 1, handoffs(3)), uint8(2))
 	f.Add(ipc.AppendConns(nil, 1, handoffs(7)), uint8(7))
 
-	before := fdtest.Count(f)
-	f.Cleanup(func() {
-		if after := fdtest.Count(f); after != before {
-			f.Errorf("open fds: %d before, %d after", before, after)
-		}
-	})
+	fdtest.CheckAtCleanup(f)
 	f.Fuzz(func(t *testing.T, frame []byte, nfds uint8) {
 		if len(frame) == 0 || len(frame) > ipc.MaxFrame+64 {
 			return

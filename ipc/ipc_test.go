@@ -10,7 +10,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"unsafe"
 
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/handoff-go/handoff/ipc"
 	"github.com/handoff-go/handoff/scm"
 	"go.uber.org/goleak"
@@ -1051,61 +1051,6 @@ func TestCloseUnblocksRead(t *testing.T) {
 	}
 }
 
-// startChild re-executes the test binary to run test in a child process
-// with IPC_TEST_CHILD=mode and files as its fds from 3 on. Its output goes
-// to a file, not a bytes.Buffer: reading a buffer that exec's copying
-// goroutine fills before Wait would be a data race. The files are closed
-// once the child has started. wait waits for the child and checks that it
-// ran test and passed; at cleanup a child not waited for is killed.
-func startChild(t *testing.T, test, mode string, files []*os.File, env ...string) (cmd *exec.Cmd, wait func(), output func() string) {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.Create(t.TempDir() + "/child.out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = out.Close() })
-	output = func() string {
-		b, _ := os.ReadFile(out.Name())
-		return string(b)
-	}
-	cmd = exec.Command(exe, "-test.run=^"+test+"$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "IPC_TEST_CHILD="+mode, "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	cmd.Env = append(cmd.Env, env...)
-	cmd.ExtraFiles = files
-	cmd.Stdout, cmd.Stderr = out, out
-	err = cmd.Start()
-	for _, f := range files {
-		if f != nil {
-			_ = f.Close()
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	t.Cleanup(func() {
-		if !waited {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
-	wait = func() {
-		t.Helper()
-		waited = true
-		if err := cmd.Wait(); err != nil {
-			t.Fatalf("child: %v\n%s", err, output())
-		}
-		if !strings.Contains(output(), "--- PASS: "+test) {
-			t.Fatalf("child did not run the test:\n%s", output())
-		}
-	}
-	return cmd, wait, output
-}
-
 // The conns the master hands off in TestInherited, with the addresses
 // the worker must see.
 var inheritedConns = []ipc.Handoff{
@@ -1119,7 +1064,7 @@ var inheritedConns = []ipc.Handoff{
 // conns socket, conns on that socket (the worker serves one and returns
 // the other), ping and pong, disconnect.
 func TestInherited(t *testing.T) {
-	if os.Getenv("IPC_TEST_CHILD") == "inherited" {
+	if proctest.ChildMode() == "inherited" {
 		inheritedChild(t)
 		return
 	}
@@ -1129,7 +1074,7 @@ func TestInherited(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = master.Close() })
-	cmd, wait, output := startChild(t, "TestInherited", "inherited", []*os.File{f},
+	cmd, wait, output := proctest.StartChild(t, "TestInherited", "inherited", []*os.File{f},
 		ipc.EnvWorkerID+"=1", fmt.Sprintf("%s=%d", ipc.EnvControlFD, ipc.ControlFD))
 
 	var m ipc.Message
@@ -1285,14 +1230,7 @@ func TestFDLeak(t *testing.T) {
 		fds := readMsg(t, c, &m)
 		fdtest.Close(fds)
 	}
-	one(0)
-	before := fdtest.Count(t)
-	for i := range 2000 {
-		one(i)
-	}
-	if after := fdtest.Count(t); after != before {
-		t.Errorf("open fds: %d before, %d after", before, after)
-	}
+	fdtest.Steady(t, 2000, one)
 	p.CloseW()
 	p.AssertNoWriters(t)
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/handoff-go/handoff/ipc"
 	"golang.org/x/sys/unix"
 )
@@ -27,7 +28,7 @@ const (
 // it from fd PageFD, as a worker does, and reads what it wrote through
 // the master's own mapping.
 func TestPageShared(t *testing.T) {
-	if os.Getenv("IPC_TEST_CHILD") == "page" {
+	if proctest.ChildMode() == "page" {
 		pageChild(t)
 		return
 	}
@@ -43,7 +44,7 @@ func TestPageShared(t *testing.T) {
 	}
 	c.Closed.Store(pageClosed)
 	// Nothing on fd 3: the page alone, on fd PageFD.
-	_, wait, _ := startChild(t, "TestPageShared", "page", []*os.File{nil, f},
+	_, wait, _ := proctest.StartChild(t, "TestPageShared", "page", []*os.File{nil, f},
 		fmt.Sprintf("%s=%d", ipc.EnvPageFD, ipc.PageFD))
 	wait()
 	if got := c.Received.Load(); got != pageReceived {
@@ -82,7 +83,7 @@ func pageChild(t *testing.T) {
 // TestInheritedPageRejects runs InheritedPage in child processes whose fd
 // PageFD is not a counter page: it fails, and closes an fd it rejects.
 func TestInheritedPageRejects(t *testing.T) {
-	if mode := os.Getenv("IPC_TEST_CHILD"); strings.HasPrefix(mode, "page-reject-") {
+	if mode := proctest.ChildMode(); strings.HasPrefix(mode, "page-reject-") {
 		p, err := ipc.InheritedPage()
 		if err == nil {
 			_ = p.Close()
@@ -123,7 +124,7 @@ func TestInheritedPageRejects(t *testing.T) {
 			// Nothing on fd 3. A test of no fd PageFD at all would not be
 			// sound: the child's runtime may open fds of its own there.
 			files := []*os.File{nil, tt.file(t)}
-			_, wait, _ := startChild(t, "TestInheritedPageRejects", "page-reject-"+strings.ReplaceAll(tt.name, " ", "-"), files)
+			_, wait, _ := proctest.StartChild(t, "TestInheritedPageRejects", "page-reject-"+strings.ReplaceAll(tt.name, " ", "-"), files)
 			wait()
 		})
 	}

@@ -4,13 +4,11 @@ package scm
 
 import (
 	"errors"
-	"os"
-	"os/exec"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -267,23 +265,12 @@ func TestRoomConcurrent(t *testing.T) {
 // RLIMIT_NOFILE so that no room, or a little, is left: lowering the test
 // process's own limit would disturb everything else running in it.
 func TestRoomAtLimit(t *testing.T) {
-	if os.Getenv("SCM_TEST_CHILD") == "room" {
+	if proctest.ChildMode() == "room" {
 		roomAtLimitChild(t)
 		return
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestRoomAtLimit$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), "SCM_TEST_CHILD=room", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: TestRoomAtLimit") {
-		t.Fatalf("child did not run the test:\n%s", out)
-	}
+	_, wait, _ := proctest.StartChild(t, "TestRoomAtLimit", "room", nil)
+	wait()
 }
 
 func roomAtLimitChild(t *testing.T) {

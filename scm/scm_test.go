@@ -7,13 +7,12 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
@@ -504,14 +503,7 @@ func TestFDLeak(t *testing.T) {
 			fdtest.Close(fds[:nfds])
 		}
 	}
-	one(0) // warm up anything the runtime opens lazily
-	before := fdtest.Count(t)
-	for i := 1; i <= 5000; i++ {
-		one(i)
-	}
-	if after := fdtest.Count(t); after != before {
-		t.Errorf("open fds: %d before, %d after 5000 messages", before, after)
-	}
+	fdtest.Steady(t, 5000, one)
 	p.CloseW()
 	p.AssertNoWriters(t)
 }
@@ -521,24 +513,12 @@ func TestFDLeak(t *testing.T) {
 // drops the rest and sets MSG_CTRUNC. Lowering the limit in the test
 // process itself would disturb everything else running in it.
 func TestControlTruncated(t *testing.T) {
-	if os.Getenv("SCM_TEST_CHILD") == "ctrunc" {
+	if proctest.ChildMode() == "ctrunc" {
 		controlTruncatedChild(t)
 		return
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^TestControlTruncated$", "-test.count=1", "-test.v")
-	// A race-enabled child would otherwise sleep 1s at exit.
-	cmd.Env = append(os.Environ(), "SCM_TEST_CHILD=ctrunc", "GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: TestControlTruncated") {
-		t.Fatalf("child did not run the test:\n%s", out)
-	}
+	_, wait, _ := proctest.StartChild(t, "TestControlTruncated", "ctrunc", nil)
+	wait()
 }
 
 func controlTruncatedChild(t *testing.T) {

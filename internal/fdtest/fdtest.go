@@ -174,3 +174,30 @@ func AtLimit(tb testing.TB, free int, fn func()) {
 	}()
 	fn()
 }
+
+// CheckAtCleanup records the open fd count now and checks, when tb's
+// cleanup runs, that it is the same again.
+func CheckAtCleanup(tb testing.TB) {
+	tb.Helper()
+	before := Count(tb)
+	tb.Cleanup(func() {
+		if after := Count(tb); after != before {
+			tb.Errorf("open fds: %d before, %d after", before, after)
+		}
+	})
+}
+
+// Steady calls fn(0) once, to let the runtime open what it opens lazily,
+// and then fn(i) for each i from 0 to n-1, and checks that those n calls
+// left the open fd count as it was.
+func Steady(tb testing.TB, n int, fn func(i int)) {
+	tb.Helper()
+	fn(0)
+	before := Count(tb)
+	for i := range n {
+		fn(i)
+	}
+	if after := Count(tb); after != before {
+		tb.Errorf("open fds: %d before, %d after %d rounds", before, after, n)
+	}
+}
