@@ -39,6 +39,24 @@ func testWorker(tb testing.TB, b *Balancer, id int, l *listener) *Worker {
 	return w
 }
 
+// testBalancer makes a balancer that never forks (its Path is /bin/true)
+// with one listener, id 1, dispatching by newPolicy, and n in-process
+// workers on it (see testWorker).
+func testBalancer(tb testing.TB, newPolicy func() Policy, n int) (*Balancer, *listener, []*Worker) {
+	tb.Helper()
+	b, err := New(Options{Policy: newPolicy, Path: "/bin/true"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := &listener{id: 1, policy: newPolicy(), done: make(chan struct{})}
+	b.listeners = append(b.listeners, l)
+	ws := make([]*Worker, n)
+	for i := range ws {
+		ws[i] = testWorker(tb, b, i+1, l)
+	}
+	return b, l, ws
+}
+
 // eventfds makes n fds that stand for accepted sockets.
 func eventfds(tb testing.TB, n int) []ipc.Handoff {
 	tb.Helper()
@@ -74,17 +92,7 @@ func drainLink(tb testing.TB, k *link) int {
 // every connection ends up sent or pending. (A reviewer found the
 // recursive re-dispatch dropping other workers' partial batches.)
 func TestFailedSendStrandsNoBatch(t *testing.T) {
-	b, err := New(Options{Policy: LeastLoaded, Path: "/bin/true"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &listener{id: 1, policy: LeastLoaded(), done: make(chan struct{})}
-	b.listeners = append(b.listeners, l)
-	var ws []*Worker
-	for i := range 3 {
-		w := testWorker(t, b, i+1, l)
-		ws = append(ws, w)
-	}
+	b, l, ws := testBalancer(t, LeastLoaded, 3)
 	// Worker 1's sends fail with EPIPE: its worker end is gone.
 	_ = ws[0].links[l].recv.Close()
 	// Workers 2 and 3 look busier, so least-loaded picks worker 1 first.
@@ -127,14 +135,8 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 // none: reclaim takes every one back from its worker end and hands it to
 // another worker, and the master keeps no copy of any fd sent.
 func TestReclaimHandsUnreadToAnother(t *testing.T) {
-	b, err := New(Options{Path: "/bin/true"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &listener{id: 1, policy: RoundRobin(), done: make(chan struct{})}
-	b.listeners = append(b.listeners, l)
-	w1 := testWorker(t, b, 1, l)
-	w2 := testWorker(t, b, 2, l)
+	b, l, ws := testBalancer(t, RoundRobin, 2)
+	w1, w2 := ws[0], ws[1]
 	hs := eventfds(t, 40)
 	b.accepted(l, hs)
 	b.mu.Lock()
@@ -168,14 +170,8 @@ func TestReclaimHandsUnreadToAnother(t *testing.T) {
 // counts from its progress. (It was counted from the zero time, which
 // killed a new worker, never pinged yet, at the next check.)
 func TestProgressWhileStalledIsNotSilence(t *testing.T) {
-	b, err := New(Options{Path: "/bin/true"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &listener{id: 1, policy: RoundRobin(), done: make(chan struct{})}
-	b.listeners = append(b.listeners, l)
-	w1 := testWorker(t, b, 1, l)
-	w2 := testWorker(t, b, 2, l)
+	b, l, ws := testBalancer(t, RoundRobin, 2)
+	w1, w2 := ws[0], ws[1]
 	b.accepted(l, eventfds(t, 40))
 	b.mu.Lock()
 	b.stallLocked(w1, time.Now())

@@ -23,16 +23,8 @@ type hotPath struct {
 
 func newHotPath(tb testing.TB) *hotPath {
 	tb.Helper()
-	b, err := New(Options{Path: "/bin/true", Policy: LeastLoaded})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h := &hotPath{b: b, one: make([]ipc.Handoff, 1)}
-	h.l = &listener{id: 1, policy: LeastLoaded(), done: make(chan struct{})}
-	b.listeners = append(b.listeners, h.l)
-	for i := 0; i < 2; i++ {
-		h.ws = append(h.ws, testWorker(tb, b, i+1, h.l))
-	}
+	b, l, ws := testBalancer(tb, LeastLoaded, 2)
+	h := &hotPath{b: b, l: l, ws: ws, one: make([]ipc.Handoff, 1)}
 	tb.Cleanup(func() {
 		b.mu.Lock()
 		b.listeners = nil
