@@ -446,7 +446,7 @@ func (b *Balancer) Reload(ctx context.Context) error {
 func (w *Worker) replaceable() bool {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
-	return w.state < StateDisconnecting && !w.disconnecting && !w.broken && !w.stuck
+	return w.watchedLocked()
 }
 
 // replace starts a successor for old in its slot and disconnects old once

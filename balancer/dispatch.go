@@ -136,10 +136,11 @@ func (b *Balancer) flushLocked(k *link, now time.Time) []ipc.Handoff {
 		w.blockedUntil = now.Add(blockedFor)
 		b.armPendingLocked()
 	default:
-		// EPIPE, ECONNRESET...: the worker closed its end; it is dying
-		// or stopped listening, and its exit or Return does the rest.
-		w.broken = true
-		b.routeLocked(w)
+		// EPIPE, ECONNRESET...: the socket is broken for good. The
+		// worker gets nothing more and is killed (a signal does not
+		// block); its exit brings back what it never read.
+		b.failLocked(w)
+		_ = w.Kill(syscall.SIGKILL)
 	}
 	if b.badLogLimit.allow() {
 		w.log.Warn().Err(err).Int("conns", len(hs)).Msg("handoff failed; re-dispatching")
@@ -411,8 +412,7 @@ func (b *Balancer) readLoop(w *Worker) {
 func (b *Balancer) misbehaved(w *Worker, why string) {
 	b.mu.Lock()
 	b.stats.protocolErrors++
-	w.broken = true
-	b.routeLocked(w)
+	b.failLocked(w)
 	b.mu.Unlock()
 	if b.badLogLimit.allow() {
 		w.log.Error().Str("reason", why).Msg("worker broke the control protocol; killing it")
@@ -558,10 +558,8 @@ func (b *Balancer) returned(w *Worker, lid uint32, fds []int) {
 func (b *Balancer) pong(w *Worker) {
 	b.mu.Lock()
 	w.lastPong = time.Now()
-	if w.stalled && w.ctr.NoRoom.Load() == 0 && w.ctr.Readers.Load() > 0 {
-		w.stalled = false
-		b.routeLocked(w)
-		b.notifyLocked()
+	if w.health == stalled && w.ctr.NoRoom.Load() == 0 && w.ctr.Readers.Load() > 0 {
+		b.unstallLocked(w)
 	}
 	b.mu.Unlock()
 }

@@ -109,7 +109,7 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 			t.Errorf("worker %d: %d fds stranded in its batch", w.id, len(k.out))
 		}
 	}
-	if !ws[0].broken {
+	if ws[0].health != failed {
 		t.Errorf("worker 1's failed send did not mark it broken")
 	}
 	for _, w := range ws[1:] {
@@ -182,7 +182,7 @@ func TestProgressWhileStalledIsNotSilence(t *testing.T) {
 	b.mu.Unlock()
 	b.checkStalls()
 	b.mu.Lock()
-	stuck := w1.stuck
+	stuck := w1.health == failed
 	drainLink(t, w2.links[l])
 	b.listeners = nil
 	b.workers = nil

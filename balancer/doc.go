@@ -29,6 +29,15 @@
 // arguments; the program tells the two roles apart with worker.IsWorker.
 // Workers also make the master open addresses with worker.Listen.
 //
+// A worker's State is its life: starting, online, listening,
+// disconnecting (from then on its exit is expected), dead. Beside it, its
+// health says what the master makes of its behaviour: healthy, stalled
+// (routed around until it answers a ping) or failed (it broke the
+// protocol, a send failed for good, or it stayed stalled and silent; it is
+// killed). Each question has one predicate: routableLocked (may it get
+// connections?), watchedLocked (is its progress watched, would a reload
+// replace it?) and IsConnected.
+//
 // Each worker has a slot, which keeps one worker at a time, alive or
 // starting: a worker that exits is restarted, with backoff, only if that
 // leaves its slot empty (no reload replacement is there) and Disconnect

@@ -50,7 +50,7 @@ func (b *Balancer) checkStalls() {
 		// it was sent; taking that back could leave it nowhere to go
 		// (at Shutdown no worker takes new connections). If it never
 		// reads it, its Return or its exit brings it back.
-		if w.state == StateDead || w.stuck || w.disconnecting {
+		if !w.watchedLocked() {
 			continue
 		}
 		r := w.receivedLocked()
@@ -59,7 +59,7 @@ func (b *Balancer) checkStalls() {
 		case r != w.lastReceived:
 			w.lastReceived = r
 			w.idleTicks, w.stalledSince = 0, time.Time{}
-			if w.stalled {
+			if w.health == stalled {
 				// Still routed around until it answers a ping, but
 				// reading: its HandoffTimeout counts from now, not from
 				// the zero time, which would kill it at the next tick.
@@ -70,15 +70,14 @@ func (b *Balancer) checkStalls() {
 		default:
 			w.idleTicks = 0
 		}
-		if !w.stalled && w.idleTicks >= stallTicks && w.unreadInKernelLocked() {
+		if w.health == healthy && w.idleTicks >= stallTicks && w.unreadInKernelLocked() {
 			b.stallLocked(w, now)
 		}
-		if w.stalled {
+		if w.health == stalled {
 			again = true
 			if now.Sub(w.stalledSince) >= b.opts.HandoffTimeout && now.Sub(w.lastPong) >= b.opts.HandoffTimeout {
-				w.stuck = true
 				b.stats.stuckKills++
-				b.routeLocked(w)
+				b.failLocked(w)
 				kill = append(kill, w)
 				continue
 			}
@@ -120,7 +119,7 @@ func (b *Balancer) stallLocked(w *Worker, now time.Time) {
 	if w.stalledSince.IsZero() {
 		w.stalledSince = now
 	}
-	w.stalled = true
+	w.health = stalled
 	w.idleTicks = 0
 	b.stats.stalls++
 	b.routeLocked(w)
@@ -132,4 +131,17 @@ func (b *Balancer) stallLocked(w *Worker, now time.Time) {
 	if b.badLogLimit.allow() {
 		w.log.Warn().Uint64("reclaimed", w.reclaimed-n).Msg("worker is not reading its connections; routing around it")
 	}
+}
+
+// unstallLocked routes a stalled worker again.
+func (b *Balancer) unstallLocked(w *Worker) {
+	w.health = healthy
+	b.routeLocked(w)
+	b.notifyLocked()
+}
+
+// failLocked takes w out of routing for good; the caller kills it.
+func (b *Balancer) failLocked(w *Worker) {
+	w.health = failed
+	b.routeLocked(w)
 }

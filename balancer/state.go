@@ -29,3 +29,34 @@ func (s State) String() string {
 	}
 	return "state(" + strconv.Itoa(int(s)) + ")"
 }
+
+// health is what the master makes of a live worker's behaviour, beside
+// its State: whether it may get connections. Its transitions, all under
+// Balancer.mu, are stallLocked (healthy to stalled), unstallLocked
+// (stalled to healthy, on a ping's answer) and failLocked (to failed,
+// for good).
+type health uint8
+
+const (
+	// healthy: it gets connections once it listens.
+	healthy health = iota
+	// stalled: it has connections waiting and reads none; it is routed
+	// around, and what it never read is served elsewhere (stall.go).
+	stalled
+	// failed: it broke the protocol, a send to it failed for good, or it
+	// stayed stalled and silent for HandoffTimeout. It gets nothing more
+	// and is killed; what it never read comes back at its exit.
+	failed
+)
+
+func (h health) String() string {
+	switch h {
+	case healthy:
+		return "healthy"
+	case stalled:
+		return "stalled"
+	case failed:
+		return "failed"
+	}
+	return "health(" + strconv.Itoa(int(h)) + ")"
+}

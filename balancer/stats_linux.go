@@ -59,7 +59,7 @@ func (w *Worker) Stats() WorkerStats {
 		Closed:     min(w.ctr.Closed.Load(), held),
 		Active:     w.activeLocked(),
 		Unread:     w.unreadLocked(),
-		Stalled:    w.stalled,
+		Stalled:    w.health == stalled,
 		Restarts:   w.slot.restarts,
 		Serving:    w.ctr.Serving.Load() == 1,
 		Busy:       min(int(w.ctr.Busy.Load()), w.activeLocked()),

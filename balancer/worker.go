@@ -81,14 +81,11 @@ type Worker struct {
 	born time.Time
 
 	// Under Balancer.mu.
-	state         State
-	disconnecting bool // exits from now on are expected
-	links         map[*listener]*link
-	broken        bool      // a send failed for good, or it broke the protocol; waiting for exit
-	stalled       bool      // not reading its conns sockets; see stall.go
-	stuck         bool      // stalled and silent for HandoffTimeout: killed
-	blockedUntil  time.Time // conns socket full: no dispatch before this
-	exited        chan struct{}
+	state        State  // its life; from StateDisconnecting on its exit is expected
+	health       health // whether its behaviour lets it get connections
+	links        map[*listener]*link
+	blockedUntil time.Time // conns socket full: no dispatch before this
+	exited       chan struct{}
 
 	// Connection counts, under Balancer.mu. What the worker read and
 	// closed comes from its counter page, clamped by these.
@@ -137,7 +134,14 @@ func (w *Worker) frameFDs() int {
 
 // routableLocked is the one answer to "may w get new connections now?".
 func (w *Worker) routableLocked() bool {
-	return w.state == StateListening && !w.disconnecting && !w.broken && !w.stalled && !w.stuck
+	return w.state == StateListening && w.health == healthy
+}
+
+// watchedLocked is the one answer to "does the master still watch w's
+// progress, and would it replace w in a reload?": it is alive, not
+// leaving, and has not failed.
+func (w *Worker) watchedLocked() bool {
+	return w.state < StateDisconnecting && w.health != failed
 }
 
 // ID returns the worker's id: 1 for the first, counting up; a replacement
@@ -161,7 +165,7 @@ func (w *Worker) IsDead() bool { return w.State() == StateDead }
 func (w *Worker) IsConnected() bool {
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
-	return w.state < StateDead && !w.broken && !w.stuck
+	return w.state < StateDead && w.health != failed
 }
 
 // Send sends v, as JSON, to the worker. Messages arrive in the order sent.
@@ -198,6 +202,9 @@ func (w *Worker) Kill(sig os.Signal) error {
 		return ErrWorkerGone
 	default:
 	}
+	if w.cmd == nil { // a worker record of the unit tests, with no process
+		return ErrWorkerGone
+	}
 	return w.cmd.Process.Signal(sig)
 }
 
@@ -217,11 +224,10 @@ func (w *Worker) Disconnect() {
 func (w *Worker) disconnect() {
 	b := w.b
 	b.mu.Lock()
-	if w.disconnecting || w.state == StateDead {
+	if w.state >= StateDisconnecting {
 		b.mu.Unlock()
 		return
 	}
-	w.disconnecting = true
 	w.state = StateDisconnecting
 	b.routeLocked(w)
 	b.notifyLocked()
@@ -267,7 +273,6 @@ func (w *Worker) disconnect() {
 // failed to come up; its slot is restarted only if that leaves it empty.
 func (w *Worker) abandon() {
 	w.b.mu.Lock()
-	w.disconnecting = true
 	if w.state < StateDisconnecting {
 		w.state = StateDisconnecting
 	}
@@ -319,7 +324,6 @@ func (b *Balancer) forkWith(s *slot, start startFunc) (*Worker, error) {
 	// in Shutdown's list, so it goes now. Shutdown waits for its exit.
 	late := b.stopping
 	if late {
-		w.disconnecting = true
 		w.state = StateDisconnecting
 	}
 	b.notifyLocked()
@@ -435,7 +439,7 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	uptime := time.Since(w.born)
 
 	b.mu.Lock()
-	ev.ExitedAfterDisconnect = w.disconnecting
+	ev.ExitedAfterDisconnect = w.state == StateDisconnecting
 	w.state = StateDead
 	close(w.exited)
 	for i, x := range b.workers {
@@ -531,7 +535,7 @@ func (b *Balancer) cancelRestartsLocked() {
 // leaving.
 func (b *Balancer) slotFilledLocked(s *slot) bool {
 	for _, w := range b.workers {
-		if w.slot == s && w.state != StateDead && !w.disconnecting {
+		if w.slot == s && w.state < StateDisconnecting {
 			return true
 		}
 	}
