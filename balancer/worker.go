@@ -83,9 +83,9 @@ type Worker struct {
 	// Under Balancer.mu.
 	state        State  // its life; from StateDisconnecting on its exit is expected
 	health       health // whether its behaviour lets it get connections
-	links        map[*listener]*link
-	blockedUntil time.Time // conns socket full: no dispatch before this
-	exited       chan struct{}
+	links        map[*listener]*link // its conns socket for each listener it listens on
+	blockedUntil time.Time           // conns socket full: no dispatch before this
+	exited       chan struct{}       // closed once the process has been reaped
 
 	// Connection counts, under Balancer.mu. What the worker read and
 	// closed comes from its counter page, clamped by these.
