@@ -81,8 +81,8 @@ type Worker struct {
 	born time.Time
 
 	// Under Balancer.mu.
-	state        State  // its life; from StateDisconnecting on its exit is expected
-	health       health // whether its behaviour lets it get connections
+	state        State               // its life; from StateDisconnecting on its exit is expected
+	health       health              // whether its behaviour lets it get connections
 	links        map[*listener]*link // its conns socket for each listener it listens on
 	blockedUntil time.Time           // conns socket full: no dispatch before this
 	exited       chan struct{}       // closed once the process has been reaped
