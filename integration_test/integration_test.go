@@ -391,6 +391,7 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 		t.Errorf("%d workers after the replacement, want %d", got, workers)
 	}
 	served := map[int]int{}
+	stalls := m.b.Stats().Stalls
 	for i := 0; i < workers; i++ {
 		a, err := get(clients[0], url, "")
 		if err != nil {
@@ -398,7 +399,13 @@ func TestWorkerKilledUnderLoad(t *testing.T) {
 		}
 		served[a.worker]++
 	}
-	if served[repl.ID()] != 1 {
+	switch {
+	case served[repl.ID()] == 1:
+	case m.b.Stats().Stalls > stalls:
+		// A worker starved of CPU was routed around, as it must be:
+		// round-robin is exact only over routable workers.
+		t.Logf("a worker stalled meanwhile: %d requests went to workers %v", workers, served)
+	default:
 		t.Errorf("%d requests after the replacement went to workers %v, want one to the replacement %d", workers, served, repl.ID())
 	}
 }
