@@ -293,25 +293,17 @@ func (fm *fakeMaster) syncInput(t *testing.T, n int, cs *fuzzConns) {
 
 // queuesEmpty reports whether every listener's queue is empty.
 func (fm *fakeMaster) queuesEmpty() bool {
-	fm.c.mu.Lock()
-	ls := make([]*Listener, 0, len(fm.c.listeners))
-	for _, l := range fm.c.listeners {
-		ls = append(ls, l)
-	}
-	fm.c.mu.Unlock()
-	for _, l := range ls {
-		l.mu.Lock()
-		empty := l.closed || l.head == len(l.queue)
-		l.mu.Unlock()
-		if !empty {
-			return false
-		}
-	}
-	return true
+	return fm.everyListener(func(l *Listener) bool { return l.closed || l.head == len(l.queue) })
 }
 
 // listening reports whether a listener is open.
 func (fm *fakeMaster) listening() bool {
+	return !fm.everyListener(func(l *Listener) bool { return l.closed })
+}
+
+// everyListener reports whether ok holds for every listener of the
+// client, each checked under its mu.
+func (fm *fakeMaster) everyListener(ok func(l *Listener) bool) bool {
 	fm.c.mu.Lock()
 	ls := make([]*Listener, 0, len(fm.c.listeners))
 	for _, l := range fm.c.listeners {
@@ -320,13 +312,13 @@ func (fm *fakeMaster) listening() bool {
 	fm.c.mu.Unlock()
 	for _, l := range ls {
 		l.mu.Lock()
-		closed := l.closed
+		yes := ok(l)
 		l.mu.Unlock()
-		if !closed {
-			return true
+		if !yes {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // acceptAndClose accepts from ln and closes each conn until ln closes.

@@ -90,10 +90,7 @@ func TestAcceptReturnsWorkingConns(t *testing.T) {
 				t.Errorf("listener's laddr is %v; want it nil only for a wildcard address", l.laddr)
 			}
 			const n = 3
-			clients, fds := connectN(t, ln, n)
-			if err := fm.handoff(l.id, fds); err != nil {
-				t.Fatal(err)
-			}
+			clients := fm.handOffNew(t, ln, l.id, n)
 			// Nothing is read off the socket before Accept.
 			if r := fm.ctr.Received.Load(); r != 0 {
 				t.Errorf("%d conns received before any Accept", r)
@@ -172,16 +169,10 @@ func TestEveryConnIsReceived(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln := masterListener(t, "tcp")
-			fm := startMaster(t)
-			l := fm.listen(t, "tcp", ln.Addr().String())
+			ln, fm, l := listening(t)
 			var clients []net.Conn
 			for _, n := range tt.frames {
-				cs, fds := connectN(t, ln, n)
-				clients = append(clients, cs...)
-				if err := fm.handoff(l.id, fds); err != nil {
-					t.Fatal(err)
-				}
+				clients = append(clients, fm.handOffNew(t, ln, l.id, n)...)
 			}
 			// Accept hands them out in the order the master sent them.
 			conns := acceptN(t, l, len(clients))
@@ -212,9 +203,7 @@ func TestEveryConnIsReceived(t *testing.T) {
 
 func TestConcurrentAccept(t *testing.T) {
 	t.Parallel()
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 	const acceptors, n = 8, 2 * ipc.MaxConns
 	var mu sync.Mutex
 	var accepted []string // the clients' addresses, one per Accept
@@ -270,14 +259,9 @@ func TestConcurrentAccept(t *testing.T) {
 
 func TestCloseIsCountedOnce(t *testing.T) {
 	t.Parallel()
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 	const n = 20
-	clients, fds := connectN(t, ln, n)
-	if err := fm.handoff(l.id, fds); err != nil {
-		t.Fatal(err)
-	}
+	clients := fm.handOffNew(t, ln, l.id, n)
 	conns := acceptN(t, l, n)
 	// Two Closes race on each conn: one closes it, the other gets
 	// net.ErrClosed, and the page counts one.
@@ -327,24 +311,14 @@ func TestListenerClose(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln := masterListener(t, "tcp")
-			fm := startMaster(t)
-			l := fm.listen(t, "tcp", ln.Addr().String())
+			ln, fm, l := listening(t)
 			var clients []net.Conn
 			if tt.read > 0 {
-				cs, fds := connectN(t, ln, tt.read)
-				clients = append(clients, cs...)
-				if err := fm.handoff(l.id, fds); err != nil {
-					t.Fatal(err)
-				}
+				clients = append(clients, fm.handOffNew(t, ln, l.id, tt.read)...)
 				acceptN(t, l, tt.accepted)
 			}
 			for _, k := range tt.unread {
-				cs, fds := connectN(t, ln, k)
-				clients = append(clients, cs...)
-				if err := fm.handoff(l.id, fds); err != nil {
-					t.Fatal(err)
-				}
+				clients = append(clients, fm.handOffNew(t, ln, l.id, k)...)
 			}
 			// With nothing left queued, Accept blocks until Close.
 			blocked := make(chan error, 1)
@@ -456,10 +430,7 @@ func TestStdConns(t *testing.T) {
 			ln := masterListener(t, tt.network)
 			fm := startMaster(t)
 			l := fm.listenWith(t, tt.network, ln.Addr().String(), ListenConfig{StdConns: true})
-			clients, fds := connectN(t, ln, 2)
-			if err := fm.handoff(l.id, fds); err != nil {
-				t.Fatal(err)
-			}
+			clients := fm.handOffNew(t, ln, l.id, 2)
 			for i, c := range acceptN(t, l, 2) {
 				if !tt.want(c) {
 					t.Fatalf("Accept returned %T with StdConns", c)
@@ -532,9 +503,7 @@ func pipeReadsEOF(t *testing.T, w int) bool {
 
 func TestHTTPServeAndShutdown(t *testing.T) {
 	t.Parallel()
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 
 	// The master's accept loop hands every connection to l.
 	acceptDone := make(chan error, 1)
@@ -655,17 +624,12 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 // TestNoFDLeak counts this process's fds, both sides of the handoff,
 // before and after thousands of handoffs. It is not parallel.
 func TestNoFDLeak(t *testing.T) {
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 	ls := fm.listenWith(t, "tcp", ln.Addr().String(), ListenConfig{StdConns: true})
 	var received, closed uint64
 	round := func(l *Listener, n int) {
 		t.Helper()
-		clients, fds := connectN(t, ln, n)
-		if err := fm.handoff(l.id, fds); err != nil {
-			t.Fatal(err)
-		}
+		clients := fm.handOffNew(t, ln, l.id, n)
 		for range n {
 			c, err := l.Accept()
 			if err != nil {
@@ -696,14 +660,8 @@ func TestNoFDLeak(t *testing.T) {
 	// Conns read but not accepted by a closed listener go back, and the
 	// worker closes its copies; unread ones stay with the master.
 	l2 := fm.listen(t, "tcp", ln.Addr().String())
-	clients, fds := connectN(t, ln, 100)
-	if err := fm.handoff(l2.id, fds); err != nil {
-		t.Fatal(err)
-	}
-	unreadClients, fds := connectN(t, ln, 50)
-	if err := fm.handoff(l2.id, fds); err != nil {
-		t.Fatal(err)
-	}
+	clients := fm.handOffNew(t, ln, l2.id, 100)
+	unreadClients := fm.handOffNew(t, ln, l2.id, 50)
 	acceptN(t, l2, 1)[0].Close()
 	_ = l2.Close()
 	fdtest.Close(fm.takeReturn(t, l2.id).fds)

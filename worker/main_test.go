@@ -537,6 +537,41 @@ func connect(ln net.Listener) (net.Conn, int, error) {
 	return cc, fd, nil
 }
 
+// listening starts a fake master and a listener of the worker on a TCP
+// listener of the master's, which it returns too.
+func listening(t *testing.T) (net.Listener, *fakeMaster, *Listener) {
+	t.Helper()
+	ln := masterListener(t, "tcp")
+	fm := startMaster(t)
+	return ln, fm, fm.listen(t, "tcp", ln.Addr().String())
+}
+
+// acceptOnce accepts once from l on a goroutine of its own, closes the
+// conn if there is one, and sends Accept's error.
+func acceptOnce(l net.Listener) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if c != nil {
+			_ = c.Close()
+		}
+		errc <- err
+	}()
+	return errc
+}
+
+// handOffNew connects n clients to ln and hands their server ends off to
+// the worker on listener lid, as the master would; Cleanup closes the
+// clients, which it returns.
+func (fm *fakeMaster) handOffNew(t *testing.T, ln net.Listener, lid uint32, n int) []net.Conn {
+	t.Helper()
+	clients, fds := connectN(t, ln, n)
+	if err := fm.handoff(lid, fds); err != nil {
+		t.Fatal(err)
+	}
+	return clients
+}
+
 // connectN opens n connections to ln; Cleanup closes the client ends.
 func connectN(t *testing.T, ln net.Listener, n int) ([]net.Conn, []int) {
 	t.Helper()

@@ -56,6 +56,23 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
+// connectThenDrain connects a client to ln, waits until the server has
+// accepted the connection (states counts one new), then cancels Serve's
+// context and gives the drain a moment to begin. Cleanup closes the
+// client, which it returns.
+func connectThenDrain(t *testing.T, ln net.Listener, states func(http.ConnState) int, cancel context.CancelFunc) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	waitFor(t, "the connection to be accepted", func() bool { return states(http.StateNew) == 1 })
+	cancel()
+	time.Sleep(20 * time.Millisecond)
+	return c
+}
+
 // countStates wraps srv's ConnState in a counter of connections in each
 // state, read through the returned function.
 func countStates(srv *http.Server) func(http.ConnState) int {
@@ -89,14 +106,7 @@ func TestServeAnswersARequestSentAfterTheDrainBegan(t *testing.T) {
 	states := countStates(srv)
 	cancel, done := serving(t, &ServeConfig{}, srv, ln)
 
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, "the connection to be accepted", func() bool { return states(http.StateNew) == 1 })
-	cancel()
-	time.Sleep(20 * time.Millisecond) // the drain is under way, waiting for this request
+	c := connectThenDrain(t, ln, states, cancel) // the drain is under way, waiting for this request
 	select {
 	case err := <-done:
 		t.Fatalf("Serve returned (%v) with a connection waiting for its request", err)
@@ -494,14 +504,7 @@ func TestServeDrainingReachesConnectionsHijackedLate(t *testing.T) {
 	})}
 	states := countStates(srv)
 	cancel, done := serving(t, &ServeConfig{}, srv, ln)
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	waitFor(t, "the connection to be accepted", func() bool { return states(http.StateNew) == 1 })
-	cancel()
-	time.Sleep(20 * time.Millisecond) // the drain began; now the upgrade
+	c := connectThenDrain(t, ln, states, cancel) // the drain began; now the upgrade
 	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
 	r := bufio.NewReader(c)
 	resp, err := http.ReadResponse(r, nil)

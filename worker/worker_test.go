@@ -207,10 +207,7 @@ func TestMessagesArriveInOrder(t *testing.T) {
 	fm.wait(t, "a Pong behind unread messages", func() bool { return fm.pongs == 1 })
 	ln := masterListener(t, "tcp")
 	l := fm.listen(t, "tcp", ln.Addr().String())
-	_, fds := connectN(t, ln, 1)
-	if err := fm.handoff(l.id, fds); err != nil {
-		t.Fatal(err)
-	}
+	fm.handOffNew(t, ln, l.id, 1)
 	acceptN(t, l, 1)
 	ch := Messages()
 	if Messages() != ch {
@@ -300,27 +297,14 @@ func TestMasterGone(t *testing.T) {
 	lid1 := l1.(*Listener).id
 	// l1 has read a frame of three conns and accepted one, so two are
 	// queued, and a frame of two more is unread; l2 has an Accept waiting.
-	clients, fds := connectN(t, ln, 3)
-	if err := fm.handoff(lid1, fds); err != nil {
-		t.Fatal(err)
-	}
+	clients := fm.handOffNew(t, ln, lid1, 3)
 	c, err := l1.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	unread, fds := connectN(t, ln, 2)
-	if err := fm.handoff(lid1, fds); err != nil {
-		t.Fatal(err)
-	}
-	acceptErr := make(chan error, 1)
-	go func() {
-		c, err := l2.Accept()
-		if c != nil {
-			_ = c.Close()
-		}
-		acceptErr <- err
-	}()
+	unread := fm.handOffNew(t, ln, lid1, 2)
+	acceptErr := acceptOnce(l2)
 	// Two messages are queued for a reader that comes late.
 	msgs := Messages()
 	for _, m := range []string{"1", "2"} {
@@ -395,18 +379,8 @@ func TestDisconnectClosesListeners(t *testing.T) {
 	fm := startMaster(t)
 	l1 := fm.listen(t, "tcp", ln.Addr().String())
 	l2 := fm.listen(t, "tcp", ln.Addr().String())
-	_, fds := connectN(t, ln, 1)
-	if err := fm.handoff(l1.id, fds); err != nil {
-		t.Fatal(err)
-	}
-	acceptErr := make(chan error, 1)
-	go func() {
-		c, err := l2.Accept()
-		if c != nil {
-			_ = c.Close()
-		}
-		acceptErr <- err
-	}()
+	fm.handOffNew(t, ln, l1.id, 1)
+	acceptErr := acceptOnce(l2)
 	start := time.Now()
 	if err := fm.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
 		t.Fatal(err)
@@ -450,20 +424,12 @@ func TestDisconnectClosesListeners(t *testing.T) {
 
 func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 	t.Parallel()
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 	// A frame of three is read and one accepted; a frame of two stays
 	// unread.
-	clients, fds := connectN(t, ln, 3)
-	if err := fm.handoff(l.id, fds); err != nil {
-		t.Fatal(err)
-	}
+	clients := fm.handOffNew(t, ln, l.id, 3)
 	acceptN(t, l, 1)
-	unread, fds := connectN(t, ln, 2)
-	if err := fm.handoff(l.id, fds); err != nil {
-		t.Fatal(err)
-	}
+	unread := fm.handOffNew(t, ln, l.id, 2)
 	start := time.Now()
 	if err := fm.ctl.WriteFrame(ipc.AppendDisconnect(nil), nil); err != nil {
 		t.Fatal(err)
@@ -497,9 +463,7 @@ func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 
 func TestBadFramesAreSkipped(t *testing.T) {
 	t.Parallel()
-	ln := masterListener(t, "tcp")
-	fm := startMaster(t)
-	l := fm.listen(t, "tcp", ln.Addr().String())
+	ln, fm, l := listening(t)
 	clients, fds := connectN(t, ln, 2)
 	hs := []ipc.Handoff{handoffOf(fds[0]), handoffOf(fds[1])}
 	bad := []struct {
