@@ -169,7 +169,7 @@ func TestEveryConnIsReceived(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln, fm, l := listening(t)
+			ln, fm, l := listening(t, "tcp")
 			var clients []net.Conn
 			for _, n := range tt.frames {
 				clients = append(clients, fm.handOffNew(t, ln, l.id, n)...)
@@ -203,7 +203,7 @@ func TestEveryConnIsReceived(t *testing.T) {
 
 func TestConcurrentAccept(t *testing.T) {
 	t.Parallel()
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 	const acceptors, n = 8, 2 * ipc.MaxConns
 	var mu sync.Mutex
 	var accepted []string // the clients' addresses, one per Accept
@@ -259,7 +259,7 @@ func TestConcurrentAccept(t *testing.T) {
 
 func TestCloseIsCountedOnce(t *testing.T) {
 	t.Parallel()
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 	const n = 20
 	clients := fm.handOffNew(t, ln, l.id, n)
 	conns := acceptN(t, l, n)
@@ -311,7 +311,7 @@ func TestListenerClose(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln, fm, l := listening(t)
+			ln, fm, l := listening(t, "tcp")
 			var clients []net.Conn
 			if tt.read > 0 {
 				clients = append(clients, fm.handOffNew(t, ln, l.id, tt.read)...)
@@ -503,7 +503,7 @@ func pipeReadsEOF(t *testing.T, w int) bool {
 
 func TestHTTPServeAndShutdown(t *testing.T) {
 	t.Parallel()
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 
 	// The master's accept loop hands every connection to l.
 	acceptDone := make(chan error, 1)
@@ -624,7 +624,7 @@ func TestHTTPServeAndShutdown(t *testing.T) {
 // TestNoFDLeak counts this process's fds, both sides of the handoff,
 // before and after thousands of handoffs. It is not parallel.
 func TestNoFDLeak(t *testing.T) {
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 	ls := fm.listenWith(t, "tcp", ln.Addr().String(), ListenConfig{StdConns: true})
 	var received, closed uint64
 	round := func(l *Listener, n int) {

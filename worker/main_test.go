@@ -537,13 +537,13 @@ func connect(ln net.Listener) (net.Conn, int, error) {
 	return cc, fd, nil
 }
 
-// listening starts a fake master and a listener of the worker on a TCP
-// listener of the master's, which it returns too.
-func listening(t *testing.T) (net.Listener, *fakeMaster, *Listener) {
+// listening starts a fake master and a listener of the worker on a
+// listener of the master's on network, which it returns too.
+func listening(t *testing.T, network string) (net.Listener, *fakeMaster, *Listener) {
 	t.Helper()
-	ln := masterListener(t, "tcp")
+	ln := masterListener(t, network)
 	fm := startMaster(t)
-	return ln, fm, fm.listen(t, "tcp", ln.Addr().String())
+	return ln, fm, fm.listen(t, network, ln.Addr().String())
 }
 
 // acceptOnce accepts once from l on a goroutine of its own, closes the

@@ -28,9 +28,7 @@ func TestConnConformance(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ln := masterListener(t, tt.network)
-			fm := startMaster(t)
-			l := fm.listen(t, tt.network, ln.Addr().String())
+			ln, fm, l := listening(t, tt.network)
 			// MakePipe runs on nettest's subtest goroutines: it returns
 			// errors and never calls t.Fatal.
 			nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {

@@ -424,7 +424,7 @@ func TestDisconnectClosesListeners(t *testing.T) {
 
 func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 	t.Parallel()
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 	// A frame of three is read and one accepted; a frame of two stays
 	// unread.
 	clients := fm.handOffNew(t, ln, l.id, 3)
@@ -463,7 +463,7 @@ func TestDisconnectHandsBackWhatNobodyAccepts(t *testing.T) {
 
 func TestBadFramesAreSkipped(t *testing.T) {
 	t.Parallel()
-	ln, fm, l := listening(t)
+	ln, fm, l := listening(t, "tcp")
 	clients, fds := connectN(t, ln, 2)
 	hs := []ipc.Handoff{handoffOf(fds[0]), handoffOf(fds[1])}
 	bad := []struct {
