@@ -249,14 +249,15 @@ func (b *Balancer) routeLocked(w *Worker) {
 	ok := w.routableLocked()
 	for l := range w.links {
 		if ok {
-			l.addWorker(w)
+			l.addWorkerLocked(w)
 		} else {
-			l.removeWorker(w)
+			l.removeWorkerLocked(w)
 		}
 	}
 }
 
-func (l *listener) removeWorker(w *Worker) {
+// removeWorkerLocked takes w out of l's workers.
+func (l *listener) removeWorkerLocked(w *Worker) {
 	for i, x := range l.workers {
 		if x == w {
 			l.workers = append(l.workers[:i:i], l.workers[i+1:]...)
@@ -265,9 +266,9 @@ func (l *listener) removeWorker(w *Worker) {
 	}
 }
 
-// addWorker adds w to l's workers, keeping them in id order; a worker
+// addWorkerLocked adds w to l's workers, keeping them in id order; a worker
 // already there stays once.
-func (l *listener) addWorker(w *Worker) {
+func (l *listener) addWorkerLocked(w *Worker) {
 	i := len(l.workers)
 	for i > 0 && l.workers[i-1].id >= w.id {
 		if l.workers[i-1] == w {
@@ -335,7 +336,7 @@ func (b *Balancer) dropLinkLocked(k *link) {
 	w := k.w
 	if w.links[k.l] == k {
 		delete(w.links, k.l)
-		k.l.removeWorker(w)
+		k.l.removeWorkerLocked(w)
 		b.notifyLocked()
 	}
 	if !b.reclaimLocked(k) {
@@ -523,7 +524,7 @@ func listenErrorReply(req uint32, address string, err error) []byte {
 func (b *Balancer) returned(w *Worker, lid uint32, fds []int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	l := b.listenerByID(lid)
+	l := b.listenerByIDLocked(lid)
 	// No longer routed there first, so what comes back goes elsewhere.
 	if l != nil && w.links[l] != nil {
 		b.dropLinkLocked(w.links[l])

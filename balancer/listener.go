@@ -308,7 +308,7 @@ func (b *Balancer) acceptLoop(l *listener) {
 			continue
 		}
 		b.mu.Lock()
-		b.stats.acceptError(aerr)
+		b.stats.acceptErrorLocked(aerr)
 		b.mu.Unlock()
 		// Out of fds or memory: wait for some to be freed. Anything
 		// else (say EINVAL after someone shut the socket down) backs off

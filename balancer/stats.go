@@ -72,7 +72,8 @@ type stats struct {
 	exits          map[string]uint64
 }
 
-func (s *stats) acceptError(e syscall.Errno) {
+// acceptErrorLocked counts a failed accept4 by its errno.
+func (s *stats) acceptErrorLocked(e syscall.Errno) {
 	if s.acceptErrors == nil {
 		s.acceptErrors = make(map[syscall.Errno]uint64)
 	}

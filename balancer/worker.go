@@ -564,7 +564,8 @@ func (b *Balancer) restart(s *slot) {
 	}
 }
 
-func (b *Balancer) listenerByID(id uint32) *listener {
+// listenerByIDLocked returns the listener with id, or nil.
+func (b *Balancer) listenerByIDLocked(id uint32) *listener {
 	if id == 0 || int(id) > len(b.listeners) {
 		return nil
 	}
