@@ -392,6 +392,8 @@ func sameSocket(bound net.Addr, local unix.Sockaddr) bool {
 }
 
 // handoffQueue is a FIFO of accepted connections waiting for a worker.
+// It has no lock of its own: each listener's queue is under Balancer.mu,
+// so its methods, which only that lock's holder calls, carry no suffix.
 type handoffQueue struct {
 	hs    []ipc.Handoff // the queue is hs[head:]
 	spare []ipc.Handoff // the slice take returned last, reused by the next
