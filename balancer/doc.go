@@ -8,7 +8,8 @@
 // The master needs Linux (SCM_RIGHTS over SOCK_SEQPACKET with
 // MSG_CMSG_CLOEXEC, accept4, memfd_create). On every other OS the package
 // has the same API, so that a program that can run as a master builds
-// there, but [New] returns an error matching [errors.ErrUnsupported]. The
+// there, but [New] returns an error matching [errors.ErrUnsupported]
+// (after [Options.Validate]'s, for options that mean nothing). The
 // program can then serve alone, with worker.Listen, which is net.Listen
 // outside a master.
 //
