@@ -2,6 +2,14 @@ module github.com/handoff-go/handoff
 
 go 1.26.0
 
+// The library packages (scm, ipc, balancer, worker) need only
+// golang.org/x/sys and github.com/rs/zerolog: `go list -deps ./scm ./ipc
+// ./balancer ./worker` names no other module. The rest is the CLI's
+// (cmd/handoff: tableflip, go-systemd, go-proxyproto, prometheus, x/net's
+// netutil), the tests' (goleak, x/sync's errgroup, netlink and netns for
+// the namespace tests) and examples/proxyproto's (go-proxyproto). The
+// benchmark (cmd/handoff-bench) and the compatibility suite
+// (examples/compat) are modules of their own.
 require (
 	github.com/cloudflare/tableflip v1.2.3
 	github.com/coreos/go-systemd/v22 v22.7.0
