@@ -13,12 +13,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/loadtest"
 	"github.com/handoff-go/handoff/internal/testworker"
 	"github.com/handoff-go/handoff/ipc"
 )
@@ -391,39 +391,7 @@ func TestReloadUnderLoadFailsNothing(t *testing.T) {
 		olds[w.ID()] = true
 	}
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var sent, failed int
-	var firstErr error
-	load := func(client *http.Client) {
-		defer wg.Done()
-		for i := 0; i < 100000; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := client.Get("http://" + c.addr + "/")
-			if err == nil {
-				_, err = bufio.NewReader(resp.Body).Discard(12)
-				resp.Body.Close()
-			}
-			mu.Lock()
-			sent++
-			if err != nil {
-				failed++
-				if firstErr == nil {
-					firstErr = err
-				}
-			}
-			mu.Unlock()
-		}
-	}
-	for i := 0; i < 4; i++ {
-		wg.Add(2)
-		go load(newConnClient())
-		go load(&http.Client{Timeout: 10 * time.Second})
-	}
+	res, wait := loadtest.Load{URL: "http://" + c.addr + "/", NewConn: 4, KeepAlive: 4, PerClient: 100000, Timeout: 10 * time.Second}.Start(stop)
 	time.Sleep(200 * time.Millisecond)
 	ctx := t.Context()
 	if err := c.b.Reload(ctx); err != nil {
@@ -431,7 +399,8 @@ func TestReloadUnderLoadFailsNothing(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
-	wg.Wait()
+	wait()
+	sent, failed, firstErr := res.Counts()
 	t.Logf("reload under load: %d requests, %d failed", sent, failed)
 	if failed > 0 {
 		t.Errorf("%d of %d requests failed during reload; first: %v", failed, sent, firstErr)

@@ -15,83 +15,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
 	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/loadtest"
 	"github.com/handoff-go/handoff/internal/testworker"
 )
-
-// loadResult counts a load's requests.
-type loadResult struct {
-	mu     sync.Mutex
-	sent   int
-	failed int
-	first  error
-}
-
-func (r *loadResult) add(err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.sent++
-	if err != nil {
-		r.failed++
-		if r.first == nil {
-			r.first = err
-		}
-	}
-}
-
-func (r *loadResult) counts() (int, int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.sent, r.failed, r.first
-}
-
-// runLoad makes requests from newConn clients on new connections and
-// keepAlive clients on kept-alive ones until stop or maxPerClient
-// requests each. The returned function waits for the clients.
-func runLoad(url string, newConn, keepAlive, maxPerClient int, stop <-chan struct{}) (*loadResult, func()) {
-	r := &loadResult{}
-	var wg sync.WaitGroup
-	var transports []*http.Transport
-	client := func(tr *http.Transport) {
-		defer wg.Done()
-		c := &http.Client{Timeout: 15 * time.Second, Transport: tr}
-		for i := 0; i < maxPerClient; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := c.Get(url)
-			if err == nil {
-				var body []byte
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && string(body) != "hello world\n" {
-					err = fmt.Errorf("status %d body %q", resp.StatusCode, body)
-				}
-			}
-			r.add(err)
-		}
-	}
-	for i := 0; i < newConn+keepAlive; i++ {
-		tr := &http.Transport{DisableKeepAlives: i < newConn}
-		transports = append(transports, tr)
-		wg.Add(1)
-		go client(tr)
-	}
-	return r, func() {
-		wg.Wait()
-		for _, tr := range transports {
-			tr.CloseIdleConnections()
-		}
-	}
-}
 
 // startHostile runs a balancer whose workers are internal/hostileworker,
 // which behaves as the good test worker unless told otherwise by Fork's
@@ -146,7 +78,7 @@ func TestHostileWorkersCannotHurtTheMaster(t *testing.T) {
 			}
 
 			stop := make(chan struct{})
-			res, wait := runLoad(url, 4, 0, 100000, stop)
+			res, wait := loadtest.Load{URL: url, NewConn: 4, PerClient: 100000, Timeout: 15 * time.Second}.Start(stop)
 			hostile, err := c.b.Fork("HANDOFF_HOSTILE="+tt.name, "HANDOFF_HOSTILE_ONCE="+filepath.Join(t.TempDir(), "once"),
 				testworker.EnvListen+"="+testworker.FormatAddrs([2]string{"tcp", c.addr}))
 			if err != nil {
@@ -189,7 +121,7 @@ func TestHostileWorkersCannotHurtTheMaster(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // a little more load after it
 			close(stop)
 			wait()
-			sent, failed, first := res.counts()
+			sent, failed, first := res.Counts()
 			t.Logf("%d requests during the misbehaviour, %d failed; stats %+v", sent, failed, c.b.Stats())
 			if failed > 0 {
 				t.Errorf("%d of %d requests failed; first: %v", failed, sent, first)
@@ -239,7 +171,7 @@ func TestChaosKillsLoseNothingUnstarted(t *testing.T) {
 	fdsBefore, goroutinesBefore := stableFDCount(t), runtime.NumGoroutine()
 
 	stop := make(chan struct{})
-	res, wait := runLoad(url, 6, 2, 1000000, stop)
+	res, wait := loadtest.Load{URL: url, NewConn: 6, KeepAlive: 2, PerClient: 1000000, Timeout: 15 * time.Second}.Start(stop)
 	var killed []*balancer.Worker
 	end := time.Now().Add(20 * time.Second)
 	for time.Now().Before(end) {
@@ -268,7 +200,7 @@ func TestChaosKillsLoseNothingUnstarted(t *testing.T) {
 		}).(balancer.ExitEvent)
 		inProgress += ev.Active
 	}
-	sent, failed, first := res.counts()
+	sent, failed, first := res.Counts()
 	s := c.b.Stats()
 	t.Logf("chaos: %d workers SIGKILLed in 20s; %d requests sent, %d failed; %d connections were in progress on the killed workers; %d re-dispatched; %d restarts",
 		len(killed), sent, failed, inProgress, s.Redispatched, s.Restarts)
@@ -309,16 +241,7 @@ func TestAllWorkersDownClientsWait(t *testing.T) {
 	errs := make(chan error, clients)
 	for i := 0; i < clients; i++ {
 		go func() {
-			resp, err := newConnClient().Get("http://" + c.addr + "/")
-			if err == nil {
-				var body []byte
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && string(body) != "hello world\n" {
-					err = fmt.Errorf("body %q", body)
-				}
-			}
-			errs <- err
+			errs <- loadtest.Get(newConnClient(), "http://"+c.addr+"/")
 		}()
 	}
 	for i := 0; i < clients; i++ {
@@ -366,11 +289,7 @@ func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 	addr, cmd, logs := m.addr, m.cmd, m.logs
 	// Leave the master a handful of spare fds: a burst of connections
 	// then runs it out while it holds their unacked fds.
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	limit := uint64(len(ents) + 4)
+	limit := uint64(fdtest.CountOf(t, cmd.Process.Pid) + 4)
 	if err := unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -378,16 +297,7 @@ func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 	errs := make(chan error, clients)
 	for i := 0; i < clients; i++ {
 		go func() {
-			resp, err := newConnClient().Get("http://" + addr + "/?delay=50ms")
-			if err == nil {
-				var body []byte
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && string(body) != "hello world\n" {
-					err = fmt.Errorf("body %q", body)
-				}
-			}
-			errs <- err
+			errs <- loadtest.Get(newConnClient(), "http://"+addr+"/?delay=50ms")
 		}()
 	}
 	failed := 0
@@ -407,16 +317,6 @@ func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 	if !strings.Contains(logs.String(), "EMFILE") && !strings.Contains(logs.String(), "too many open files") {
 		t.Errorf("the master never ran out of fds (limit %d), so EMFILE was not tested; log:\n%s", limit, logs.String())
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func TestShutdownServesEveryConnectionAlreadyMade(t *testing.T) {

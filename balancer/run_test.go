@@ -30,7 +30,7 @@ type childMaster struct {
 // Cleanup sends it SIGTERM, and kills it if it has not exited 20s later.
 func startChildMaster(t *testing.T) *childMaster {
 	t.Helper()
-	m := &childMaster{addr: freeAddr(t), logs: &proctest.Output{}, done: make(chan struct{})}
+	m := &childMaster{addr: proctest.FreeAddr(t), logs: &proctest.Output{}, done: make(chan struct{})}
 	m.cmd = exec.Command(os.Args[0])
 	m.cmd.Env = append(os.Environ(), envChildMaster+"="+m.addr)
 	m.cmd.Stderr = m.logs

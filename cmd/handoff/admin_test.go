@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/handoff-go/handoff/internal/proctest"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -240,7 +241,7 @@ next:
 }
 
 func TestCLIAdminEndpoints(t *testing.T) {
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	m := startMaster(t, "--workers", "2", "--admin", admin)
 	waitFor(t, "/healthz 200 with 2 workers", func() bool {
 		code, body := getAdmin(t, admin, "/healthz")
@@ -330,7 +331,7 @@ func TestCLIAdminEndpoints(t *testing.T) {
 }
 
 func TestCLIShutdownDelay(t *testing.T) {
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	const delay = 1500 * time.Millisecond
 	m := startMaster(t, "--workers", "2", "--admin", admin, "--shutdown-delay", delay.String())
 	waitFor(t, "/healthz 200", func() bool { code, _ := getAdmin(t, admin, "/healthz"); return code == 200 })

@@ -67,7 +67,7 @@ func TestAdminServerCapsConnections(t *testing.T) {
 // takes at most --admin-max-conns of the master's fds.
 func TestCLIAdminIdleConnsLeaveMainPortServing(t *testing.T) {
 	const limit, idle, requests, clients = 256, 300, 200, 4
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	m := startUnderFDLimit(t, limit, "--workers", "2", "--admin", admin)
 	before := m.fdCount(t)
 	release := holdIdle(t, admin, idle)
@@ -172,13 +172,13 @@ func BenchmarkMetricsFlood(b *testing.B) {
 	)
 	bin := plainHandoff(b)
 	start := func(admin string) *master {
-		addr := freePort(b)
+		addr := proctest.FreeAddr(b)
 		cmd := exec.Command(bin, "--listen", addr, "--log-format", "json", "--workers", "2", "--admin", admin)
 		out := &proctest.Output{}
 		cmd.Stdout, cmd.Stderr = out, out
 		return launch(b, cmd, addr, out)
 	}
-	targetAdmin, controlAdmin := freePort(b), freePort(b)
+	targetAdmin, controlAdmin := proctest.FreeAddr(b), proctest.FreeAddr(b)
 	target := start(targetAdmin)
 	start(controlAdmin)
 	url := "http://" + target.addr + "/"

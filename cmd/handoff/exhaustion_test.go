@@ -22,7 +22,7 @@ func startLimited(t *testing.T, n int, args ...string) *master {
 	if err != nil {
 		t.Skip("prlimit (util-linux) is not installed")
 	}
-	addr := freePort(t)
+	addr := proctest.FreeAddr(t)
 	full := append([]string{fmt.Sprintf("--nofile=%d:%d", n, n), handoffBin, "--listen", addr, "--log-format", "json"}, args...)
 	cmd := exec.Command(prlimit, full...) // prlimit execs handoff: same pid
 	out := &proctest.Output{}
@@ -114,7 +114,7 @@ func TestCLIHealsAfterFDExhaustion(t *testing.T) {
 // A worker killed right after SIGHUP, while its replacement starts, is
 // not also restarted: its slot keeps exactly one worker, every time.
 func TestCLIKillDuringReloadKeepsTheCount(t *testing.T) {
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	const n = 3
 	m := startMaster(t, "--workers", fmt.Sprint(n), "--admin", admin)
 	for round := 0; round < 3; round++ {
@@ -153,8 +153,8 @@ func TestCLIKillDuringReloadKeepsTheCount(t *testing.T) {
 // While the workers crash-loop, clients that give up leave nothing
 // behind in the master: their queued connections are closed.
 func TestCLIQueueDropsClientsThatLeft(t *testing.T) {
-	admin := freePort(t)
-	addr := freePort(t)
+	admin := proctest.FreeAddr(t)
+	addr := proctest.FreeAddr(t)
 	// Workers that exit at once: a crash loop, so no worker ever listens.
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "2", "--admin", admin, "--", "/bin/false")
 	out := &proctest.Output{}

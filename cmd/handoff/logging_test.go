@@ -186,7 +186,7 @@ var durationFields = []string{"uptime", "restart_in", "backoff", "timeout", "shu
 // exhaustion that makes the admin server's Accept fail, SIGHUP, SIGTERM.
 func TestCLIJSONLogsEveryLine(t *testing.T) {
 	const limit = 64
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	// --admin-max-conns above what the fd limit holds, on purpose: the
 	// admin server's Accept fails with EMFILE and net/http logs it.
 	m := startUnderFDLimit(t, limit, "--workers", "2", "--admin", admin, "--admin-max-conns", "1000", "--log-level", "debug")
@@ -283,7 +283,7 @@ func startUnderFDLimit(t *testing.T, n int, args ...string) *master {
 	if _, err := os.Stat("/usr/bin/prlimit"); err != nil {
 		t.Skip("prlimit (util-linux) is not installed")
 	}
-	addr := freePort(t)
+	addr := proctest.FreeAddr(t)
 	cmd := exec.Command("/usr/bin/prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", n, n), handoffBin, "--listen", addr, "--log-format", "json"}, args...)...)
 	out := &proctest.Output{}
 	cmd.Stdout, cmd.Stderr = out, out

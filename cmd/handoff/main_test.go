@@ -14,12 +14,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/loadtest"
 	"github.com/handoff-go/handoff/internal/proctest"
 	"github.com/rs/zerolog"
 )
@@ -198,19 +200,25 @@ func (m *master) wait(t *testing.T, timeout time.Duration, notExited string) err
 // outlive it (its successor after SIGUSR2 inherits the file).
 type fileLog string
 
-func (f fileLog) String() string {
-	b, _ := os.ReadFile(string(f))
-	return string(b)
-}
-
-func freePort(t testing.TB) string {
+// launchToFile launches cmd as launch does, with its output in a file,
+// not a pipe: a new master after SIGUSR2 inherits the file and outlives
+// the old one, whose Wait would otherwise wait for the pipe to close.
+func launchToFile(t *testing.T, cmd *exec.Cmd, addr string) *master {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	path := filepath.Join(t.TempDir(), "master.log")
+	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	cmd.Stdout, cmd.Stderr = f, f
+	m := launch(t, cmd, addr, fileLog(path))
+	_ = f.Close()
+	return m
+}
+
+func (f fileLog) String() string {
+	b, _ := os.ReadFile(string(f))
+	return string(b)
 }
 
 // listenLoopback listens on a free loopback port until the test ends.
@@ -230,7 +238,7 @@ func discardLogger() zerolog.Logger { return zerolog.Nop() }
 // port) and waits until it serves.
 func startMaster(t testing.TB, args ...string) *master {
 	t.Helper()
-	return startMasterAt(t, freePort(t), args...)
+	return startMasterAt(t, proctest.FreeAddr(t), args...)
 }
 
 func startMasterAt(t testing.TB, addr string, args ...string) *master {
@@ -283,13 +291,10 @@ func launch(t testing.TB, cmd *exec.Cmd, addr string, out interface{ String() st
 // workerPIDs lists the master's child processes.
 func (m *master) workerPIDs() []int { return proctest.Children(m.cmd.Process.Pid) }
 
+// fdCount counts the master's open fds.
 func (m *master) fdCount(t *testing.T) int {
 	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", m.cmd.Process.Pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
+	return fdtest.CountOf(t, m.cmd.Process.Pid)
 }
 
 func TestCLIRoundRobinSplitsEvenly(t *testing.T) {
@@ -341,49 +346,16 @@ func TestCLIRoundRobinSplitsEvenly(t *testing.T) {
 // connections and half keep-alive, each with one request at a time.
 const loadClients = 6
 
-// load runs loadClients clients against url until stop, and returns how
-// many requests were sent and how many failed.
+// load runs loadClients clients against url until stop. The function it
+// returns waits for them, and returns how many requests were sent and
+// how many failed.
 func load(t *testing.T, url string, stop <-chan struct{}) func() (sent, failed int, first error) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var sent, failed int
-	var first error
-	run := func(client *http.Client) {
-		defer wg.Done()
-		for i := 0; i < 200000; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			resp, err := client.Get(url)
-			if err == nil {
-				var body []byte
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && (resp.StatusCode != 200 || string(body) != "hello world\n") {
-					err = fmt.Errorf("status %d, body %q", resp.StatusCode, body)
-				}
-			}
-			mu.Lock()
-			sent++
-			if err != nil {
-				failed++
-				if first == nil {
-					first = err
-				}
-			}
-			mu.Unlock()
-		}
-	}
-	for i := 0; i < loadClients/2; i++ {
-		wg.Add(2)
-		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}})
-		go run(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}})
-	}
+	t.Helper()
+	l := loadtest.Load{URL: url, NewConn: loadClients / 2, KeepAlive: loadClients / 2, PerClient: 200000, Timeout: 10 * time.Second}
+	r, wait := l.Start(stop)
 	return func() (int, int, error) {
-		wg.Wait()
-		return sent, failed, first
+		wait()
+		return r.Counts()
 	}
 }
 
@@ -437,16 +409,7 @@ func TestCLISigtermDrainsSlowRequests(t *testing.T) {
 	for i := 0; i < n; i++ {
 		go func() {
 			client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			resp, err := client.Get("http://" + m.addr + "/?delay=1500ms")
-			if err == nil {
-				var body []byte
-				body, err = io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil && string(body) != "hello world\n" {
-					err = fmt.Errorf("body %q", body)
-				}
-			}
-			results <- err
+			results <- loadtest.Get(client, "http://"+m.addr+"/?delay=1500ms")
 		}()
 	}
 	time.Sleep(500 * time.Millisecond) // let the requests reach the workers
@@ -493,7 +456,7 @@ func TestCLIMasterSigkillTakesWorkersDown(t *testing.T) {
 func TestCLIRunsCommandAsWorkers(t *testing.T) {
 	// The command is this same CLI, which under a master runs its demo
 	// worker: any program that uses the worker package would do.
-	addr := freePort(t)
+	addr := proctest.FreeAddr(t)
 	m := startMasterAt(t, addr, "--workers", "2", "--", handoffBin, "--listen", addr)
 	resp, err := http.Get("http://" + m.addr + "/")
 	if err != nil {

@@ -4,6 +4,7 @@ package main
 
 import (
 	"errors"
+	"github.com/handoff-go/handoff/internal/proctest"
 	"io"
 	"net"
 	"net/http"
@@ -33,7 +34,7 @@ func served(client *http.Client, url string) (int, error) {
 // after SIGCONT it gets connections again. All under load from outside,
 // with no failed request.
 func TestCLIStoppedWorkerIsRoutedAround(t *testing.T) {
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	m := startMaster(t, "--workers", "2", "--admin", admin)
 	ws := workersOf(t, admin)
 	if len(ws) != 2 {
@@ -92,7 +93,7 @@ func TestCLIStoppedWorkerIsRoutedAround(t *testing.T) {
 // progress on it: whatever it never read is served by the other worker,
 // and its slot is restarted.
 func TestCLIKilledWorkerCostsOnlyItsInProgress(t *testing.T) {
-	admin := freePort(t)
+	admin := proctest.FreeAddr(t)
 	m := startMaster(t, "--workers", "2", "--admin", admin)
 	ws := workersOf(t, admin)
 	url := "http://" + m.addr + "/"

@@ -6,8 +6,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/handoff-go/handoff/internal/fdtest"
+	"github.com/handoff-go/handoff/internal/loadtest"
 	"github.com/handoff-go/handoff/internal/proctest"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -213,14 +214,8 @@ func checkActivated(t *testing.T, m *master, addr string) {
 	t.Helper()
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := 0; i < 10; i++ {
-		resp, err := client.Get("http://" + addr + "/")
-		if err != nil {
+		if err := loadtest.Get(client, "http://"+addr+"/"); err != nil {
 			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(body) != "hello world\n" {
-			t.Fatalf("body %q", body)
 		}
 	}
 	if !strings.Contains(m.out.String(), `"from":"systemd"`) {
@@ -238,19 +233,10 @@ func checkActivated(t *testing.T, m *master, addr string) {
 		if bytes.Contains(env, []byte("LISTEN_")) {
 			t.Errorf("worker %d inherited LISTEN_* variables", pid)
 		}
-		if n := fdCount(t, pid); n > 12 {
+		if n := fdtest.CountOf(t, pid); n > 12 {
 			t.Errorf("worker %d has %d fds open", pid, n)
 		}
 	}
-}
-
-func fdCount(t *testing.T, pid int) int {
-	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
 }
 
 // notifySocket is a NOTIFY_SOCKET to read sd_notify states from.
@@ -293,7 +279,7 @@ func (n *notifySocket) expect(t *testing.T, first string) string {
 
 func TestCLISystemdNotify(t *testing.T) {
 	ns := newNotifySocket(t)
-	addr := freePort(t)
+	addr := proctest.FreeAddr(t)
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "2")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
 	out := &proctest.Output{}

@@ -36,7 +36,7 @@ func TestCLIWorkersDoNotSeeTableflip(t *testing.T) {
 	if err := gob.NewEncoder(namesW).Encode([][]string{}); err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
+	addr := proctest.FreeAddr(t)
 	cmd := exec.Command(handoffBin, "--listen", addr, "--log-format", "json", "--workers", "1")
 	cmd.Env = append(os.Environ(), tableflipParentEnv+"=yes")
 	cmd.ExtraFiles = []*os.File{readyW, namesR} // fds 3 and 4, as tableflip passes them

@@ -97,23 +97,13 @@ func healthLoad(admin string, stop <-chan struct{}) func() (sent, failed int, fi
 // over the sockets, the old one drains and exits 0, and no request fails,
 // not even a health check.
 func TestCLIUpgradeUnderLoad(t *testing.T) {
-	dir := t.TempDir()
-	pidFile := filepath.Join(dir, "handoff.pid")
-	logPath := filepath.Join(dir, "master.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pidFile := filepath.Join(t.TempDir(), "handoff.pid")
 	ns := newNotifySocket(t)
-	addr, admin := freePort(t), freePort(t)
+	addr, admin := proctest.FreeAddr(t), proctest.FreeAddr(t)
 	cmd := exec.Command(handoffBin, "--listen", addr, "--admin", admin, "--pid-file", pidFile,
 		"--log-format", "json", "--workers", "2")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+ns.path)
-	// A file, not a pipe: the new master inherits it and outlives the
-	// old one, whose Wait would otherwise wait for the pipe to close.
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	m := launch(t, cmd, addr, fileLog(logPath))
-	_ = logFile.Close()
+	m := launchToFile(t, cmd, addr)
 	oldPID := m.cmd.Process.Pid
 	var newPID int
 	t.Cleanup(func() {
@@ -232,18 +222,10 @@ func exitStats(t *testing.T, log string, pid int) (st struct {
 // tableflip ("parent hasn't exited"): that is logged as a warning, not as
 // a failed upgrade, and the new master keeps serving.
 func TestCLIUpgradeRefusedWhileOldMasterDrains(t *testing.T) {
-	dir := t.TempDir()
-	pidFile := filepath.Join(dir, "handoff.pid")
-	logPath := filepath.Join(dir, "master.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "handoff.pid")
+	addr := proctest.FreeAddr(t)
 	cmd := exec.Command(handoffBin, "--listen", addr, "--pid-file", pidFile, "--log-format", "json", "--workers", "1")
-	cmd.Stdout, cmd.Stderr = logFile, logFile // see TestCLIUpgradeUnderLoad
-	m := launch(t, cmd, addr, fileLog(logPath))
-	_ = logFile.Close()
+	m := launchToFile(t, cmd, addr)
 	oldPID := m.cmd.Process.Pid
 	t.Cleanup(func() {
 		if pid := readPID(pidFile); pid > 0 && pid != oldPID {

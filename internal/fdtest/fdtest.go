@@ -4,6 +4,7 @@ package fdtest
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -114,9 +115,20 @@ func AssertCloexec(tb testing.TB, fd int) {
 // reads the directory is counted, in every call alike.
 func Count(tb testing.TB) int {
 	tb.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	return countIn(tb, "/proc/self/fd")
+}
+
+// CountOf counts the open fds of process pid, in /proc/PID/fd.
+func CountOf(tb testing.TB, pid int) int {
+	tb.Helper()
+	return countIn(tb, fmt.Sprintf("/proc/%d/fd", pid))
+}
+
+func countIn(tb testing.TB, dir string) int {
+	tb.Helper()
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		tb.Fatalf("read /proc/self/fd: %v", err)
+		tb.Fatalf("read %s: %v", dir, err)
 	}
 	return len(ents)
 }
