@@ -265,12 +265,7 @@ func TestRoomConcurrent(t *testing.T) {
 // RLIMIT_NOFILE so that no room, or a little, is left: lowering the test
 // process's own limit would disturb everything else running in it.
 func TestRoomAtLimit(t *testing.T) {
-	if proctest.ChildMode() == "room" {
-		roomAtLimitChild(t)
-		return
-	}
-	_, wait, _ := proctest.StartChild(t, "TestRoomAtLimit", "room", nil)
-	wait()
+	proctest.InChild(t, "TestRoomAtLimit", roomAtLimitChild)
 }
 
 func roomAtLimitChild(t *testing.T) {

@@ -513,12 +513,7 @@ func TestFDLeak(t *testing.T) {
 // drops the rest and sets MSG_CTRUNC. Lowering the limit in the test
 // process itself would disturb everything else running in it.
 func TestControlTruncated(t *testing.T) {
-	if proctest.ChildMode() == "ctrunc" {
-		controlTruncatedChild(t)
-		return
-	}
-	_, wait, _ := proctest.StartChild(t, "TestControlTruncated", "ctrunc", nil)
-	wait()
+	proctest.InChild(t, "TestControlTruncated", controlTruncatedChild)
 }
 
 func controlTruncatedChild(t *testing.T) {

@@ -71,3 +71,18 @@ func StartChild(tb testing.TB, test, mode string, files []*os.File, env ...strin
 	}
 	return cmd, wait, output
 }
+
+// InChild runs child in a child process: the test binary re-executed by
+// StartChild to run test alone, with test as its mode. Called from the
+// test function test, it starts that child and waits for it to pass; in
+// the child it runs child(t) instead. It is for tests that must change
+// their process, such as its fd limit, without disturbing the others.
+func InChild(t *testing.T, test string, child func(t *testing.T)) {
+	t.Helper()
+	if ChildMode() == test {
+		child(t)
+		return
+	}
+	_, wait, _ := StartChild(t, test, test, nil)
+	wait()
+}
