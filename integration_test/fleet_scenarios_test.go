@@ -31,8 +31,7 @@ func TestFleetRealClientAddresses(t *testing.T) {
 	l := f.startLoad(t, loadMaxRequests)
 	time.Sleep(2 * time.Second)
 	results := l.stop()
-	s := summarize(results, l.began)
-	logSummary(t, "real client addresses", s, time.Since(l.began))
+	s := l.report(t, "real client addresses", results)
 	if s.failed != 0 {
 		t.Errorf("%d of %d requests failed (or saw another address than the client's), want 0", s.failed, s.total)
 	}
@@ -133,8 +132,7 @@ func TestFleetDrainHost(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	results := l.stop()
 
-	s := summarize(results, l.began)
-	logSummary(t, "drain and restart", s, time.Since(l.began))
+	s := l.report(t, "drain and restart", results)
 	t.Logf("SIGTERM to %s's master (pid %d, --shutdown-delay %v): /healthz 503 after %v, haproxy marked it DOWN after %v (inter %v × fall %d), master exited 0 after %v",
 		victim.name, pid, shutdownDelay, unhealthyAt.Sub(termAt).Round(time.Millisecond), downAt.Sub(termAt).Round(time.Millisecond),
 		checkInter, checkFall, exitAt.Sub(termAt).Round(time.Millisecond))
@@ -263,8 +261,7 @@ func TestFleetRollingRestartAndUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s := summarize(results, l.began)
-	logSummary(t, "SIGHUP then SIGUSR2", s, time.Since(l.began))
+	s := l.report(t, "SIGHUP then SIGUSR2", results)
 	t.Logf("%s: SIGHUP replaced its %d workers in %v; SIGUSR2 replaced master %d by %d in %v",
 		victim.name, victim.workers, reloadedAt.Sub(hupAt).Round(time.Millisecond), oldMaster, newMaster, upgradedAt.Sub(usr2At).Round(time.Millisecond))
 	watchMu.Lock()
@@ -316,8 +313,7 @@ func TestFleetHostKilled(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	results := l.stop()
 
-	s := summarize(results, l.began)
-	logSummary(t, "a host killed", s, time.Since(l.began))
+	s := l.report(t, "a host killed", results)
 	t.Logf("SIGKILL to %s's master (pid %d) and workers: all gone after %v; haproxy marked it DOWN %v after that (inter %v × fall %d; bound %v)",
 		victim.name, pid, deadAt.Sub(killAt).Round(time.Millisecond), downAt.Sub(deadAt).Round(time.Millisecond), checkInter, checkFall, markDownBound)
 	if s.failed > loadConcurrency {
@@ -370,8 +366,7 @@ func TestFleetBalance(t *testing.T) {
 	}
 	l := f.startLoad(t, requests)
 	results := l.wait()
-	s := summarize(results, l.began)
-	logSummary(t, "balance", s, time.Since(l.began))
+	s := l.report(t, "balance", results)
 	if s.failed != 0 || s.total != requests {
 		t.Fatalf("%d of %d requests failed, want %d requests and none failed", s.failed, s.total, requests)
 	}

@@ -512,6 +512,15 @@ func summarize(results []result, began time.Time) summary {
 	return s
 }
 
+// report summarizes results, the load's, and logs the summary under
+// title.
+func (l *load) report(t *testing.T, title string, results []result) summary {
+	t.Helper()
+	s := summarize(results, l.began)
+	logSummary(t, title, s, time.Since(l.began))
+	return s
+}
+
 // logSummary logs s under title.
 func logSummary(t *testing.T, title string, s summary, took time.Duration) {
 	t.Helper()
