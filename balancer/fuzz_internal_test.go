@@ -60,8 +60,8 @@ type fuzzMaster struct {
 	answered uint32        // the highest sync request answered
 	held     []int         // fds the master sent: conns sockets of its replies
 	bad      []error       // frames the master got wrong
-	syncs    uint32
-	clients  []net.Conn
+	syncs    uint32        // the sync requests made: the next one's id is syncReqs+syncs+1
+	clients  []net.Conn    // the clients connect made, closed by stop
 }
 
 // startFuzzMaster starts a balancer and its worker. The worker is on

@@ -56,7 +56,10 @@ func fuzzFDs(src *fuzzctl.Source, op fuzzctl.Op, pipe, conns int) []int {
 
 // fuzzConns is the input's conns socket: the master's sending end, and
 // the worker's end that ListenReply frames carry.
-type fuzzConns struct{ send, recv int }
+type fuzzConns struct {
+	send int // the master's end, which the test writes
+	recv int // the worker's end, which ListenReply frames carry
+}
 
 func newFuzzConns(t *testing.T) *fuzzConns {
 	t.Helper()
