@@ -110,29 +110,29 @@ func (e *eventQueue) push(ev Event) bool {
 	return true
 }
 
+// deliver calls fn for every event queued now, in order, outside the
+// lock, and returns how many there were.
+func (e *eventQueue) deliver() int {
+	e.mu.Lock()
+	q := e.q
+	e.q = nil
+	e.mu.Unlock()
+	for _, ev := range q {
+		e.fn(ev)
+	}
+	return len(q)
+}
+
 func (e *eventQueue) run() {
 	defer close(e.done)
 	for {
-		e.mu.Lock()
-		q := e.q
-		e.q = nil
-		e.mu.Unlock()
-		for _, ev := range q {
-			e.fn(ev)
-		}
-		if len(q) > 0 {
+		if e.deliver() > 0 {
 			continue
 		}
 		select {
 		case <-e.wake:
 		case <-e.stop:
-			e.mu.Lock()
-			q := e.q
-			e.q = nil
-			e.mu.Unlock()
-			for _, ev := range q {
-				e.fn(ev)
-			}
+			e.deliver()
 			return
 		}
 	}

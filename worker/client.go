@@ -246,27 +246,28 @@ func (c *controlClient) listenerClosed(l *Listener, hs []ipc.Handoff) {
 // this worker to stop, and what it already handed over should be served,
 // not handed back. New connections stopped coming before the request.
 func (c *controlClient) drainListeners() {
-	c.mu.Lock()
-	ls := make([]*Listener, 0, len(c.listeners))
-	for _, l := range c.listeners {
-		ls = append(ls, l)
-	}
-	c.mu.Unlock()
-	for _, l := range ls {
+	for _, l := range c.listenerList() {
 		go l.closeWhenDrained(drainTimeout)
 	}
 }
 
+// closeListeners closes every listener at once.
 func (c *controlClient) closeListeners() {
+	for _, l := range c.listenerList() {
+		_ = l.Close()
+	}
+}
+
+// listenerList returns the listeners open now, so that they can be closed
+// without c.mu held (a Listener's Close takes c.mu).
+func (c *controlClient) listenerList() []*Listener {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	ls := make([]*Listener, 0, len(c.listeners))
 	for _, l := range c.listeners {
 		ls = append(ls, l)
 	}
-	c.mu.Unlock()
-	for _, l := range ls {
-		_ = l.Close()
-	}
+	return ls
 }
 
 // masterGone runs once the control socket reads EOF: the master is dead.
