@@ -6,6 +6,15 @@
 // (there is no page to map there, so it never does), and packages worker
 // and balancer, which build everywhere, use nothing else of it.
 //
+// # Lifecycle
+//
+// A worker's control socket and counter page are made by the master
+// before it starts the worker, live as long as the worker, and are closed
+// by the master once it has reaped the process. A conns socket is made
+// when the worker first listens on a listener, and closed by the master
+// once it has been read empty after the worker closed the listener or
+// died. The worker sees the master go as EOF on its control socket.
+//
 // # The control socket
 //
 // The master makes a socketpair per worker and passes one end to the
