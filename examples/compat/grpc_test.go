@@ -108,6 +108,7 @@ func countStream(cc *grpc.ClientConn, msgs *atomic.Int64) (int, error) {
 // connections, across a rolling restart.
 func TestGRPC(t *testing.T) {
 	m := startMaster(t, "--grpc", "127.0.0.1:0")
+	m.ownSignals = true // the gRPC server's own signal.NotifyContext
 	var conns []*grpc.ClientConn
 	for range 2 {
 		cc, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
