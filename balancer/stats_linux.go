@@ -47,6 +47,7 @@ func (w *Worker) Stats() WorkerStats {
 	defer w.b.mu.Unlock()
 	r := w.receivedLocked()
 	held := r - min(w.returned, r)
+	active := w.activeLocked() // once: the page's counters move meanwhile, and Busy is at most Active
 	return WorkerStats{
 		ID:         w.id,
 		PID:        w.pid,
@@ -57,11 +58,11 @@ func (w *Worker) Stats() WorkerStats {
 		Reclaimed:  w.reclaimed,
 		Returned:   w.returned,
 		Closed:     min(w.ctr.Closed.Load(), held),
-		Active:     w.activeLocked(),
+		Active:     active,
 		Unread:     w.unreadLocked(),
 		Stalled:    w.health == stalled,
 		Restarts:   w.slot.restarts,
 		Serving:    w.ctr.Serving.Load() == 1,
-		Busy:       min(int(w.ctr.Busy.Load()), w.activeLocked()),
+		Busy:       min(int(w.ctr.Busy.Load()), active),
 	}
 }

@@ -281,13 +281,6 @@ func (w *Worker) abandon() {
 	_ = w.Kill(syscall.SIGKILL)
 }
 
-// routable reports whether the worker may get new connections.
-func (w *Worker) routable() bool {
-	w.b.mu.Lock()
-	defer w.b.mu.Unlock()
-	return w.routableLocked()
-}
-
 // fork starts a worker process in s.
 func (b *Balancer) fork(s *slot) (*Worker, error) {
 	return b.forkWith(s, b.startProcess)
