@@ -240,7 +240,7 @@ type connTracker struct {
 	swept    int                    // len(hijacked) after the last sweep of closed ones
 }
 
-// connState is a connection's last state, and since when.
+// connState is a connection's last state and, for StateNew, since when.
 type connState struct {
 	state http.ConnState
 	since time.Time
@@ -313,7 +313,11 @@ func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 	}
 	switch s {
 	case http.StateNew, http.StateActive, http.StateIdle:
-		t.state[c] = connState{state: s, since: time.Now()}
+		st := connState{state: s}
+		if s == http.StateNew {
+			st.since = time.Now() // only a new connection's age is read (fresh)
+		}
+		t.state[c] = st
 	case http.StateHijacked:
 		delete(t.state, c)
 		t.hijacked[c] = struct{}{}
