@@ -188,12 +188,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 	if disconnected && underMaster && sigs != nil {
 		// The master sends SIGTERM once the listeners are closed: take it
 		// here rather than let it kill the process after Serve returns.
-		tm := time.NewTimer(listenerCloseWait)
-		select {
-		case <-gotSignal:
-		case <-tm.C:
-		}
-		tm.Stop()
+		waitAtMost(gotSignal, listenerCloseWait)
 	}
 	close(drained)
 	<-absorbed
@@ -214,10 +209,15 @@ func waitListeners(served <-chan struct{}) {
 	if !IsWorker() {
 		return
 	}
-	t := time.NewTimer(listenerCloseWait)
+	waitAtMost(served, listenerCloseWait)
+}
+
+// waitAtMost waits until ch is closed or d has passed.
+func waitAtMost(ch <-chan struct{}, d time.Duration) {
+	t := time.NewTimer(max(d, 0))
 	defer t.Stop()
 	select {
-	case <-served:
+	case <-ch:
 	case <-t.C:
 	}
 }
@@ -399,12 +399,7 @@ func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan 
 	}
 	// Let srv.Serve see its listeners closed and forget them: Shutdown
 	// would close them again, and report that error.
-	tm := time.NewTimer(time.Until(deadline))
-	select {
-	case <-served:
-	case <-tm.C:
-	}
-	tm.Stop()
+	waitAtMost(served, time.Until(deadline))
 	srv.SetKeepAlivesEnabled(false) // closes the idle HTTP/1 connections
 	wait := time.Millisecond
 	for t.fresh() > 0 && time.Now().Before(deadline) {
@@ -432,12 +427,7 @@ func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan 
 		_ = srv.Close()
 		t.closeHijacked()
 	}
-	tm = time.NewTimer(max(time.Until(deadline), 0))
-	select { // OnDrain, as long as the drain may last
-	case <-hookDone:
-	case <-tm.C:
-	}
-	tm.Stop()
+	waitAtMost(hookDone, time.Until(deadline)) // OnDrain, as long as the drain may last
 	return ok
 }
 
