@@ -54,6 +54,10 @@ func TestCLIStoppedWorkerIsRoutedAround(t *testing.T) {
 			_ = syscall.Kill(stopped.PID, syscall.SIGCONT)
 		}
 	}()
+	// kill returns before a thread running on another CPU has stopped:
+	// until then the worker can still read a connection, which it then
+	// holds, stopped, until it is killed.
+	waitFor(t, "every thread of the stopped worker to stop", func() bool { return proctest.Stopped(stopped.PID) })
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	const n = 100
 	for i := 0; i < n; i++ {

@@ -57,3 +57,25 @@ func Children(parent int) []int {
 	}
 	return pids
 }
+
+// Stopped reports whether every thread of process pid is stopped (state
+// T or t), as it is some time after kill(SIGSTOP) returns: the signal
+// stops a thread running on another CPU only when that CPU takes it.
+func Stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 >= len(s) || (s[i+2] != 'T' && s[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
