@@ -40,6 +40,7 @@ type Balancer struct {
 	started    bool                 // Start has been called
 	stopping   bool                 // Shutdown has begun: no restarts, no new workers
 	nextID     int                  // the id of the last worker forked
+	slots      int                  // the slots made, so the next one's index
 	workers    []*Worker            // alive or exiting, by id
 	listeners  []*listener          // every listener opened, by id - 1
 	byKey      map[string]*listener // listeners by "network address", as requested and as bound
@@ -333,7 +334,7 @@ func (b *Balancer) Start() error {
 	b.started = true
 	b.mu.Unlock()
 	for i := 0; i < b.opts.Workers; i++ {
-		if _, err := b.fork(&slot{}); err != nil {
+		if _, err := b.fork(b.newSlot(nil)); err != nil {
 			return err
 		}
 	}
@@ -343,7 +344,20 @@ func (b *Balancer) Start() error {
 // Fork starts one more worker, with env added to its environment on top of
 // Options.Env. If it crashes it is restarted with the same env.
 func (b *Balancer) Fork(env ...string) (*Worker, error) {
-	return b.fork(&slot{env: env})
+	return b.fork(b.newSlot(env))
+}
+
+// newSlot makes a place in the pool. Slots are numbered from 0 in the
+// order made, so Start's are 0 to Workers-1, and a slot keeps its index
+// across every restart and reload: what must stay with a place rather
+// than a process (a CPU pinned by CPUAffinity, an ip-hash client's
+// worker) follows the index.
+func (b *Balancer) newSlot(env []string) *slot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := &slot{index: b.slots, env: env}
+	b.slots++
+	return s
 }
 
 // Workers returns the workers that have not exited, by id.

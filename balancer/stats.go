@@ -34,6 +34,7 @@ type Stats struct {
 type WorkerStats struct {
 	ID         int
 	PID        int
+	Slot       int // its place in the pool, from 0; a replacement takes its predecessor's
 	State      State
 	Started    time.Time
 	Dispatched uint64 // connections handed to it

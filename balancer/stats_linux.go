@@ -51,6 +51,7 @@ func (w *Worker) Stats() WorkerStats {
 	return WorkerStats{
 		ID:         w.id,
 		PID:        w.pid,
+		Slot:       w.slot.index,
 		State:      w.state,
 		Started:    w.born,
 		Dispatched: w.sent,

@@ -20,6 +20,7 @@ import (
 // slot is a worker's place in the pool: its replacement after a crash or
 // a reload takes the same slot, with the same env and crash history.
 type slot struct {
+	index    int  // its place in the pool, from 0, kept by every worker it holds; see Balancer.newSlotLocked
 	retired  bool // Disconnect was asked for its worker: it stays empty
 	env      []string
 	crashes  int

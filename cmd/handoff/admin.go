@@ -79,6 +79,7 @@ func adminHandler(src statsSource) http.Handler {
 type workerJSON struct {
 	ID         int       `json:"id"`
 	PID        int       `json:"pid"`
+	Slot       int       `json:"slot"` // its place in the pool, from 0; a replacement takes its predecessor's
 	State      string    `json:"state"`
 	Active     int       `json:"active"`         // handed to it and not yet closed
 	Unread     int       `json:"unread"`         // waiting unread in its sockets
@@ -95,6 +96,7 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 		out[i] = workerJSON{
 			ID:         s.ID,
 			PID:        s.PID,
+			Slot:       s.Slot,
 			State:      s.State.String(),
 			Active:     s.Active,
 			Unread:     s.Unread,
