@@ -56,7 +56,7 @@ func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ip
 	now := time.Now()
 	l.touched = l.touched[:0]
 	for i := range hs {
-		w := b.pickLocked(l, now)
+		w := b.pickLocked(l, &hs[i], now)
 		if w == nil {
 			b.pendLocked(l, hs[i])
 			continue
@@ -76,26 +76,37 @@ func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ip
 	return retry
 }
 
-// pickLocked asks the listener's policy to choose among the workers that
-// can take a connection now.
-func (b *Balancer) pickLocked(l *listener, now time.Time) *Worker {
+// pickLocked asks the listener's policy to choose for h among the workers
+// that can take a connection now. Each worker's counts include what the
+// dispatch under way has put in its batch, so that a batch of accepted
+// connections does not all go to the worker that was least loaded before
+// it; its counter page is read once.
+func (b *Balancer) pickLocked(l *listener, h *ipc.Handoff, now time.Time) *Worker {
 	l.loads = l.loads[:0]
 	var only *Worker
 	for _, w := range l.workers {
-		if w.unreadLocked()+len(w.links[l].out) >= b.opts.MaxUnread || now.Before(w.blockedUntil) {
+		out := len(w.links[l].out)
+		unread := w.unreadLocked() + out
+		if unread >= b.opts.MaxUnread || now.Before(w.blockedUntil) {
 			continue
 		}
-		l.loads = append(l.loads, WorkerLoad{ID: w.id, Active: w.activeLocked()})
+		active := w.activeLocked() + out
+		load := WorkerLoad{ID: w.id, Slot: w.slot.index, Active: active, Unread: unread}
+		if w.ctr.Serving.Load() == 1 {
+			load.Serving = true
+			load.Busy = min(int(w.ctr.Busy.Load()), active-unread)
+		}
+		l.loads = append(l.loads, load)
 		only = w
 	}
 	switch len(l.loads) {
 	case 0:
 		return nil
 	case 1:
-		_ = l.policy.Pick(l.loads) // keep its rotation state current
+		_ = l.policy.Pick(l.connLocked(h), l.loads) // keep its rotation state current
 		return only
 	}
-	i := l.policy.Pick(l.loads)
+	i := l.policy.Pick(l.connLocked(h), l.loads)
 	if i < 0 || i >= len(l.loads) {
 		i = 0
 	}

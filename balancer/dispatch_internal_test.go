@@ -23,7 +23,7 @@ func testWorker(tb testing.TB, b *Balancer, id int, l *listener) *Worker {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = ctl.Close(); _ = remote.Close() })
-	w := b.newWorker(id, &slot{}, nil, ctl, nil)
+	w := b.newWorker(id, &slot{index: id - 1}, nil, ctl, nil)
 	w.ctr.FrameFDs.Store(ipc.MaxConns)
 	k, err := newLink(w, l)
 	if err != nil {

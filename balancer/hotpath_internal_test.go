@@ -14,16 +14,20 @@ import (
 // conns sockets are read by the test: the master's per-connection path
 // (choose, send, close its copy) without processes or sockets to accept.
 type hotPath struct {
-	b   *Balancer
-	l   *listener
-	ws  []*Worker
-	m   ipc.Message
-	one []ipc.Handoff
+	b     *Balancer
+	l     *listener
+	ws    []*Worker
+	m     ipc.Message
+	one   []ipc.Handoff
+	peers uint8 // counts the client's IPv4 address, so that ip-hash sees many
 }
 
-func newHotPath(tb testing.TB) *hotPath {
+func newHotPath(tb testing.TB) *hotPath { return newHotPathWith(tb, LeastLoaded) }
+
+// newHotPathWith is newHotPath with another policy.
+func newHotPathWith(tb testing.TB, newPolicy func() Policy) *hotPath {
 	tb.Helper()
-	b, l, ws := testBalancer(tb, LeastLoaded, 2)
+	b, l, ws := testBalancer(tb, newPolicy, 2)
 	h := &hotPath{b: b, l: l, ws: ws, one: make([]ipc.Handoff, 1)}
 	tb.Cleanup(func() {
 		b.mu.Lock()
@@ -36,14 +40,16 @@ func newHotPath(tb testing.TB) *hotPath {
 }
 
 // conn hands off one connection (an eventfd stands for the accepted
-// socket), receives it as the worker would, counts it read and closed on
-// the worker's counters, and closes it.
+// socket), from the next of 256 client addresses as accept4 gives them,
+// receives it as the worker would, counts it read and closed on the
+// worker's counters, and closes it.
 func (h *hotPath) conn(tb testing.TB) {
 	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	h.one[0] = ipc.Handoff{FD: int32(fd)}
+	h.peers++
+	h.one[0] = sockaddrInet4(int32(fd), [4]byte{192, 0, 2, h.peers}, 40000)
 	h.b.accepted(h.l, h.one)
 	for _, w := range h.ws {
 		if err := w.links[h.l].recv.Recv(&h.m, false, nil); err != nil {
@@ -75,6 +81,31 @@ func TestDispatchSteadyStateAllocatesNothing(t *testing.T) {
 	}
 	if d := h.ws[0].sent - h.ws[1].sent; d > 1 && -d > 1 {
 		t.Errorf("least-loaded split %d/%d with equal load", h.ws[0].sent, h.ws[1].sent)
+	}
+}
+
+// Pick is given the connection without an allocation, and no built-in
+// policy allocates on the master's path either.
+func TestPoliciesAllocateNothing(t *testing.T) {
+	for _, name := range PolicyNames() {
+		t.Run(name, func(t *testing.T) {
+			newPolicy, err := PolicyByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := newHotPathWith(t, newPolicy)
+			for range 1000 {
+				h.conn(t) // warm the scratch slices
+			}
+			if allocs := testing.AllocsPerRun(2000, func() { h.conn(t) }); allocs != 0 {
+				t.Errorf("%.2f allocations per connection with %s, want 0", allocs, name)
+			}
+			h.b.mu.Lock()
+			defer h.b.mu.Unlock()
+			if h.ws[0].sent == 0 || h.ws[1].sent == 0 {
+				t.Errorf("%s sent %d and %d: one worker got nothing", name, h.ws[0].sent, h.ws[1].sent)
+			}
+		})
 	}
 }
 

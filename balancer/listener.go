@@ -55,7 +55,8 @@ type listener struct {
 	workers []*Worker // listening here and routable, by id; under Balancer.mu
 
 	// Dispatch scratch, under Balancer.mu.
-	loads      []WorkerLoad  // what policy.Pick sees
+	conn       Conn          // what policy.Pick sees of the connection (connLocked)
+	loads      []WorkerLoad  // what policy.Pick sees of the workers
 	touched    []*link       // the links a dispatch filled, to flush
 	pending    handoffQueue  // connections no worker could take yet
 	pollBuf    []unix.PollFd // pending.prune's scratch

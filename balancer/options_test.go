@@ -2,6 +2,7 @@ package balancer_test
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,12 +56,16 @@ func TestOptionsValidate(t *testing.T) {
 
 func TestPolicyByName(t *testing.T) {
 	t.Parallel()
-	for _, name := range []string{balancer.PolicyRoundRobin, balancer.PolicyLeastLoaded} {
+	names := []string{balancer.PolicyRoundRobin, balancer.PolicyLeastLoaded, balancer.PolicyLeastRequests, balancer.PolicyIPHash}
+	if got := balancer.PolicyNames(); !slices.Equal(got, names) {
+		t.Errorf("PolicyNames() = %v, want %v", got, names)
+	}
+	for _, name := range names {
 		if p, err := balancer.PolicyByName(name); err != nil || p == nil || p() == nil {
 			t.Errorf("PolicyByName(%q): %v", name, err)
 		}
 	}
-	if _, err := balancer.PolicyByName("rr"); err == nil || !strings.Contains(err.Error(), "round-robin or least-loaded") {
+	if _, err := balancer.PolicyByName("rr"); err == nil || !strings.Contains(err.Error(), "round-robin, least-loaded, least-requests or ip-hash") {
 		t.Errorf("PolicyByName(rr) = %v, want an error listing the names", err)
 	}
 }
