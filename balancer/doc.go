@@ -52,9 +52,11 @@
 // One goroutine per listener accepts with raw accept4 until EAGAIN (no
 // epoll registration of accepted fds, no goroutine per connection), with
 // SOCK_NONBLOCK and the client's sockaddr, which travels with the fd. The
-// Policy picks a worker for each fd and each worker gets its batch in one
-// sendmsg on its conns socket for that listener (see package ipc); then
-// the master closes its copies, one close_range per run of fd numbers.
+// Policy picks a worker for each fd, seeing its client's address (decoded
+// from that sockaddr, without a syscall) and each candidate's load, and
+// each worker gets its batch in one sendmsg on its conns socket for that
+// listener (see package ipc); then the master closes its copies, one
+// close_range per run of fd numbers.
 // That is the whole per-connection cost in the master: no ack, no copy
 // kept, no close later. Socket options (TCP_NODELAY, keep-alive,
 // TCP_USER_TIMEOUT) are set once on the listener, and accepted sockets
@@ -77,7 +79,9 @@
 // While no worker can take a connection, it waits in a queue bounded by
 // Options.MaxPending and is dispatched as soon as one can. Each worker
 // counts the connections it read and closed on its counter page, which
-// is the load LeastLoaded balances, and the master's measure of progress.
+// is the load LeastLoaded balances, and the master's measure of progress;
+// one that serves through worker.Serve also counts there its connections
+// with a request in flight, which LeastRequests balances.
 //
 // # Fd ownership
 //

@@ -79,7 +79,7 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	var listen listFlag
 	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
 	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "number of worker processes; 0 means one per CPU")
-	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" or "+balancer.PolicyLeastLoaded)
+	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" (rotate), "+balancer.PolicyLeastLoaded+" (fewest connections), "+balancer.PolicyLeastRequests+" (fewest requests in flight), or "+balancer.PolicyIPHash+" (sticky by the client's IP: the peer's, a proxy's if behind one)")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", balancer.DefaultShutdownTimeout, "how long a draining worker may take after SIGTERM before SIGKILL; 0 means the default")
