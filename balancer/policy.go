@@ -154,7 +154,15 @@ func (p *leastLoaded) Pick(_ *Conn, ws []WorkerLoad) int {
 // as soon as the worker reads it); for a worker that does not report
 // Busy, they are its Active connections, as LeastLoaded counts, which is
 // never fewer. Idle keep-alive connections therefore weigh nothing on a
-// Serving worker. Ties rotate as in RoundRobin.
+// Serving worker.
+//
+// Of the workers with the fewest requests in flight, the one with the
+// fewest Active connections wins, and ties of both rotate as in
+// RoundRobin. Connections count second because Busy cannot see
+// everything: a connection the worker has read but whose request it has
+// not begun to read yet (its CPU is busy with another request) is
+// neither Unread nor Busy, and an idle keep-alive connection will send
+// another request.
 func LeastRequests() Policy { return &leastRequests{} }
 
 type leastRequests struct{ last int }
@@ -168,11 +176,16 @@ func inFlight(w WorkerLoad) int {
 }
 
 func (p *leastRequests) Pick(_ *Conn, ws []WorkerLoad) int {
-	least := inFlight(ws[0])
+	least, conns := inFlight(ws[0]), ws[0].Active
 	for _, w := range ws[1:] {
-		least = min(least, inFlight(w))
+		switch n := inFlight(w); {
+		case n < least:
+			least, conns = n, w.Active
+		case n == least:
+			conns = min(conns, w.Active)
+		}
 	}
-	i := after(ws, p.last, func(w WorkerLoad) bool { return inFlight(w) == least })
+	i := after(ws, p.last, func(w WorkerLoad) bool { return inFlight(w) == least && w.Active == conns })
 	p.last = ws[i].ID
 	return i
 }

@@ -31,6 +31,11 @@ func TestLeastRequests(t *testing.T) {
 			want: []int{2, 5, 9, 2},
 		},
 		{
+			name: "of equal requests, fewer connections win",
+			ws:   []balancer.WorkerLoad{{ID: 1, Active: 4, Serving: true, Busy: 1}, {ID: 2, Active: 2, Serving: true, Busy: 1}, {ID: 3, Active: 2, Serving: true, Busy: 1}},
+			want: []int{2, 3, 2},
+		},
+		{
 			name: "idle keep-alive connections weigh nothing",
 			ws:   []balancer.WorkerLoad{{ID: 1, Active: 50, Serving: true}, {ID: 2, Active: 1, Serving: true, Busy: 1}},
 			want: []int{1, 1},
