@@ -14,13 +14,16 @@
 //	reuseport    N Go processes, each with its own SO_REUSEPORT listener
 //	handoff-rr   a handoff master (balancer.RoundRobin) and N workers
 //	handoff-ll   the same with balancer.LeastLoaded
+//	handoff-lr   the same with balancer.LeastRequests
 //	node-rr      Node.js cluster, NODE_CLUSTER_SCHED_POLICY=rr   (if node is on PATH)
 //	node-none    Node.js cluster, NODE_CLUSTER_SCHED_POLICY=none (if node is on PATH)
 //
 // Every Go server is this binary re-executed in a role (-role=single,
 // reuseport, master or worker), so the handler is literally the same code.
-// Workers of the multi-process servers run with GOMAXPROCS=1. The handoff
-// master is a child process of its own, so its CPU is measured apart from
+// Workers of the multi-process servers run with GOMAXPROCS=1; a handoff
+// worker serves through worker.Serve, which reports its requests in
+// flight to the master (what handoff-lr balances). The handoff master is
+// a child process of its own, so its CPU is measured apart from
 // the bench and from the load generator.
 //
 // Workloads: keep-alive; new-conn (a new connection per request, wrk's

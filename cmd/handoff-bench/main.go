@@ -94,7 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.role, "role", "", "internal: run as a server process (single, reuseport, master, worker)")
 	fs.IntVar(&c.port, "port", 0, "internal: the port a server role listens on, on 127.0.0.1")
 	fs.StringVar(&c.statsDir, "stats-dir", "", "internal: directory for the per-process stats sockets")
-	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "internal: the master's policy, "+balancer.PolicyRoundRobin+" or "+balancer.PolicyLeastLoaded)
+	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "internal: the master's policy, one of "+strings.Join(balancer.PolicyNames(), ", "))
 	fs.StringVar(&c.profile, "cpuprofile", "", "internal: the master's CPU profile, taken between SIGUSR1 and SIGUSR2")
 	fs.IntVar(&c.roleProcs, "procs", 0, "internal: the worker count of a master role")
 	fs.Usage = func() {

@@ -375,6 +375,10 @@ func computeRatios(rows []runResult) []ratio {
 		get("handoff-ll", "skewed", p99), get("reuseport", "skewed", p99))
 	div("skewed p99: handoff-ll ÷ handoff-rr",
 		get("handoff-ll", "skewed", p99), get("handoff-rr", "skewed", p99))
+	div("skewed p99: handoff-lr ÷ reuseport",
+		get("handoff-lr", "skewed", p99), get("reuseport", "skewed", p99))
+	div("skewed p99: handoff-lr ÷ handoff-rr",
+		get("handoff-lr", "skewed", p99), get("handoff-rr", "skewed", p99))
 	return rs
 }
 
@@ -480,7 +484,7 @@ func perfStatNote(note string, rows []runResult) string {
 }
 
 func firstSkewed(rows []runResult) (runResult, bool) {
-	for _, name := range []string{"handoff-ll", "handoff-rr", "reuseport"} {
+	for _, name := range []string{"handoff-lr", "handoff-ll", "handoff-rr", "reuseport"} {
 		if r, ok := findRow(rows, name, "skewed"); ok {
 			return r, true
 		}

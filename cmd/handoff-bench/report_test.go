@@ -119,6 +119,7 @@ func ratioRows() []runResult {
 		row("reuseport", "skewed", 5000, 100*time.Millisecond, 0, 300),
 		row("handoff-rr", "skewed", 5000, 90*time.Millisecond, 10, 300),
 		row("handoff-ll", "skewed", 5000, 60*time.Millisecond, 10, 300),
+		row("handoff-lr", "skewed", 5000, 45*time.Millisecond, 10, 300),
 	}
 	rows[0].fillPerf(&perfUsage{workers: perfCounts{Syscalls: 20000, ContextSwitches: 1000}})
 	rows[1].fillPerf(&perfUsage{master: &perfCounts{Syscalls: 3000, ContextSwitches: 200}, workers: perfCounts{Syscalls: 18000, ContextSwitches: 1000}})
@@ -151,6 +152,8 @@ func TestComputeRatios(t *testing.T) {
 		{"new-conn context switches/conn: handoff-rr total ÷ reuseport total", 1.2},
 		{"skewed p99: handoff-ll ÷ reuseport", 0.6},
 		{"skewed p99: handoff-ll ÷ handoff-rr", 60.0 / 90},
+		{"skewed p99: handoff-lr ÷ reuseport", 0.45},
+		{"skewed p99: handoff-lr ÷ handoff-rr", 0.5},
 	} {
 		r, ok := got[tc.name]
 		if !ok {

@@ -129,7 +129,16 @@ func runServerRole(c *config) error {
 	var served atomic.Uint64
 	srv := &http.Server{Handler: benchHandler(&served), ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 1)
-	go func() { errs <- srv.Serve(ln) }()
+	if c.role == "worker" {
+		// A handoff worker serves as the README tells users to, with
+		// worker.Serve, which reports its requests in flight on its
+		// counter page for the least-requests policy. This process
+		// takes the signals itself, as the other roles do.
+		sc := worker.ServeConfig{NoSignals: true}
+		go func() { errs <- sc.Serve(ctx, srv, ln) }()
+	} else {
+		go func() { errs <- srv.Serve(ln) }()
+	}
 	// The stats socket appears only once the server listens: the bench
 	// counts sockets to know the server is ready.
 	closeStats, err := serveStats(c.statsDir, &served)

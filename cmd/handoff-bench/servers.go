@@ -22,7 +22,15 @@ import (
 )
 
 // The servers, in the order they run within a workload.
-var allServers = []string{"single", "reuseport", "handoff-rr", "handoff-ll", "node-rr", "node-none"}
+var allServers = []string{"single", "reuseport", "handoff-rr", "handoff-ll", "handoff-lr", "node-rr", "node-none"}
+
+// handoffPolicies are the policies of the handoff servers, by server:
+// names that balancer.PolicyByName takes, as the handoff CLI's --policy.
+var handoffPolicies = map[string]string{
+	"handoff-rr": balancer.PolicyRoundRobin,
+	"handoff-ll": balancer.PolicyLeastLoaded,
+	"handoff-lr": balancer.PolicyLeastRequests,
+}
 
 // Lifecycle bounds of a server.
 const (
@@ -172,8 +180,8 @@ func startServer(ctx context.Context, reg *registry, env *serverEnv, name, runTa
 				break
 			}
 		}
-	case "handoff-rr", "handoff-ll":
-		policy := map[string]string{"handoff-rr": balancer.PolicyRoundRobin, "handoff-ll": balancer.PolicyLeastLoaded}[name]
+	case "handoff-rr", "handoff-ll", "handoff-lr":
+		policy := handoffPolicies[name]
 		args := append([]string{"-role=master", "-procs=" + strconv.Itoa(env.workers), "-policy=" + policy}, base...)
 		if env.profile != "" {
 			args = append(args, "-cpuprofile="+env.profile)
