@@ -80,7 +80,8 @@ func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ip
 // that can take a connection now. Each worker's counts include what the
 // dispatch under way has put in its batch, so that a batch of accepted
 // connections does not all go to the worker that was least loaded before
-// it; its counter page is read once.
+// it. Serving and Busy are read once from the page, and Busy is clamped to
+// the connections the worker holds, as Worker.Stats does.
 func (b *Balancer) pickLocked(l *listener, h *ipc.Handoff, now time.Time) *Worker {
 	l.loads = l.loads[:0]
 	var only *Worker
