@@ -80,7 +80,7 @@ func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ip
 // that can take a connection now. Each worker's counts include what the
 // dispatch under way has put in its batch, so that a batch of accepted
 // connections does not all go to the worker that was least loaded before
-// it. Serving and Busy are read once from the page, and Busy is clamped to
+// it. Serving, Busy and Idle are read once from the page, and clamped to
 // the connections the worker holds, as Worker.Stats does.
 func (b *Balancer) pickLocked(l *listener, h *ipc.Handoff, now time.Time) *Worker {
 	l.loads = l.loads[:0]
@@ -96,6 +96,7 @@ func (b *Balancer) pickLocked(l *listener, h *ipc.Handoff, now time.Time) *Worke
 		if w.ctr.Serving.Load() == 1 {
 			load.Serving = true
 			load.Busy = min(int(w.ctr.Busy.Load()), active-unread)
+			load.Idle = min(int(w.ctr.Idle.Load()), active-unread-load.Busy)
 		}
 		l.loads = append(l.loads, load)
 		only = w

@@ -38,7 +38,7 @@ func ExamplePolicyByName() {
 func ExampleLeastRequests() {
 	p := balancer.LeastRequests()
 	workers := []balancer.WorkerLoad{
-		{ID: 1, Active: 40, Serving: true, Busy: 0},
+		{ID: 1, Active: 40, Serving: true, Idle: 40}, // 40 idle keep-alives
 		{ID: 2, Active: 1, Serving: true, Busy: 1},
 		{ID: 3, Active: 2}, // not Serving: its 2 connections count
 	}

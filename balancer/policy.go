@@ -46,6 +46,10 @@ type WorkerLoad struct {
 	// and its response, an HTTP/2 one with a stream open); at most
 	// Active - Unread. It is 0 for a worker that is not Serving.
 	Busy int
+	// Idle counts, for a Serving worker, the connections it read that are
+	// idle between requests (HTTP/1 keep-alive); at most Active - Unread
+	// - Busy. It is 0 for a worker that is not Serving.
+	Idle int
 }
 
 // Policy chooses the worker for each new connection on one listener.
@@ -149,20 +153,21 @@ func (p *leastLoaded) Pick(_ *Conn, ws []WorkerLoad) int {
 // busy with a slow request gets no new connection while another is idle,
 // however few connections it holds.
 //
-// A worker's requests in flight are, if it is Serving, its Busy
-// connections plus its Unread ones (each of which will carry a request
-// as soon as the worker reads it); for a worker that does not report
-// Busy, they are its Active connections, as LeastLoaded counts, which is
-// never fewer. Idle keep-alive connections therefore weigh nothing on a
-// Serving worker.
+// A worker's requests in flight are, if it is Serving, its Active
+// connections less its Idle ones: every connection it holds that is not
+// waiting between requests is counted, those with a request in flight
+// (Busy), those still Unread (each will carry a request as soon as the
+// worker reads it), and those it has read but whose request it has not
+// begun because its CPU is busy with another, which neither Unread nor
+// Busy sees and which are what makes a busy worker slow. Hijacked
+// connections (WebSockets) count too: they hold the worker as long as
+// they are open. For a worker that does not report them, they are its
+// Active connections, as LeastLoaded counts, which is never fewer. Idle
+// keep-alive connections therefore weigh nothing on a Serving worker.
 //
 // Of the workers with the fewest requests in flight, the one with the
-// fewest Active connections wins, and ties of both rotate as in
-// RoundRobin. Connections count second because Busy cannot see
-// everything: a connection the worker has read but whose request it has
-// not begun to read yet (its CPU is busy with another request) is
-// neither Unread nor Busy, and an idle keep-alive connection will send
-// another request.
+// fewest Active connections wins (an idle keep-alive connection will
+// send another request), and ties of both rotate as in RoundRobin.
 func LeastRequests() Policy { return &leastRequests{} }
 
 type leastRequests struct{ last int }
@@ -170,7 +175,7 @@ type leastRequests struct{ last int }
 // inFlight is LeastRequests' measure of w.
 func inFlight(w WorkerLoad) int {
 	if w.Serving {
-		return w.Busy + w.Unread
+		return max(w.Active-w.Idle, 0)
 	}
 	return w.Active
 }

@@ -37,7 +37,7 @@ func TestLeastRequests(t *testing.T) {
 		},
 		{
 			name: "idle keep-alive connections weigh nothing",
-			ws:   []balancer.WorkerLoad{{ID: 1, Active: 50, Serving: true}, {ID: 2, Active: 1, Serving: true, Busy: 1}},
+			ws:   []balancer.WorkerLoad{{ID: 1, Active: 50, Serving: true, Idle: 50}, {ID: 2, Active: 1, Serving: true, Busy: 1}},
 			want: []int{1, 1},
 		},
 		{
@@ -46,8 +46,13 @@ func TestLeastRequests(t *testing.T) {
 			want: []int{2, 2},
 		},
 		{
+			name: "connections read and not yet begun count as requests",
+			ws:   []balancer.WorkerLoad{{ID: 1, Active: 3, Serving: true, Busy: 1}, {ID: 2, Active: 3, Serving: true, Busy: 1, Idle: 1}},
+			want: []int{2, 2},
+		},
+		{
 			name: "a worker that is not serving counts its connections",
-			ws:   []balancer.WorkerLoad{{ID: 1, Active: 3, Busy: 0}, {ID: 2, Active: 8, Serving: true, Busy: 2}},
+			ws:   []balancer.WorkerLoad{{ID: 1, Active: 3, Busy: 0}, {ID: 2, Active: 8, Serving: true, Busy: 2, Idle: 6}},
 			want: []int{2, 2},
 		},
 		{

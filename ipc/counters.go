@@ -30,4 +30,13 @@ type Counters struct {
 	// worker.Serve): a policy balancing on requests in flight can use
 	// Busy for it, and falls back to connections for the others.
 	Serving atomic.Uint32
+	// Idle is the number of the worker's connections that its serving
+	// helper sees idle between requests (HTTP/1 keep-alive waiting for
+	// the next request). Everything else it holds, new connections whose
+	// first request is on its way, those with a request in flight and
+	// hijacked ones, is at work: Active minus Idle is what the master
+	// counts as in flight, which sees even the connections a worker with
+	// its CPU busy has read but not begun. Meaningful only while Serving
+	// is 1.
+	Idle atomic.Uint32
 }

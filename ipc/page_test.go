@@ -215,6 +215,7 @@ func TestCountersLayout(t *testing.T) {
 		{name: "Readers", got: unsafe.Offsetof(c.Readers), want: 24},
 		{name: "Busy", got: unsafe.Offsetof(c.Busy), want: 28},
 		{name: "Serving", got: unsafe.Offsetof(c.Serving), want: 32},
+		{name: "Idle", got: unsafe.Offsetof(c.Idle), want: 36},
 		{name: "size", got: unsafe.Sizeof(c), want: 40},
 	} {
 		if tt.got != tt.want {

@@ -305,11 +305,7 @@ func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 		return
 	}
 	if t.ctr != nil {
-		if s == http.StateActive {
-			t.ctr.Busy.Add(1)
-		} else if known && old.state == http.StateActive {
-			t.ctr.Busy.Add(^uint32(0))
-		}
+		t.countLocked(old.state, known, s)
 	}
 	switch s {
 	case http.StateNew, http.StateActive, http.StateIdle:
@@ -328,6 +324,25 @@ func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 		}
 	case http.StateClosed:
 		delete(t.state, c)
+	}
+}
+
+// countLocked moves the page's Busy and Idle counts from c's old state
+// (if known) to s.
+func (t *connTracker) countLocked(old http.ConnState, known bool, s http.ConnState) {
+	if known {
+		switch old {
+		case http.StateActive:
+			t.ctr.Busy.Add(^uint32(0))
+		case http.StateIdle:
+			t.ctr.Idle.Add(^uint32(0))
+		}
+	}
+	switch s {
+	case http.StateActive:
+		t.ctr.Busy.Add(1)
+	case http.StateIdle:
+		t.ctr.Idle.Add(1)
 	}
 }
 

@@ -390,7 +390,7 @@ func TestServeDrainsHTTP2(t *testing.T) {
 
 // Under a master, Serve reports on the counter page that it serves, and
 // which connections have a request in flight.
-func TestServeReportsBusyConnections(t *testing.T) {
+func TestServeReportsBusyAndIdleConnections(t *testing.T) {
 	fm := startMaster(t)
 	fm.install(t)
 	l := fm.listen(t, "tcp", "127.0.0.1:0")
@@ -426,8 +426,8 @@ func TestServeReportsBusyConnections(t *testing.T) {
 	}
 	<-started
 	<-started
-	if n := fm.ctr.Busy.Load(); n != 2 {
-		t.Fatalf("Busy %d with two requests in flight, want 2", n)
+	if n, idle := fm.ctr.Busy.Load(), fm.ctr.Idle.Load(); n != 2 || idle != 0 {
+		t.Fatalf("Busy %d, Idle %d with two requests in flight, want 2 and 0", n, idle)
 	}
 	close(release)
 	for range clients {
@@ -436,6 +436,13 @@ func TestServeReportsBusyConnections(t *testing.T) {
 		}
 	}
 	waitFor(t, "Busy back to 0", func() bool { return fm.ctr.Busy.Load() == 0 })
+	// Answered, the keep-alive connections wait for their next request:
+	// idle, until their clients close them.
+	waitFor(t, "both connections idle", func() bool { return fm.ctr.Idle.Load() == 2 })
+	for _, c := range clients {
+		_ = c.Close()
+	}
+	waitFor(t, "Idle back to 0 once the clients closed", func() bool { return fm.ctr.Idle.Load() == 0 })
 }
 
 // A TLS listener serves HTTP/2 over ALPN through Serve.
