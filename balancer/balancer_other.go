@@ -65,6 +65,10 @@ func (w *Worker) Send(v any) error         { return errNeedsLinux }
 func (w *Worker) Kill(sig os.Signal) error { return errNeedsLinux }
 func (w *Worker) Disconnect()              {}
 func (w *Worker) Active() int              { return 0 }
-func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead} }
+func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead, CPU: -1} }
+
+// DefaultWorkers is the worker count that Options.Workers 0 means: on
+// Linux the CPU limit of the cgroup; here runtime.NumCPU().
+func DefaultWorkers() int { return runtime.NumCPU() }
 
 func ListenSocket(network, address string) (net.Listener, error) { return nil, errNeedsLinux }
