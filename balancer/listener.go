@@ -466,11 +466,12 @@ func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	return closed, scratch
 }
 
-// takeN removes and returns the n oldest queued connections, all of them
-// if n is more, and when each was first queued; the slices stay valid
-// until the next take or takeN, so connections can be pushed meanwhile.
+// takeN removes and returns the n oldest queued connections (all of them
+// if n is more, or negative) and when each was first queued; the slices
+// stay valid until the next take or takeN, so connections can be pushed
+// meanwhile.
 func (q *handoffQueue) takeN(n int) ([]ipc.Handoff, []int64) {
-	if n >= q.len() {
+	if n < 0 || n >= q.len() {
 		return q.take()
 	}
 	if q.head > 0 && q.head >= len(q.hs)/2 {
