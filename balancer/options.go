@@ -42,9 +42,8 @@ var (
 )
 
 // Options configures a Balancer. The zero value runs one worker per CPU
-// that the cgroup allows (DefaultWorkers),
-// each re-executing the current binary with the same arguments, as
-// cluster.fork() does. A zero field means its default; a value that
+// that the cgroup allows (DefaultWorkers), each re-executing the current
+// binary with the same arguments, as cluster.fork() does. A zero field means its default; a value that
 // means nothing (a negative count or timeout) makes Validate, and so New,
 // fail with an *OptionError: nothing is quietly replaced.
 type Options struct {
