@@ -3,6 +3,7 @@
 package balancer
 
 import (
+	"context"
 	"time"
 
 	"github.com/handoff-go/handoff/ipc"
@@ -132,5 +133,44 @@ func (b *Balancer) retryAdmission() {
 	if b.admissionQueuedLocked() > 0 && b.roomLocked(true) == 0 {
 		b.adm.armed = true
 		b.adm.timer.Reset(admitRetry)
+	}
+}
+
+// admissionPoll is how often Shutdown looks whether the admit queues
+// have emptied.
+const admissionPoll = 10 * time.Millisecond
+
+// awaitAdmission waits, at Shutdown, once nothing more is accepted, until
+// the connections that MaxConns holds have gone to workers, or no worker
+// can take them, or ShutdownTimeout or ctx ends: those clients were
+// accepted, and draining the workers first would close them unserved.
+// What is still queued then is closed with the pending queue.
+func (b *Balancer) awaitAdmission(ctx context.Context) {
+	if b.opts.MaxConns == 0 {
+		return
+	}
+	t := time.NewTimer(b.opts.ShutdownTimeout)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		n, routable := b.admissionQueuedLocked(), 0
+		for _, w := range b.workers {
+			if w.routableLocked() {
+				routable++
+			}
+		}
+		b.mu.Unlock()
+		if n == 0 || routable == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.log.Warn().Int("conns", n).Str("timeout", b.opts.ShutdownTimeout.String()).
+				Msg("shutting down: connections still wait under max-conns; closing them")
+			return
+		case <-time.After(admissionPoll):
+		}
 	}
 }

@@ -512,7 +512,8 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 }
 
 // Shutdown stops accepting, accepts what is already in the listen
-// backlog, drains every worker gracefully and waits for them to exit. If
+// backlog, lets in what MaxConns holds (for up to ShutdownTimeout), drains
+// every worker gracefully and waits for them to exit. If
 // ctx ends first, the workers left are killed. The balancer cannot be used
 // again.
 func (b *Balancer) Shutdown(ctx context.Context) error {
@@ -540,6 +541,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 		_ = l.f.SetReadDeadline(time.Unix(1, 0))
 		<-l.done
 	}
+	b.awaitAdmission(ctx)
 	for _, w := range b.Workers() {
 		w.disconnect()
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,4 +105,31 @@ func scrapeGauge(admin, name string) (float64, error) {
 		return 0, fmt.Errorf("/metrics has no gauge %s", name)
 	}
 	return mf.Metric[0].Gauge.GetValue(), nil
+}
+
+// SIGTERM while --max-conns holds clients in the queue serves them before
+// the workers drain: they were accepted, and are answered, not closed.
+func TestCLIMaxConnsSigtermServesTheQueue(t *testing.T) {
+	const clients = 6
+	admin := proctest.FreeAddr(t)
+	m := startMaster(t, "--workers", "2", "--admin", admin, "--max-conns", "2")
+	var g errgroup.Group
+	for range clients {
+		g.Go(func() error {
+			client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			return loadtest.Get(client, "http://"+m.addr+"/?delay=500ms")
+		})
+	}
+	waitFor(t, "clients held by --max-conns", func() bool {
+		return value(t, metricsOf(t, admin), "handoff_pending_admission_connections") > 0
+	})
+	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Wait(); err != nil {
+		t.Errorf("a client held by --max-conns at SIGTERM was not answered: %v", err)
+	}
+	if err := m.wait(t, 30*time.Second, "the master did not exit after SIGTERM"); err != nil {
+		t.Errorf("master exited with %v after SIGTERM", err)
+	}
 }
