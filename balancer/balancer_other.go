@@ -65,7 +65,7 @@ func (w *Worker) Send(v any) error         { return errNeedsLinux }
 func (w *Worker) Kill(sig os.Signal) error { return errNeedsLinux }
 func (w *Worker) Disconnect()              {}
 func (w *Worker) Active() int              { return 0 }
-func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead, CPU: -1} }
+func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead} }
 
 // DefaultWorkers is the worker count that Options.Workers 0 means: on
 // Linux the CPU limit of the cgroup; here runtime.NumCPU().

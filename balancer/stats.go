@@ -51,7 +51,8 @@ type WorkerStats struct {
 	Stalled    bool   // not reading: routed around until it answers a ping
 	Restarts   int    // how many workers its slot had before it
 	GOMAXPROCS int    // the GOMAXPROCS the master set in its environment; 0 if the user set it
-	CPU        int    // the CPU it is pinned to (Options.CPUAffinity); -1 if none
+	Pinned     bool   // it is pinned to one CPU (Options.CPUAffinity)
+	CPU        int    // the CPU it is pinned to, if Pinned
 	// Serving is true once the worker reports its requests in flight
 	// (it serves HTTP through worker.Serve); Busy is then how many of
 	// its connections have a request in flight, at most Active.

@@ -68,7 +68,8 @@ func (w *Worker) Stats() WorkerStats {
 		Stalled:    w.health == stalled,
 		Restarts:   w.slot.restarts,
 		GOMAXPROCS: w.gomaxprocs,
-		CPU:        w.cpu,
+		Pinned:     w.cpu >= 0,
+		CPU:        max(w.cpu, 0),
 		Serving:    w.ctr.Serving.Load() == 1,
 		Busy:       min(int(w.ctr.Busy.Load()), active),
 	}

@@ -111,7 +111,7 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 		if s.Serving {
 			out[i].Busy = &s.Busy
 		}
-		if s.CPU >= 0 {
+		if s.Pinned {
 			out[i].CPU = &s.CPU
 		}
 	}

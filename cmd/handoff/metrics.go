@@ -173,7 +173,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if w.GOMAXPROCS > 0 {
 			gauge(c.wProcs, float64(w.GOMAXPROCS), id)
 		}
-		if w.CPU >= 0 {
+		if w.Pinned {
 			gauge(c.wCPU, float64(w.CPU), id)
 		}
 	}

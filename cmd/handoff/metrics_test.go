@@ -151,8 +151,8 @@ func TestCollectorAdmissionAndCPUs(t *testing.T) {
 			src.s.PendingWait.Buckets[i] = 1
 		}
 	}
-	src.ws[0].GOMAXPROCS, src.ws[0].CPU = 1, 1
-	src.ws[1].CPU = -1 // not pinned, and the user's GOMAXPROCS
+	src.ws[0].GOMAXPROCS, src.ws[0].Pinned, src.ws[0].CPU = 1, true, 1
+	// src.ws[1] is not pinned, and has the user's GOMAXPROCS.
 	const want = `
 # HELP handoff_connections_in_progress Connections handed to workers and not yet closed by them, unread ones included: what --max-conns caps.
 # TYPE handoff_connections_in_progress gauge
