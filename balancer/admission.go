@@ -52,6 +52,15 @@ var monoEpoch = time.Now()
 // dispatchLocked's since would not tell from "not queued".
 func mono(now time.Time) int64 { return int64(now.Sub(monoEpoch)) + 1 }
 
+// queuedSince is at, when a connection was first queued, or now for one
+// queued for the first time.
+func queuedSince(at int64, now time.Time) int64 {
+	if at != 0 {
+		return at
+	}
+	return mono(now)
+}
+
 // initAdmission makes the admission timer, stopped; New calls it.
 func (b *Balancer) initAdmission() {
 	b.adm.timer = time.AfterFunc(time.Hour, b.retryAdmission)

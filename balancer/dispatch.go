@@ -62,23 +62,23 @@ func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff, since []int
 	room := b.roomLocked(fresh) // once a batch; -1 for no cap
 	l.touched = l.touched[:0]
 	for i := range hs {
-		at := mono(now)
+		var at int64 // when hs[i] was first queued; 0 if never
 		if since != nil {
 			at = since[i]
 		}
 		if room == 0 {
-			b.holdLocked(l, hs[i], at)
+			b.holdLocked(l, hs[i], queuedSince(at, now))
 			continue
 		}
 		w := b.pickLocked(l, now)
 		if w == nil {
-			b.pendLocked(l, hs[i], at, fresh)
+			b.pendLocked(l, hs[i], queuedSince(at, now), fresh)
 			continue
 		}
 		if room > 0 {
 			room--
 		}
-		if since != nil {
+		if at != 0 {
 			b.stats.pendingWait.observe(time.Duration(mono(now) - at))
 		}
 		k := w.links[l]
