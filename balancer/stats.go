@@ -15,7 +15,7 @@ type Stats struct {
 	Dropped        uint64            // connections closed because the pending queue was full
 	Gone           uint64            // queued connections closed because their client had gone
 	Pending        int               // connections waiting for a worker now, or for room under MaxConns
-	Admission      int               // of Pending, the new connections held under MaxConns (0 without a cap)
+	Admission      int               // of Pending, the new ones, queued while MaxConns is set (for room, or for a worker)
 	InProgress     int               // connections handed to workers and not yet closed: what MaxConns caps
 	MaxConns       int               // Options.MaxConns; 0 for no cap
 	PendingWait    WaitHistogram     // how long connections handed to a worker from the pending queue had waited there

@@ -72,7 +72,7 @@ func newCollector(src statsSource) *collector {
 		reclaimed:    d("connections_reclaimed_total", "Connections taken back unread from a worker (dead, stalled or closing a listener) and dispatched again."),
 		stalls:       d("worker_stalls_total", "Times a worker was found not reading its connections and routed around."),
 		pending:      d("pending_connections", "Accepted connections waiting for a worker (the pending queue), or for room under --max-conns."),
-		admission:    d("pending_admission_connections", "Of handoff_pending_connections, the new ones held under --max-conns."),
+		admission:    d("pending_admission_connections", "Of handoff_pending_connections, the new ones, queued while --max-conns is set (for room, or for a worker)."),
 		pendingWait:  d("pending_wait_seconds", "How long connections handed to a worker from the pending queue had waited there."),
 		inProgress:   d("connections_in_progress", "Connections handed to workers and not yet closed by them, unread ones included: what --max-conns caps."),
 		maxConns:     d("max_conns", "The cap on connections in progress (--max-conns); 0 for none."),

@@ -160,7 +160,7 @@ handoff_connections_in_progress 10
 # HELP handoff_max_conns The cap on connections in progress (--max-conns); 0 for none.
 # TYPE handoff_max_conns gauge
 handoff_max_conns 10
-# HELP handoff_pending_admission_connections Of handoff_pending_connections, the new ones held under --max-conns.
+# HELP handoff_pending_admission_connections Of handoff_pending_connections, the new ones, queued while --max-conns is set (for room, or for a worker).
 # TYPE handoff_pending_admission_connections gauge
 handoff_pending_admission_connections 4
 # HELP handoff_pending_wait_seconds How long connections handed to a worker from the pending queue had waited there.
