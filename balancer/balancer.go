@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/user"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -49,6 +48,8 @@ type Balancer struct {
 	pendTimer  *time.Timer          // retries the pending queues (retryPending)
 	pendArmed  bool                 // pendTimer is set
 	pendDelay  time.Duration        // pendTimer's last delay, doubled up to maxPendingRetry
+	adm        admission            // the retry of what MaxConns holds; see admission.go
+	cpus       cpuPlan              // the workers' CPU limit, GOMAXPROCS and pinned CPUs; see cpus_linux.go
 	stallTimer *time.Timer          // checks for stalled workers (checkStalls)
 	stallArmed bool                 // stallTimer is set
 	closed     bool                 // Shutdown has finished: timers do nothing
@@ -80,8 +81,9 @@ func New(opts Options) (*Balancer, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	cpus := planCPUs(opts)
 	if opts.Workers == 0 {
-		opts.Workers = runtime.NumCPU()
+		opts.Workers = cpus.limit
 	}
 	if opts.Policy == nil {
 		opts.Policy = RoundRobin
@@ -128,6 +130,7 @@ func New(opts Options) (*Balancer, error) {
 		dropLogLimit:   rateLimit{every: time.Second},
 		badLogLimit:    rateLimit{every: time.Second},
 		done:           make(chan struct{}),
+		cpus:           cpus,
 	}
 	if b.path == "" {
 		exe, err := os.Executable()
@@ -155,6 +158,7 @@ func New(opts Options) (*Balancer, error) {
 	b.pendTimer.Stop()
 	b.stallTimer = time.AfterFunc(time.Hour, b.checkStalls)
 	b.stallTimer.Stop()
+	b.initAdmission()
 	b.events = newEventQueue(opts.OnEvent)
 	return b, nil
 }
@@ -508,7 +512,8 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 }
 
 // Shutdown stops accepting, accepts what is already in the listen
-// backlog, drains every worker gracefully and waits for them to exit. If
+// backlog, lets in what MaxConns holds (for up to ShutdownTimeout), drains
+// every worker gracefully and waits for them to exit. If
 // ctx ends first, the workers left are killed. The balancer cannot be used
 // again.
 func (b *Balancer) Shutdown(ctx context.Context) error {
@@ -536,6 +541,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 		_ = l.f.SetReadDeadline(time.Unix(1, 0))
 		<-l.done
 	}
+	b.awaitAdmission(ctx)
 	for _, w := range b.Workers() {
 		w.disconnect()
 	}
@@ -568,6 +574,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 	b.mu.Unlock()
 	b.pendTimer.Stop()
 	b.stallTimer.Stop()
+	b.adm.timer.Stop()
 	b.events.close()
 	b.log.Info().Msg("shut down")
 	return err

@@ -67,4 +67,8 @@ func (w *Worker) Disconnect()              {}
 func (w *Worker) Active() int              { return 0 }
 func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead} }
 
+// DefaultWorkers is the worker count that Options.Workers 0 means: on
+// Linux the CPU limit of the cgroup; here runtime.NumCPU().
+func DefaultWorkers() int { return runtime.NumCPU() }
+
 func ListenSocket(network, address string) (net.Listener, error) { return nil, errNeedsLinux }

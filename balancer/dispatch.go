@@ -33,7 +33,7 @@ const maxPendingRetry = 100 * time.Millisecond
 func (b *Balancer) accepted(l *listener, hs []ipc.Handoff) {
 	b.mu.Lock()
 	b.stats.accepted += uint64(len(hs))
-	b.dispatchLocked(l, hs)
+	b.admitLocked(l, hs)
 	b.mu.Unlock()
 }
 
@@ -42,9 +42,14 @@ func (b *Balancer) accepted(l *listener, hs []ipc.Handoff) {
 // in one close_range per run of numbers. Connections whose send failed
 // are dispatched again; the worker that failed is excluded by then, so
 // this ends, at worst with every connection pending.
-func (b *Balancer) dispatchLocked(l *listener, hs []ipc.Handoff) {
+//
+// fresh says the connections are new, and so held under Options.MaxConns;
+// those taken back from a worker are not. since, if not nil, is parallel
+// to hs: when each was first queued (drainQueueLocked).
+func (b *Balancer) dispatchLocked(l *listener, hs []ipc.Handoff, since []int64, fresh bool) {
 	for len(hs) > 0 {
-		hs = b.dispatchOnceLocked(l, hs)
+		hs = b.dispatchOnceLocked(l, hs, since, fresh)
+		since = nil // retries, after a failed send, count their wait afresh
 	}
 	scm.CloseFDs(b.sentFDs)
 	b.sentFDs = b.sentFDs[:0]
@@ -52,14 +57,29 @@ func (b *Balancer) dispatchLocked(l *listener, hs []ipc.Handoff) {
 
 // dispatchOnceLocked assigns connections to workers in batches, sends
 // every batch, and returns those of the batches that could not be sent.
-func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff) (retry []ipc.Handoff) {
+func (b *Balancer) dispatchOnceLocked(l *listener, hs []ipc.Handoff, since []int64, fresh bool) (retry []ipc.Handoff) {
 	now := time.Now()
+	room := b.roomLocked(fresh) // once a batch; -1 for no cap
 	l.touched = l.touched[:0]
 	for i := range hs {
+		var at int64 // when hs[i] was first queued; 0 if never
+		if since != nil {
+			at = since[i]
+		}
+		if room == 0 {
+			b.holdLocked(l, hs[i], queuedSince(at, now))
+			continue
+		}
 		w := b.pickLocked(l, &hs[i], now)
 		if w == nil {
-			b.pendLocked(l, hs[i])
+			b.pendLocked(l, hs[i], queuedSince(at, now), fresh)
 			continue
+		}
+		if room > 0 {
+			room--
+		}
+		if at != 0 {
+			b.stats.pendingWait.observe(time.Duration(mono(now) - at))
 		}
 		k := w.links[l]
 		if len(k.out) == 0 {
@@ -162,9 +182,10 @@ func (b *Balancer) flushLocked(k *link, now time.Time) []ipc.Handoff {
 	return append([]ipc.Handoff(nil), hs...)
 }
 
-// pendLocked queues h until a worker can take it, or closes it past
+// pendLocked queues h, first queued at since, until a worker can take it
+// (in l.admit if it is fresh and a cap is set), or closes it past
 // Options.MaxPending.
-func (b *Balancer) pendLocked(l *listener, h ipc.Handoff) {
+func (b *Balancer) pendLocked(l *listener, h ipc.Handoff, since int64, fresh bool) {
 	if b.stopping && len(b.workers) == 0 {
 		closeFD(int(h.FD))
 		return
@@ -180,7 +201,11 @@ func (b *Balancer) pendLocked(l *listener, h ipc.Handoff) {
 		}
 		return
 	}
-	l.pending.push(h)
+	q := &l.pending
+	if fresh && b.opts.MaxConns > 0 {
+		q = &l.admit
+	}
+	q.push(h, since)
 	b.pending++
 	b.armPendingLocked()
 }
@@ -203,10 +228,12 @@ func (b *Balancer) retryPending() {
 	// Close queued connections whose client left first: that frees fds,
 	// for taking back what dead workers never read.
 	for _, l := range b.listeners {
-		var n int
-		n, l.pollBuf = l.pending.prune(l.pollBuf)
-		b.pending -= n
-		b.stats.gone += uint64(n)
+		for _, q := range [...]*handoffQueue{&l.pending, &l.admit} {
+			var n int
+			n, l.pollBuf = q.prune(l.pollBuf)
+			b.pending -= n
+			b.stats.gone += uint64(n)
+		}
 	}
 	b.reclaimOrphansLocked()
 	if b.pending == 0 {
@@ -228,22 +255,43 @@ func (b *Balancer) retryPending() {
 	}
 }
 
-// drainPendingLocked dispatches l's queued connections, oldest first.
+// drainPendingLocked dispatches l's queued connections, oldest first:
+// those taken back from workers, then the new ones that MaxConns holds,
+// as far as it lets them in.
 func (b *Balancer) drainPendingLocked(l *listener) {
-	if l.pending.len() == 0 || len(l.workers) == 0 {
+	if len(l.workers) == 0 {
 		return
 	}
-	hs := l.pending.take()
-	b.pending -= len(hs)
-	b.dispatchLocked(l, hs)
+	b.drainQueueLocked(l, &l.pending, false)
+	b.drainQueueLocked(l, &l.admit, true)
 	if b.pending == 0 {
 		b.pendDelay = 0
 	}
 }
 
+// drainQueueLocked dispatches q, one of l's queues, whose connections are
+// fresh or not as dispatchLocked has it.
+func (b *Balancer) drainQueueLocked(l *listener, q *handoffQueue, fresh bool) {
+	if q.len() == 0 {
+		return
+	}
+	n := q.len()
+	if fresh && b.opts.MaxConns > 0 {
+		// Only as many as may go in: the rest keep their place.
+		if n = b.roomLocked(true); n == 0 {
+			return
+		}
+	}
+	hs, since := q.takeN(n)
+	b.pending -= len(hs)
+	b.dispatchLocked(l, hs, since, fresh)
+}
+
 // dropPendingLocked closes l's queued connections, at Shutdown.
 func (b *Balancer) dropPendingLocked(l *listener) {
-	hs := l.pending.take()
+	hs, _ := l.pending.take()
+	more, _ := l.admit.take()
+	hs = append(hs, more...)
 	for _, h := range hs {
 		closeFD(int(h.FD))
 		b.pending--
@@ -336,7 +384,7 @@ func (b *Balancer) reclaimLocked(k *link) bool {
 		b.stats.reclaimed += n
 		b.stats.redispatched += n
 		hs := append(k.l.reclaimBuf[:0], m.Handoffs...)
-		b.dispatchLocked(k.l, hs)
+		b.dispatchLocked(k.l, hs, nil, false)
 		k.l.reclaimBuf = hs[:0]
 	}
 }
@@ -563,7 +611,7 @@ func (b *Balancer) returned(w *Worker, lid uint32, fds []int) {
 	w.returned += n
 	b.stats.redispatched += n
 	if l != nil && len(hs) > 0 {
-		b.dispatchLocked(l, hs)
+		b.dispatchLocked(l, hs, nil, false)
 	}
 }
 

@@ -116,7 +116,8 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 		sent += drainLink(t, w.links[l])
 	}
 	pending := l.pending.len()
-	for _, h := range l.pending.take() {
+	queued, _ := l.pending.take()
+	for _, h := range queued {
 		closeFD(int(h.FD))
 	}
 	b.pending = 0
@@ -230,9 +231,9 @@ func TestPruneKeepsHalfClosedClientsWithARequest(t *testing.T) {
 		return fd
 	}
 	var q handoffQueue
-	q.push(ipc.Handoff{FD: int32(accept("GET / HTTP/1.0\r\n\r\n"))}) // half-closed, request waiting
-	q.push(ipc.Handoff{FD: int32(accept(""))})                       // left without a word
-	time.Sleep(50 * time.Millisecond)                                // the FINs arrive
+	q.push(ipc.Handoff{FD: int32(accept("GET / HTTP/1.0\r\n\r\n"))}, 1) // half-closed, request waiting
+	q.push(ipc.Handoff{FD: int32(accept(""))}, 2)                       // left without a word
+	time.Sleep(50 * time.Millisecond)                                   // the FINs arrive
 	closed, _ := q.prune(nil)
 	if kept := q.len(); closed != 1 || kept != 1 {
 		t.Fatalf("closed %d and kept %d, want 1 and 1 (the client with a request)", closed, kept)
@@ -240,7 +241,7 @@ func TestPruneKeepsHalfClosedClientsWithARequest(t *testing.T) {
 	// Past halfCloseGrace it is taken for a client that gave up.
 	time.Sleep(halfCloseGrace + 100*time.Millisecond)
 	closed, _ = q.prune(nil)
-	kept := q.take()
+	kept, _ := q.take()
 	for _, h := range kept {
 		_ = unix.Close(int(h.FD))
 	}

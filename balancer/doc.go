@@ -77,7 +77,8 @@
 //     workers.
 //
 // While no worker can take a connection, it waits in a queue bounded by
-// Options.MaxPending and is dispatched as soon as one can. Each worker
+// Options.MaxPending and is dispatched as soon as one can; so does a new
+// connection past Options.MaxConns, until others close (admission.go). Each worker
 // counts the connections it read and closed on its counter page, which
 // is the load LeastLoaded balances, and the master's measure of progress;
 // one that serves through worker.Serve also counts there its connections
@@ -126,8 +127,9 @@
 //     in Balancer.wg.
 //   - A restart timer per slot waiting to restart, also in wg; Shutdown
 //     cancels those not yet run.
-//   - Two timers that run under mu and never block: the pending queue's
-//     retry and the stall check (stall.go), stopped at Shutdown.
+//   - Three timers that run under mu and never block: the pending queue's
+//     retry, the admission retry (admission.go) and the stall check
+//     (stall.go), stopped at Shutdown.
 //   - The event queue's one goroutine, which calls Options.OnEvent; it
 //     ends when Shutdown closes the queue and the queue is empty.
 //   - Reload's replacements, one per worker replaced at once, joined by

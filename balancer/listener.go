@@ -59,6 +59,7 @@ type listener struct {
 	loads      []WorkerLoad  // what policy.Pick sees of the workers
 	touched    []*link       // the links a dispatch filled, to flush
 	pending    handoffQueue  // connections no worker could take yet
+	admit      handoffQueue  // new connections held under Options.MaxConns; see admission.go
 	pollBuf    []unix.PollFd // pending.prune's scratch
 	reclaimBuf []ipc.Handoff // what a reclaim read back, to dispatch again
 
@@ -395,15 +396,25 @@ func sameSocket(bound net.Addr, local unix.Sockaddr) bool {
 // handoffQueue is a FIFO of accepted connections waiting for a worker.
 // It has no lock of its own: each listener's queue is under Balancer.mu,
 // so its methods, which only that lock's holder calls, carry no suffix.
+//
+// Beside each connection it keeps when it was first queued (see mono),
+// in a parallel slice, so that queueing allocates nothing per connection
+// and a connection taken and queued again keeps its first time.
 type handoffQueue struct {
-	hs    []ipc.Handoff // the queue is hs[head:]
-	spare []ipc.Handoff // the slice take returned last, reused by the next
-	head  int           // hs[:head] has been taken
+	hs         []ipc.Handoff // the queue is hs[head:]
+	since      []int64       // parallel to hs: when each was first queued
+	spare      []ipc.Handoff // the slice take returned last, reused by the next
+	spareSince []int64       // and its times
+	head       int           // hs[:head] has been taken
 }
 
 func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
-func (q *handoffQueue) push(h ipc.Handoff) { q.hs = append(q.hs, h) }
+// push queues h, first queued at since (a mono time).
+func (q *handoffQueue) push(h ipc.Handoff, since int64) {
+	q.hs = append(q.hs, h)
+	q.since = append(q.since, since)
+}
 
 // halfCloseGrace is how long a queued client that sent its request and
 // then FIN is kept. One that half-closed to wait for its answer is served
@@ -440,7 +451,7 @@ func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 	if n, err := unix.Poll(scratch, 0); err != nil || n == 0 {
 		return 0, scratch
 	}
-	kept, closed := live[:0], 0
+	kept, keptSince, closed := live[:0], q.since[q.head:q.head], 0
 	for i, h := range live {
 		ev := scratch[i].Revents
 		if ev&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 || ev&unix.POLLRDHUP != 0 && !waitsForAnswer(int(h.FD)) {
@@ -449,17 +460,42 @@ func (q *handoffQueue) prune(scratch []unix.PollFd) (int, []unix.PollFd) {
 			continue
 		}
 		kept = append(kept, h)
+		keptSince = append(keptSince, q.since[q.head+i])
 	}
 	q.hs = q.hs[:q.head+len(kept)]
+	q.since = q.since[:q.head+len(keptSince)]
 	return closed, scratch
 }
 
-// take removes and returns every queued connection; the slice stays valid
-// until the next take, so connections can be pushed back meanwhile.
-func (q *handoffQueue) take() []ipc.Handoff {
-	hs := q.hs[q.head:]
+// takeN removes and returns the n oldest queued connections (all of them
+// if n is more, or negative) and when each was first queued; the slices
+// stay valid until the next take or takeN, so connections can be pushed
+// meanwhile.
+func (q *handoffQueue) takeN(n int) ([]ipc.Handoff, []int64) {
+	if n < 0 || n >= q.len() {
+		return q.take()
+	}
+	if q.head > 0 && q.head >= len(q.hs)/2 {
+		// Move the live part down, so that the front taken so far
+		// does not hold memory for good: what an earlier takeN
+		// returned has been dispatched by now.
+		k := copy(q.hs, q.hs[q.head:])
+		copy(q.since, q.since[q.head:])
+		q.hs, q.since, q.head = q.hs[:k], q.since[:k], 0
+	}
+	hs, since := q.hs[q.head:q.head+n], q.since[q.head:q.head+n]
+	q.head += n
+	return hs, since
+}
+
+// take removes and returns every queued connection and when each was
+// first queued; the slices stay valid until the next take, so
+// connections can be pushed back meanwhile.
+func (q *handoffQueue) take() ([]ipc.Handoff, []int64) {
+	hs, since := q.hs[q.head:], q.since[q.head:]
 	q.hs, q.spare, q.head = q.spare[:0], q.hs, 0
-	return hs
+	q.since, q.spareSince = q.spareSince[:0], q.since
+	return hs, since
 }
 
 // rateLimit allows one event per interval, from any goroutine.

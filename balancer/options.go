@@ -41,13 +41,15 @@ var (
 	ErrReloadAborted = errors.New("balancer: reload aborted")
 )
 
-// Options configures a Balancer. The zero value runs one worker per CPU,
-// each re-executing the current binary with the same arguments, as
-// cluster.fork() does. A zero field means its default; a value that
+// Options configures a Balancer. The zero value runs one worker per CPU
+// that the cgroup allows (DefaultWorkers), each re-executing the current
+// binary with the same arguments, as cluster.fork() does. A zero field means its default; a value that
 // means nothing (a negative count or timeout) makes Validate, and so New,
 // fail with an *OptionError: nothing is quietly replaced.
 type Options struct {
-	// Workers is the number of worker processes; 0 means runtime.NumCPU().
+	// Workers is the number of worker processes; 0 means DefaultWorkers(),
+	// the CPU limit of the master's cgroup, not runtime.NumCPU(): a
+	// container given 2 CPUs of a 48-CPU host runs 2 workers.
 	Workers int
 	// Path is the program each worker runs; "" means the current binary.
 	Path string
@@ -55,6 +57,10 @@ type Options struct {
 	// process's own arguments (os.Args[1:]).
 	Args []string
 	// Env is added to this process's environment for every worker.
+	// Unless GOMAXPROCS is set there, in this process's environment or in
+	// Fork's env, each worker gets GOMAXPROCS=N, its share of the CPU
+	// limit: max(1, DefaultWorkers() / Workers). Workers that each took
+	// every CPU would run more threads than the container has CPUs.
 	Env []string
 	// Dir is the workers' working directory; "" means the master's.
 	Dir string
@@ -90,9 +96,21 @@ type Options struct {
 	// DefaultMaxUnread.
 	MaxUnread int
 	// MaxPending bounds the accepted connections waiting for a worker when
-	// none can take them. Past it the newest are closed; 0 means
-	// DefaultMaxPending.
+	// none can take them, or for room under MaxConns. Past it the newest
+	// are closed; 0 means DefaultMaxPending.
 	MaxPending int
+	// MaxConns, if positive, caps the connections in progress across all
+	// workers: handed to a worker and not yet closed by it, unread ones
+	// included (the sum of Worker.Active). Past it new connections wait in
+	// the pending queue, oldest first, until others close; connections
+	// taken back from a worker and served elsewhere were admitted already
+	// and are not held back. 0 means no cap. See admission.go.
+	MaxConns int
+	// CPUAffinity pins the worker of slot i (WorkerStats.Slot) to the
+	// (i mod n)-th of the n CPUs the master may run on, as nginx's
+	// worker_cpu_affinity auto does; its replacements keep that CPU. Off,
+	// workers run on any CPU the master may.
+	CPUAffinity bool
 
 	// KeepAlive is the TCP keep-alive idle time and probe interval set on
 	// every TCP listener, which accepted connections inherit (with 9
@@ -141,6 +159,7 @@ func (o Options) Validate() error {
 		{"ReloadConcurrency", o.ReloadConcurrency < 0, o.ReloadConcurrency},
 		{"MaxUnread", o.MaxUnread < 0, o.MaxUnread},
 		{"MaxPending", o.MaxPending < 0, o.MaxPending},
+		{"MaxConns", o.MaxConns < 0, o.MaxConns},
 		{"TCPUserTimeout", o.TCPUserTimeout < 0, o.TCPUserTimeout},
 	} {
 		if f.bad {

@@ -28,6 +28,7 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "negative reload concurrency", opts: balancer.Options{ReloadConcurrency: -1}, field: "ReloadConcurrency"},
 		{name: "negative max unread", opts: balancer.Options{MaxUnread: -1}, field: "MaxUnread"},
 		{name: "negative max pending", opts: balancer.Options{MaxPending: -1}, field: "MaxPending"},
+		{name: "negative max conns", opts: balancer.Options{MaxConns: -1}, field: "MaxConns"},
 		{name: "negative user timeout", opts: balancer.Options{TCPUserTimeout: -1}, field: "TCPUserTimeout"},
 	}
 	for _, tt := range tests {

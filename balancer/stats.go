@@ -14,7 +14,11 @@ type Stats struct {
 	Reclaimed      uint64            // connections taken back unread from a worker's sockets
 	Dropped        uint64            // connections closed because the pending queue was full
 	Gone           uint64            // queued connections closed because their client had gone
-	Pending        int               // connections waiting for a worker now
+	Pending        int               // connections waiting for a worker now, or for room under MaxConns
+	Admission      int               // of Pending, the new ones, queued while MaxConns is set (for room, or for a worker)
+	InProgress     int               // connections handed to workers and not yet closed: what MaxConns caps
+	MaxConns       int               // Options.MaxConns; 0 for no cap
+	PendingWait    WaitHistogram     // how long connections handed to a worker from the pending queue had waited there
 	Forked         uint64            // worker processes started
 	Restarts       uint64            // unexpected worker exits that were restarted
 	ProtocolErrors uint64            // workers killed for breaking the protocol
@@ -46,11 +50,66 @@ type WorkerStats struct {
 	Unread     int    // waiting in its sockets now
 	Stalled    bool   // not reading: routed around until it answers a ping
 	Restarts   int    // how many workers its slot had before it
+	GOMAXPROCS int    // the GOMAXPROCS the master set in its environment; 0 if the user set it
+	Pinned     bool   // it is pinned to one CPU (Options.CPUAffinity)
+	CPU        int    // the CPU it is pinned to, if Pinned
 	// Serving is true once the worker reports its requests in flight
 	// (it serves HTTP through worker.Serve); Busy is then how many of
 	// its connections have a request in flight, at most Active.
 	Serving bool
 	Busy    int
+}
+
+// WaitBuckets is the number of buckets of a WaitHistogram.
+const WaitBuckets = 13
+
+// pendingWaitBounds are WaitHistogram's bucket bounds: from 1ms, under
+// which a connection waits for a worker that is merely busy, to 10s,
+// past which clients give up.
+var pendingWaitBounds = [WaitBuckets]time.Duration{
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// WaitHistogram counts how long connections waited, in fixed buckets, in
+// the form of a Prometheus histogram.
+type WaitHistogram struct {
+	Count   uint64                     // waits observed
+	Sum     time.Duration              // their total
+	Bounds  [WaitBuckets]time.Duration // the buckets' upper bounds, ascending
+	Buckets [WaitBuckets]uint64        // Buckets[i]: the waits of at most Bounds[i] (cumulative)
+}
+
+// waitHistogram is WaitHistogram's live form, under Balancer.mu: each
+// bucket counts only its own range, so an observation is one increment.
+type waitHistogram struct {
+	counts [WaitBuckets + 1]uint64 // the last: longer than every bound
+	count  uint64
+	sum    time.Duration
+}
+
+// observe counts one wait.
+func (h *waitHistogram) observe(d time.Duration) {
+	i := 0
+	for i < WaitBuckets && d > pendingWaitBounds[i] {
+		i++
+	}
+	h.counts[i]++
+	h.count++
+	h.sum += d
+}
+
+// export returns h as a WaitHistogram, with cumulative buckets.
+func (h *waitHistogram) export() WaitHistogram {
+	out := WaitHistogram{Count: h.count, Sum: h.sum, Bounds: pendingWaitBounds}
+	var n uint64
+	for i := range out.Buckets {
+		n += h.counts[i]
+		out.Buckets[i] = n
+	}
+	return out
 }
 
 // stats are the master's counters, under Balancer.mu.
@@ -71,6 +130,7 @@ type stats struct {
 	dispatched     uint64
 	listenErrors   uint64
 	exits          map[string]uint64
+	pendingWait    waitHistogram
 }
 
 // acceptErrorLocked counts a failed accept4 by its errno.

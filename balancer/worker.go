@@ -81,6 +81,9 @@ type Worker struct {
 	log  zerolog.Logger
 	born time.Time
 
+	gomaxprocs int // the GOMAXPROCS put in its environment, 0 if the user set it
+	cpu        int // the CPU it is pinned to, or -1
+
 	// Under Balancer.mu.
 	state        State               // its life; from StateDisconnecting on its exit is expected
 	health       health              // whether its behaviour lets it get connections
@@ -357,6 +360,9 @@ func (b *Balancer) startProcess(id int, s *slot) (*exec.Cmd, *ipc.Conn, *ipc.Pag
 	cmd := exec.Command(b.path, b.args...)
 	cmd.Env = append(os.Environ(), b.opts.Env...)
 	cmd.Env = append(cmd.Env, s.env...)
+	if n := b.gomaxprocsFor(s); n > 0 {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(n))
+	}
 	cmd.Env = append(cmd.Env, ipc.EnvWorkerID+"="+strconv.Itoa(id), ipc.EnvControlFD+"="+strconv.Itoa(ipc.ControlFD),
 		ipc.EnvPageFD+"="+strconv.Itoa(ipc.PageFD))
 	cmd.Dir = b.opts.Dir
@@ -370,7 +376,11 @@ func (b *Balancer) startProcess(id int, s *slot) (*exec.Cmd, *ipc.Conn, *ipc.Pag
 	// Own process group: a terminal's Ctrl-C reaches only the master,
 	// which then drains the workers itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: b.cred}
-	err = cmd.Start()
+	if cpu := b.cpus.cpuFor(s); cpu >= 0 {
+		err = startOnCPU(cmd, cpu)
+	} else {
+		err = cmd.Start()
+	}
 	_ = remote.Close()
 	_ = pageFile.Close()
 	if err != nil {
@@ -393,6 +403,9 @@ func (b *Balancer) newWorker(id int, s *slot, cmd *exec.Cmd, ctl *ipc.Conn, page
 		born:   time.Now(),
 		links:  make(map[*listener]*link),
 		exited: make(chan struct{}),
+
+		gomaxprocs: b.gomaxprocsFor(s),
+		cpu:        b.cpus.cpuFor(s),
 	}
 	if page != nil {
 		w.ctr = page.Counters()

@@ -87,7 +87,9 @@ type workerJSON struct {
 	Busy       *int      `json:"busy,omitempty"` // connections with a request in flight, if it reports them (worker.Serve)
 	Dispatched uint64    `json:"dispatched"`     // handed to it in all
 	Started    time.Time `json:"started"`
-	Restarts   int       `json:"restarts"` // unexpected exits in its slot before it
+	Restarts   int       `json:"restarts"`             // unexpected exits in its slot before it
+	GOMAXPROCS int       `json:"gomaxprocs,omitempty"` // the GOMAXPROCS the master gave it; absent if the user set GOMAXPROCS
+	CPU        *int      `json:"cpu,omitempty"`        // the CPU it is pinned to (--cpu-affinity); absent if not pinned
 }
 
 func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
@@ -104,9 +106,13 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 			Dispatched: s.Dispatched,
 			Started:    s.Started.UTC(),
 			Restarts:   s.Restarts,
+			GOMAXPROCS: s.GOMAXPROCS,
 		}
 		if s.Serving {
 			out[i].Busy = &s.Busy
+		}
+		if s.Pinned {
+			out[i].CPU = &s.CPU
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -9,7 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,6 +31,8 @@ type config struct {
 	shutdownTimeout   time.Duration
 	handoffTimeout    time.Duration
 	maxPending        int
+	maxConns          int
+	cpuAffinity       bool
 	maxUnread         int
 	tcpKeepAlive      time.Duration
 	tcpUserTimeout    time.Duration
@@ -78,13 +80,15 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	var listen listFlag
 	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
-	fs.IntVar(&c.workers, "workers", runtime.NumCPU(), "number of worker processes; 0 means one per CPU")
+	fs.IntVar(&c.workers, "workers", 0, "number of worker processes; 0 means the CPU limit of the cgroup (here "+strconv.Itoa(balancer.DefaultWorkers())+"), not every CPU of the host; each worker's GOMAXPROCS is its share of that limit unless GOMAXPROCS is set")
 	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" (rotate), "+balancer.PolicyLeastLoaded+" (fewest connections), "+balancer.PolicyLeastRequests+" (fewest requests in flight), or "+balancer.PolicyIPHash+" (sticky by the client's IP: the peer's, a proxy's if behind one)")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", balancer.DefaultShutdownTimeout, "how long a draining worker may take after SIGTERM before SIGKILL; 0 means the default")
 	fs.DurationVar(&c.handoffTimeout, "handoff-timeout", balancer.DefaultHandoffTimeout, "how long a worker that stopped reading its connections (they are served elsewhere within milliseconds) may also leave the master's pings unanswered before it is killed; 0 means the default")
 	fs.IntVar(&c.maxPending, "max-pending", balancer.DefaultMaxPending, "accepted connections held while no worker can take them; past this the newest are closed; 0 means the default")
+	fs.IntVar(&c.maxConns, "max-conns", 0, "connections in progress (handed to a worker and not yet closed by it) across all workers; past it new connections wait in the pending queue (--max-pending) until others close; 0 means no cap")
+	fs.BoolVar(&c.cpuAffinity, "cpu-affinity", false, "pin the worker of slot i to the (i mod n)-th of the n CPUs the master may run on, as nginx's worker_cpu_affinity auto; a replacement keeps its slot's CPU")
 	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more; 0 means the default")
 	fs.DurationVar(&c.tcpKeepAlive, "tcp-keepalive", balancer.DefaultKeepAlive, "TCP keep-alive idle time and probe interval of every connection, set once on the listening socket; 0 turns keep-alive off")
 	fs.IntVar(&c.masterProcs, "master-procs", 1, "GOMAXPROCS of the master process (the workers keep Go's default): the master's work is one accept loop per listener, and one P spares it the Go runtime's wakeups of idle threads; 0 leaves Go's default")
@@ -180,6 +184,7 @@ var optionFlags = map[string]string{
 	"ShutdownTimeout":   "shutdown-timeout",
 	"HandoffTimeout":    "handoff-timeout",
 	"MaxPending":        "max-pending",
+	"MaxConns":          "max-conns",
 	"MaxUnread":         "max-unread",
 	"KeepAlive":         "tcp-keepalive",
 	"TCPUserTimeout":    "tcp-user-timeout",
@@ -195,6 +200,8 @@ func masterOptions(c *config) (balancer.Options, error) {
 		ShutdownTimeout:   c.shutdownTimeout,
 		HandoffTimeout:    c.handoffTimeout,
 		MaxPending:        c.maxPending,
+		MaxConns:          c.maxConns,
+		CPUAffinity:       c.cpuAffinity,
 		MaxUnread:         c.maxUnread,
 		KeepAlive:         c.tcpKeepAlive,
 		TCPUserTimeout:    c.tcpUserTimeout,

@@ -44,7 +44,7 @@ func TestParseFlags(t *testing.T) {
 		check   func(*config) error
 	}{
 		{name: "defaults", check: func(c *config) error {
-			if len(c.listen) != 1 || c.listen[0] != ":8000" || c.policy != "round-robin" || c.workers < 1 {
+			if len(c.listen) != 1 || c.listen[0] != ":8000" || c.policy != "round-robin" || c.workers != 0 || c.maxConns != 0 || c.cpuAffinity {
 				return fmt.Errorf("%+v", c)
 			}
 			return nil
@@ -68,6 +68,14 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative max pending", args: []string{"--max-pending", "-1"}, wantErr: "--max-pending must not be negative, not -1"},
 		{name: "negative max unread", args: []string{"--max-unread", "-1"}, wantErr: "--max-unread must not be negative, not -1"},
 		{name: "negative reload concurrency", args: []string{"--reload-concurrency", "-1"}, wantErr: "--reload-concurrency must not be negative, not -1"},
+		{name: "negative max conns", args: []string{"--max-conns", "-1"}, wantErr: "--max-conns must not be negative, not -1"},
+		{name: "max conns and cpu affinity", args: []string{"--max-conns", "10", "--cpu-affinity"}, check: func(c *config) error {
+			opts, err := masterOptions(c)
+			if err != nil || opts.MaxConns != 10 || !opts.CPUAffinity {
+				return fmt.Errorf("%+v: %v", opts, err)
+			}
+			return nil
+		}},
 		// 0 means the balancer's default, as in its Options.
 		{name: "zeros are defaults", args: []string{"--workers", "0", "--handoff-timeout", "0s", "--max-pending", "0", "--max-unread", "0", "--reload-concurrency", "0", "--shutdown-timeout", "0s"}, check: func(c *config) error {
 			if c.workers != 0 || c.maxPending != 0 {

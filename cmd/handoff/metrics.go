@@ -31,6 +31,10 @@ type collector struct {
 	reclaimed    *prometheus.Desc
 	stalls       *prometheus.Desc
 	pending      *prometheus.Desc
+	admission    *prometheus.Desc
+	pendingWait  *prometheus.Desc
+	inProgress   *prometheus.Desc
+	maxConns     *prometheus.Desc
 	forked       *prometheus.Desc
 	restarts     *prometheus.Desc
 	exits        *prometheus.Desc
@@ -48,6 +52,8 @@ type collector struct {
 	wReclaimed  *prometheus.Desc
 	wRestarts   *prometheus.Desc
 	wStarted    *prometheus.Desc
+	wProcs      *prometheus.Desc
+	wCPU        *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -65,7 +71,11 @@ func newCollector(src statsSource) *collector {
 		dropped:      d("connections_dropped_total", "Connections closed because the pending queue was full."),
 		reclaimed:    d("connections_reclaimed_total", "Connections taken back unread from a worker (dead, stalled or closing a listener) and dispatched again."),
 		stalls:       d("worker_stalls_total", "Times a worker was found not reading its connections and routed around."),
-		pending:      d("pending_connections", "Accepted connections waiting for a worker (the pending queue)."),
+		pending:      d("pending_connections", "Accepted connections waiting for a worker (the pending queue), or for room under --max-conns."),
+		admission:    d("pending_admission_connections", "Of handoff_pending_connections, the new ones, queued while --max-conns is set (for room, or for a worker)."),
+		pendingWait:  d("pending_wait_seconds", "How long connections handed to a worker from the pending queue had waited there."),
+		inProgress:   d("connections_in_progress", "Connections handed to workers and not yet closed by them, unread ones included: what --max-conns caps."),
+		maxConns:     d("max_conns", "The cap on connections in progress (--max-conns); 0 for none."),
 		forked:       d("workers_started_total", "Worker processes started."),
 		restarts:     d("worker_restarts_total", "Unexpected worker exits that were restarted."),
 		exits:        d("worker_exits_total", "Worker exits by reason: disconnect (asked to), code (exited on its own), signal (killed).", "reason"),
@@ -83,6 +93,8 @@ func newCollector(src statsSource) *collector {
 		wReclaimed:  d("worker_connections_reclaimed_total", "Connections taken back unread from the worker and served elsewhere.", "worker"),
 		wRestarts:   d("worker_restarts", "Unexpected exits in the worker's slot before it was started.", "worker"),
 		wStarted:    d("worker_start_time_seconds", "When the worker was started, in seconds since the Unix epoch.", "worker"),
+		wProcs:      d("worker_gomaxprocs", "The GOMAXPROCS the master gave the worker, its share of the CPU limit; absent when the user set GOMAXPROCS.", "worker"),
+		wCPU:        d("worker_cpu", "The CPU the worker is pinned to (--cpu-affinity); absent when it is not pinned.", "worker"),
 	}
 }
 
@@ -90,8 +102,9 @@ func newCollector(src statsSource) *collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.reclaimed, c.stalls, c.pending,
+		c.admission, c.pendingWait, c.inProgress, c.maxConns,
 		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining,
-		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted,
+		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted, c.wProcs, c.wCPU,
 	} {
 		ch <- d
 	}
@@ -114,6 +127,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.redispatched, s.Redispatched)
 	counter(c.dropped, s.Dropped)
 	gauge(c.pending, float64(s.Pending))
+	gauge(c.admission, float64(s.Admission))
+	gauge(c.inProgress, float64(s.InProgress))
+	gauge(c.maxConns, float64(s.MaxConns))
+	buckets := make(map[float64]uint64, len(s.PendingWait.Bounds))
+	for i, b := range s.PendingWait.Bounds {
+		buckets[b.Seconds()] = s.PendingWait.Buckets[i]
+	}
+	ch <- prometheus.MustNewConstHistogram(c.pendingWait, s.PendingWait.Count, s.PendingWait.Sum.Seconds(), buckets)
 	counter(c.forked, s.Forked)
 	counter(c.restarts, s.Restarts)
 	for _, reason := range []string{"disconnect", "code", "signal"} {
@@ -149,6 +170,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.wReclaimed, w.Reclaimed, id)
 		gauge(c.wRestarts, float64(w.Restarts), id)
 		gauge(c.wStarted, float64(w.Started.UnixNano())/1e9, id)
+		if w.GOMAXPROCS > 0 {
+			gauge(c.wProcs, float64(w.GOMAXPROCS), id)
+		}
+		if w.Pinned {
+			gauge(c.wCPU, float64(w.CPU), id)
+		}
 	}
 }
 

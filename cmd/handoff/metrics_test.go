@@ -59,7 +59,7 @@ handoff_connections_reclaimed_total 4
 # HELP handoff_connections_redispatched_total Connections handed to another worker after the first one failed to take them.
 # TYPE handoff_connections_redispatched_total counter
 handoff_connections_redispatched_total 1
-# HELP handoff_pending_connections Accepted connections waiting for a worker (the pending queue).
+# HELP handoff_pending_connections Accepted connections waiting for a worker (the pending queue), or for room under --max-conns.
 # TYPE handoff_pending_connections gauge
 handoff_pending_connections 2
 # HELP handoff_worker_connections_active Connections handed to the worker and not yet closed by it.
@@ -130,5 +130,67 @@ func TestCollectorLint(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+}
+
+// The admission figures, the time-queued histogram and each worker's
+// GOMAXPROCS and pinned CPU, where they are set.
+func TestCollectorAdmissionAndCPUs(t *testing.T) {
+	t.Parallel()
+	src := testSource()
+	src.s.Pending, src.s.Admission, src.s.InProgress, src.s.MaxConns = 5, 4, 10, 10
+	src.s.PendingWait = balancer.WaitHistogram{Count: 3, Sum: 1500 * time.Millisecond}
+	bounds := []time.Duration{time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond, 10 * time.Millisecond,
+		25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+		time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second}
+	for i, b := range bounds {
+		src.s.PendingWait.Bounds[i] = b
+		if b >= 500*time.Millisecond {
+			src.s.PendingWait.Buckets[i] = 3
+		} else if b >= 250*time.Millisecond {
+			src.s.PendingWait.Buckets[i] = 1
+		}
+	}
+	src.ws[0].GOMAXPROCS, src.ws[0].Pinned, src.ws[0].CPU = 1, true, 1
+	// src.ws[1] is not pinned, and has the user's GOMAXPROCS.
+	const want = `
+# HELP handoff_connections_in_progress Connections handed to workers and not yet closed by them, unread ones included: what --max-conns caps.
+# TYPE handoff_connections_in_progress gauge
+handoff_connections_in_progress 10
+# HELP handoff_max_conns The cap on connections in progress (--max-conns); 0 for none.
+# TYPE handoff_max_conns gauge
+handoff_max_conns 10
+# HELP handoff_pending_admission_connections Of handoff_pending_connections, the new ones, queued while --max-conns is set (for room, or for a worker).
+# TYPE handoff_pending_admission_connections gauge
+handoff_pending_admission_connections 4
+# HELP handoff_pending_wait_seconds How long connections handed to a worker from the pending queue had waited there.
+# TYPE handoff_pending_wait_seconds histogram
+handoff_pending_wait_seconds_bucket{le="0.001"} 0
+handoff_pending_wait_seconds_bucket{le="0.0025"} 0
+handoff_pending_wait_seconds_bucket{le="0.005"} 0
+handoff_pending_wait_seconds_bucket{le="0.01"} 0
+handoff_pending_wait_seconds_bucket{le="0.025"} 0
+handoff_pending_wait_seconds_bucket{le="0.05"} 0
+handoff_pending_wait_seconds_bucket{le="0.1"} 0
+handoff_pending_wait_seconds_bucket{le="0.25"} 1
+handoff_pending_wait_seconds_bucket{le="0.5"} 3
+handoff_pending_wait_seconds_bucket{le="1"} 3
+handoff_pending_wait_seconds_bucket{le="2.5"} 3
+handoff_pending_wait_seconds_bucket{le="5"} 3
+handoff_pending_wait_seconds_bucket{le="10"} 3
+handoff_pending_wait_seconds_bucket{le="+Inf"} 3
+handoff_pending_wait_seconds_sum 1.5
+handoff_pending_wait_seconds_count 3
+# HELP handoff_worker_cpu The CPU the worker is pinned to (--cpu-affinity); absent when it is not pinned.
+# TYPE handoff_worker_cpu gauge
+handoff_worker_cpu{worker="2"} 1
+# HELP handoff_worker_gomaxprocs The GOMAXPROCS the master gave the worker, its share of the CPU limit; absent when the user set GOMAXPROCS.
+# TYPE handoff_worker_gomaxprocs gauge
+handoff_worker_gomaxprocs{worker="2"} 1
+`
+	names := []string{"handoff_connections_in_progress", "handoff_max_conns", "handoff_pending_admission_connections",
+		"handoff_pending_wait_seconds", "handoff_worker_cpu", "handoff_worker_gomaxprocs"}
+	if err := testutil.CollectAndCompare(newCollector(src), strings.NewReader(want), names...); err != nil {
+		t.Error(err)
 	}
 }

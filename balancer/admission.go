@@ -1,0 +1,185 @@
+//go:build linux
+
+package balancer
+
+import (
+	"context"
+	"time"
+
+	"github.com/handoff-go/handoff/ipc"
+)
+
+// Admission control (Options.MaxConns): a cap on the connections in
+// progress across all workers, those handed to a worker and not yet
+// closed by it, unread ones included; the sum of Worker.Active.
+//
+// A new connection past the cap waits in its listener's admit queue,
+// which the pending queue's bound (MaxPending) and prune cover as they
+// cover the pending queue, and is dispatched, oldest first, once others
+// have closed. The master learns of a close only from the worker's
+// counter page, which no frame announces: while connections wait for
+// room, a timer looks again every admitRetry. That costs one timer wakeup
+// and a read of each worker's counters per tick, and no syscall: the
+// prune, which polls every queued fd, stays on the pending queue's own
+// slower schedule (armPendingLocked).
+//
+// Connections taken back from a worker (reclaimed from a dead or stalled
+// one, or handed back by one that closed its listener) were admitted
+// already: the sum stopped counting them when they were taken back, and
+// counts them again once they are sent. They go to l.pending, not to the
+// admit queue, and are dispatched before any new connection, so the cap
+// never starves what a worker's failure put back.
+//
+// The in-progress sum is taken once per dispatch batch (O(workers)), and
+// counted down as the batch assigns connections, not per connection.
+
+// admitRetry is how often the master looks for room while connections
+// wait for admission.
+const admitRetry = time.Millisecond
+
+// admission is the admit queues' retry; under Balancer.mu.
+type admission struct {
+	timer *time.Timer // runs retryAdmission
+	armed bool        // timer is set
+	next  int         // the listener whose admit queue goes first at the next retry
+}
+
+// monoEpoch is what mono counts from.
+var monoEpoch = time.Now()
+
+// mono is now as nanoseconds on the monotonic clock, for the queues'
+// times, which a wall clock step must not make negative; never 0, which
+// dispatchLocked's since would not tell from "not queued".
+func mono(now time.Time) int64 { return int64(now.Sub(monoEpoch)) + 1 }
+
+// queuedSince is at, when a connection was first queued, or now for one
+// queued for the first time.
+func queuedSince(at int64, now time.Time) int64 {
+	if at != 0 {
+		return at
+	}
+	return mono(now)
+}
+
+// initAdmission makes the admission timer, stopped; New calls it.
+func (b *Balancer) initAdmission() {
+	b.adm.timer = time.AfterFunc(time.Hour, b.retryAdmission)
+	b.adm.timer.Stop()
+}
+
+// inProgressLocked is the number of connections handed to workers and
+// not yet closed by them, unread ones included: what MaxConns caps.
+func (b *Balancer) inProgressLocked() int {
+	n := 0
+	for _, w := range b.workers {
+		n += w.activeLocked()
+	}
+	return n
+}
+
+// roomLocked is how many more fresh connections may be handed out now:
+// -1 for no limit (no cap, or connections that are not fresh), else
+// MaxConns less those in progress, at least 0.
+func (b *Balancer) roomLocked(fresh bool) int {
+	if !fresh || b.opts.MaxConns == 0 {
+		return -1
+	}
+	return max(b.opts.MaxConns-b.inProgressLocked(), 0)
+}
+
+// admissionQueuedLocked is the number of new connections held under
+// MaxConns, on every listener.
+func (b *Balancer) admissionQueuedLocked() int {
+	n := 0
+	for _, l := range b.listeners {
+		n += l.admit.len()
+	}
+	return n
+}
+
+// admitLocked dispatches freshly accepted connections, behind those that
+// wait for admission already: with a cap and a queue, they join its tail
+// and the queue is drained as far as the cap lets it.
+func (b *Balancer) admitLocked(l *listener, hs []ipc.Handoff) {
+	if b.opts.MaxConns == 0 || l.admit.len() == 0 {
+		b.dispatchLocked(l, hs, nil, true)
+		return
+	}
+	at := mono(time.Now())
+	for i := range hs {
+		b.holdLocked(l, hs[i], at)
+	}
+	b.drainQueueLocked(l, &l.admit, true)
+}
+
+// holdLocked queues h, first queued at since, until the cap lets it in,
+// and makes sure the cap is looked at again soon.
+func (b *Balancer) holdLocked(l *listener, h ipc.Handoff, since int64) {
+	b.pendLocked(l, h, since, true)
+	if !b.adm.armed && l.admit.len() > 0 {
+		b.adm.armed = true
+		b.adm.timer.Reset(admitRetry)
+	}
+}
+
+// retryAdmission dispatches what the admit queues hold as far as the cap
+// now lets in, the listeners taking turns at going first, and looks again
+// after admitRetry while connections still wait for room. Connections
+// that wait for a worker rather than for room are the pending retry's.
+func (b *Balancer) retryAdmission() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.adm.armed = false
+	if b.closed || b.admissionQueuedLocked() == 0 {
+		return
+	}
+	if n := len(b.listeners); b.roomLocked(true) > 0 {
+		for i := range n {
+			b.drainPendingLocked(b.listeners[(b.adm.next+i)%n])
+		}
+		b.adm.next = (b.adm.next + 1) % n
+	}
+	if b.admissionQueuedLocked() > 0 && b.roomLocked(true) == 0 {
+		b.adm.armed = true
+		b.adm.timer.Reset(admitRetry)
+	}
+}
+
+// admissionPoll is how often Shutdown looks whether the admit queues
+// have emptied.
+const admissionPoll = 10 * time.Millisecond
+
+// awaitAdmission waits, at Shutdown, once nothing more is accepted, until
+// the connections that MaxConns holds have gone to workers, or no worker
+// can take them, or ShutdownTimeout or ctx ends: those clients were
+// accepted, and draining the workers first would close them unserved.
+// What is still queued then is closed with the pending queue.
+func (b *Balancer) awaitAdmission(ctx context.Context) {
+	if b.opts.MaxConns == 0 {
+		return
+	}
+	t := time.NewTimer(b.opts.ShutdownTimeout)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		n, routable := b.admissionQueuedLocked(), 0
+		for _, w := range b.workers {
+			if w.routableLocked() {
+				routable++
+			}
+		}
+		b.mu.Unlock()
+		if n == 0 || routable == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.log.Warn().Int("conns", n).Str("timeout", b.opts.ShutdownTimeout.String()).
+				Msg("shutting down: connections still wait under max-conns; closing them")
+			return
+		case <-time.After(admissionPoll):
+		}
+	}
+}

@@ -1,0 +1,98 @@
+//go:build linux
+
+package balancer
+
+import (
+	"context"
+	"testing"
+
+	"github.com/handoff-go/handoff/ipc"
+)
+
+// MaxConns holds new connections past the cap in the admit queue, lets
+// them in, oldest first, as the workers' pages show closes, times their
+// wait, and lets re-dispatched connections past a full cap.
+func TestAdmissionHoldsNewConnectionsPastTheCap(t *testing.T) {
+	b, l, ws := testBalancer(t, RoundRobin, 2)
+	b.opts.MaxConns = 4
+	hs := eventfds(t, 10)
+	b.accepted(l, hs)
+
+	b.mu.Lock()
+	sent := func() (n int) {
+		for _, w := range ws {
+			n += int(w.sent)
+		}
+		return n
+	}
+	if got, queued := sent(), l.admit.len(); got != 4 || queued != 6 || b.pending != 6 {
+		t.Fatalf("sent %d, admit queue %d, pending %d; want 4, 6 and 6", got, queued, b.pending)
+	}
+	if s := b.inProgressLocked(); s != 4 {
+		t.Fatalf("in progress %d, want 4", s)
+	}
+	// Worker 1 read both of its connections and closed them.
+	ws[0].ctr.Received.Store(ws[0].sent)
+	ws[0].ctr.Closed.Store(ws[0].sent)
+	b.mu.Unlock()
+	b.retryAdmission()
+	b.mu.Lock()
+	if got, queued := sent(), l.admit.len(); got != 6 || queued != 4 {
+		t.Fatalf("after 2 closes: sent %d, admit queue %d; want 6 and 4", got, queued)
+	}
+	if h := b.stats.pendingWait; h.count != 2 {
+		t.Errorf("%d waits observed, want 2", h.count)
+	}
+	// The next to go were the oldest: hs[4] and hs[5].
+	if first, _ := l.admit.takeN(1); first[0].FD != hs[6].FD {
+		t.Errorf("the admit queue's head is fd %d, want %d (the 7th accepted)", first[0].FD, hs[6].FD)
+	}
+	b.pending--
+	// The cap is full again; a connection taken back goes through.
+	again := eventfds(t, 1)
+	b.dispatchLocked(l, again, nil, false)
+	if got := sent(); got != 7 {
+		t.Errorf("a re-dispatch under a full cap: sent %d, want 7", got)
+	}
+	if !b.adm.armed {
+		t.Errorf("the admission retry is not armed while connections wait for room")
+	}
+	for _, w := range ws {
+		drainLink(t, w.links[l])
+	}
+	for _, q := range []*handoffQueue{&l.admit, &l.pending} {
+		queued, _ := q.take()
+		for _, h := range queued {
+			closeFD(int(h.FD))
+		}
+	}
+	b.pending = 0
+	b.listeners = nil
+	b.workers = nil
+	b.mu.Unlock()
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// takeN takes from the head, keeps the times with their connections, and
+// take then returns the rest in order.
+func TestHandoffQueueTakeN(t *testing.T) {
+	var q handoffQueue
+	for i := range 6 {
+		q.push(ipc.Handoff{FD: int32(i)}, int64(100+i))
+	}
+	hs, since := q.takeN(2)
+	if len(hs) != 2 || hs[0].FD != 0 || since[1] != 101 || q.len() != 4 {
+		t.Fatalf("takeN(2) = %v %v, %d left", hs, since, q.len())
+	}
+	hs, since = q.takeN(2)
+	if hs[0].FD != 2 || since[0] != 102 {
+		t.Fatalf("second takeN(2) = %v %v", hs, since)
+	}
+	q.push(ipc.Handoff{FD: 6}, 106)
+	hs, since = q.takeN(10)
+	if len(hs) != 3 || hs[0].FD != 4 || hs[2].FD != 6 || since[2] != 106 || q.len() != 0 {
+		t.Fatalf("takeN(10) = %v %v, %d left", hs, since, q.len())
+	}
+}
