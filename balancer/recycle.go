@@ -258,7 +258,7 @@ func (w *Worker) recycleFigureLocked(reason string, now time.Time) map[string]an
 	case recycleRequests:
 		return map[string]any{"served": w.servedLocked(), "max_requests": o.MaxRequests}
 	default:
-		return map[string]any{"uptime": now.Sub(w.born).Round(time.Millisecond).String(), "lifetime": w.fleet.lifetime.Round(time.Millisecond).String()}
+		return map[string]any{"uptime": now.Sub(w.born).Round(time.Millisecond).String(), "lifetime": w.fleet.lifetime.String()}
 	}
 }
 
