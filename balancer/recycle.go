@@ -220,11 +220,11 @@ func (w *Worker) servedLocked() uint64 {
 	return n - min(w.returned, n)
 }
 
-// lifetimeLocked is how long w may live: max less a random jitter of up
-// to max/lifetimeJitter, drawn once per worker.
-func (w *Worker) lifetimeLocked(max time.Duration) time.Duration {
+// lifetimeLocked is how long w may live: limit less a random jitter of
+// up to limit/lifetimeJitter, drawn once per worker.
+func (w *Worker) lifetimeLocked(limit time.Duration) time.Duration {
 	if w.fleet.lifetime == 0 {
-		w.fleet.lifetime = max - rand.N(max/lifetimeJitter+1)
+		w.fleet.lifetime = limit - rand.N(limit/lifetimeJitter+1)
 	}
 	return w.fleet.lifetime
 }
