@@ -4,6 +4,7 @@ package balancer
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"testing"
 	"time"
@@ -214,5 +215,29 @@ func TestFleetOptionsValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want an *OptionError for %s: %s", err, tt.field, tt.rule)
 			}
 		})
+	}
+}
+
+// The recycler never recycles while a Reload holds reloadMu: it skips its
+// turn and looks again soon.
+func TestRecyclerSkipsItsTurnDuringAReload(t *testing.T) {
+	b, _, ws := testBalancer(t, RoundRobin, 1)
+	b.opts.MaxRequests = 1
+	b.mu.Lock()
+	ws[0].sent = 5
+	due, _ := b.dueLocked(time.Now())
+	b.mu.Unlock()
+	if due != ws[0] {
+		t.Fatal("the worker is not due")
+	}
+	b.reloadMu.Lock()
+	wait := b.recycleOnce(context.Background())
+	b.reloadMu.Unlock()
+	if wait != requestsTick {
+		t.Errorf("during a reload the recycler sleeps %v, want %v", wait, requestsTick)
+	}
+	st := b.Stats()
+	if st.Forked != 0 || len(st.Recycles) != 0 || ws[0].State() != StateListening {
+		t.Errorf("the recycler acted during a reload: %+v", st)
 	}
 }

@@ -155,7 +155,7 @@ func (b *Balancer) recycleOnce(ctx context.Context) time.Duration {
 	l.Debug().Msg("recycling worker")
 	nw, err := b.replace(ctx, old)
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && (ctx.Err() != nil || errors.Is(err, ErrClosed)):
 		l.Info().Msg("recycling cut short by shutdown")
 		return recycleMaxWait
 	case err != nil:
