@@ -34,8 +34,8 @@
 // disconnecting (from then on its exit is expected), dead. Beside it, its
 // health says what the master makes of its behaviour: healthy, stalled
 // (routed around until it answers a ping) or failed (it broke the
-// protocol, a send failed for good, or it stayed stalled and silent; it is
-// killed). Each question has one predicate: routableLocked (may it get
+// protocol, a send failed for good, it stayed stalled and silent, or it
+// left a heartbeat ping unanswered; it is killed). Each question has one predicate: routableLocked (may it get
 // connections?), watchedLocked (is its progress watched, would a reload
 // replace it?) and IsConnected.
 //
