@@ -72,6 +72,8 @@ type Balancer struct {
 	wg           sync.WaitGroup // worker goroutines and restart timers
 
 	stats stats // the counters behind Stats; under mu
+
+	fleet fleet // recycling, heartbeat and crash loops; see recycle.go
 }
 
 // New returns a Balancer; it opens nothing and starts no worker until
@@ -336,6 +338,7 @@ func (b *Balancer) Start() error {
 		return ErrStarted
 	}
 	b.started = true
+	b.startFleetLocked()
 	b.mu.Unlock()
 	for i := 0; i < b.opts.Workers; i++ {
 		if _, err := b.fork(b.newSlot(nil)); err != nil {
@@ -433,13 +436,17 @@ func (b *Balancer) Reload(ctx context.Context) error {
 		}
 	}
 	b.log.Info().Int("workers", len(olds)).Msg("rolling restart")
+	b.reviveFailedSlots() // a new deployment gets a fresh start
 	for len(olds) > 0 {
 		n := min(len(olds), b.opts.ReloadConcurrency)
 		batch := olds[:n]
 		olds = olds[n:]
 		errs := make(chan error, n)
 		for _, old := range batch {
-			go func() { errs <- b.replace(ctx, old) }()
+			go func() {
+				_, err := b.replace(ctx, old)
+				errs <- err
+			}()
 		}
 		var failed []error
 		for range batch {
@@ -468,8 +475,9 @@ func (w *Worker) replaceable() bool {
 }
 
 // replace starts a successor for old in its slot and disconnects old once
-// the successor listens everywhere old did.
-func (b *Balancer) replace(ctx context.Context, old *Worker) error {
+// the successor listens everywhere old did. It returns the successor, or
+// nil if old was leaving already.
+func (b *Balancer) replace(ctx context.Context, old *Worker) (*Worker, error) {
 	b.mu.Lock()
 	dead := old.state >= StateDisconnecting
 	want := make([]*listener, 0, len(old.links))
@@ -478,11 +486,11 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 	}
 	b.mu.Unlock()
 	if dead {
-		return nil // gone already; its slot restarts by itself
+		return nil, nil // gone already; its slot restarts by itself
 	}
 	nw, err := b.fork(old.slot)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ReloadTimeout)
 	defer cancel()
@@ -505,10 +513,10 @@ func (b *Balancer) replace(ctx context.Context, old *Worker) error {
 	}
 	if err != nil {
 		nw.abandon()
-		return fmt.Errorf("replacing worker %d: %w", old.id, err)
+		return nil, fmt.Errorf("replacing worker %d: %w", old.id, err)
 	}
 	old.disconnect()
-	return nil
+	return nw, nil
 }
 
 // Shutdown stops accepting, accepts what is already in the listen
@@ -527,6 +535,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.stopping = true
 	b.cancelRestartsLocked()
+	b.stopFleetLocked()
 	ls := b.listeners
 	forked := b.stats.forked
 	b.notifyLocked()

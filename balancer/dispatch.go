@@ -550,6 +550,7 @@ func (b *Balancer) listenRequest(w *Worker, req uint32, network, address string)
 	w.links[l] = k
 	if w.state < StateListening {
 		w.state = StateListening
+		w.listened = time.Now() // its uptime counts from here; see backoffLocked
 	}
 	b.routeLocked(w)
 	b.drainPendingLocked(l)

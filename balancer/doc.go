@@ -34,15 +34,16 @@
 // disconnecting (from then on its exit is expected), dead. Beside it, its
 // health says what the master makes of its behaviour: healthy, stalled
 // (routed around until it answers a ping) or failed (it broke the
-// protocol, a send failed for good, or it stayed stalled and silent; it is
-// killed). Each question has one predicate: routableLocked (may it get
+// protocol, a send failed for good, it stayed stalled and silent, or it
+// left a heartbeat ping unanswered; it is killed). Each question has one predicate: routableLocked (may it get
 // connections?), watchedLocked (is its progress watched, would a reload
 // replace it?) and IsConnected.
 //
 // Each worker has a slot, which keeps one worker at a time, alive or
 // starting: a worker that exits is restarted, with backoff, only if that
 // leaves its slot empty (no reload replacement is there) and Disconnect
-// did not retire it. The master keeps a reserve of fds for itself (a
+// did not retire it. With Options.MaxRestarts, a slot in a crash loop
+// stays empty until the next Reload (crashloop.go). The master keeps a reserve of fds for itself (a
 // quarter of its limit, 8 to 64): it stops accepting before its table is
 // that full, so a flood waits in the kernel's backlog and a worker can
 // always be restarted.
@@ -106,7 +107,9 @@
 // waits happen outside it. Helpers that need it end in Locked.
 //
 // Reload holds reloadMu, so that one rolling restart runs at a time, and
-// takes mu under it, never the other way round. The event queue has a
+// takes mu under it, never the other way round. The recycler takes
+// reloadMu too, with TryLock, so that it never recycles during a Reload
+// and a Reload waits for its one recycling in progress. The event queue has a
 // mutex of its own, never held with mu.
 //
 // # Goroutines
@@ -127,9 +130,13 @@
 //     in Balancer.wg.
 //   - A restart timer per slot waiting to restart, also in wg; Shutdown
 //     cancels those not yet run.
-//   - Three timers that run under mu and never block: the pending queue's
-//     retry, the admission retry (admission.go) and the stall check
-//     (stall.go), stopped at Shutdown.
+//   - Timers that run under mu and never block: the pending queue's
+//     retry, the admission retry (admission.go), the stall check
+//     (stall.go) and, with Options.Heartbeat, the heartbeat
+//     (heartbeat.go), stopped at Shutdown.
+//   - With Options.MaxRequests, MaxLifetime or MaxMemory, the recycler
+//     (recycle.go), started by Start and counted in wg: it replaces one
+//     due worker at a time, as Reload does, and ends at Shutdown.
 //   - The event queue's one goroutine, which calls Options.OnEvent; it
 //     ends when Shutdown closes the queue and the queue is empty.
 //   - Reload's replacements, one per worker replaced at once, joined by

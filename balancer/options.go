@@ -18,15 +18,27 @@ const (
 	DefaultKeepAlive         = 15 * time.Second
 	DefaultMaxPending        = 4096
 	DefaultReloadConcurrency = 1
+	DefaultRestartWindow     = time.Minute
 )
 
 // Restart backoff for workers that exit unexpectedly: the first restart
 // waits RestartBackoffMin, each further crash of the same slot doubles it up
 // to RestartBackoffMax, and a worker that stayed up StableUptime resets it.
+// Uptime counts from when the worker first listened: one that fails
+// before it listens was never up, however long it ran.
 const (
 	RestartBackoffMin = 100 * time.Millisecond
 	RestartBackoffMax = 30 * time.Second
 	StableUptime      = 5 * time.Second
+)
+
+// Recycling by memory: Options.MaxMemory is checked against each worker's
+// resident memory every MemoryCheckInterval, and a worker above it for
+// MemoryChecks samples in a row is recycled, so that a passing peak (a
+// large request, a GC cycle) is not.
+const (
+	MemoryCheckInterval = time.Second
+	MemoryChecks        = 3
 )
 
 var (
@@ -126,6 +138,45 @@ type Options struct {
 	// one unless it is a *net.TCPConn; set it here instead.
 	TCPUserTimeout time.Duration
 
+	// Recycling (see recycle.go): a worker due for any of these is
+	// replaced as Reload replaces it, its successor listening before it
+	// drains, one worker at a time and never during a Reload. 0 turns
+	// each off.
+	//
+	// MaxRequests recycles a worker once the master has handed it that
+	// many connections for good (not taken back unread nor handed back):
+	// connections, not HTTP requests, which the master does not see.
+	MaxRequests int
+	// MaxLifetime recycles a worker once it has been up that long, less a
+	// random jitter of up to a tenth of it, drawn for each worker, so
+	// that workers started together do not all go at once.
+	MaxLifetime time.Duration
+	// MaxMemory recycles a worker whose resident memory (RSS, from
+	// /proc/PID/statm) stays above this many bytes for
+	// MemoryChecks samples in a row, MemoryCheckInterval apart.
+	MaxMemory int64
+
+	// Heartbeat, if positive, makes the master ping every worker that has
+	// said hello and is not draining this often over its control socket
+	// (the worker package answers on its own goroutine). A worker that
+	// leaves a ping unanswered for HeartbeatTimeout is hung, even with no
+	// connection: it gets no more connections, it is killed, what it never
+	// read is served elsewhere, and its slot restarts it as after a crash.
+	// 0 turns it off.
+	Heartbeat time.Duration
+	// HeartbeatTimeout is how long a ping may go unanswered; 0 means
+	// 3 × Heartbeat. It must be longer than Heartbeat, and 0 without it.
+	HeartbeatTimeout time.Duration
+
+	// MaxRestarts, if positive, stops restarting a slot whose workers
+	// exited unexpectedly more than MaxRestarts times within
+	// RestartWindow: the slot stays empty (Stats.FailedSlots) until a
+	// Reload starts it again with a fresh history. 0 means no limit.
+	MaxRestarts int
+	// RestartWindow is the window of MaxRestarts; 0 means
+	// DefaultRestartWindow. Without MaxRestarts it is unused.
+	RestartWindow time.Duration
+
 	// Logger receives the balancer's logs; the zero value is silent.
 	Logger zerolog.Logger
 	// OnEvent, if set, receives every Event; see Event.
@@ -161,10 +212,25 @@ func (o Options) Validate() error {
 		{"MaxPending", o.MaxPending < 0, o.MaxPending},
 		{"MaxConns", o.MaxConns < 0, o.MaxConns},
 		{"TCPUserTimeout", o.TCPUserTimeout < 0, o.TCPUserTimeout},
+		{"MaxRequests", o.MaxRequests < 0, o.MaxRequests},
+		{"MaxLifetime", o.MaxLifetime < 0, o.MaxLifetime},
+		{"MaxMemory", o.MaxMemory < 0, o.MaxMemory},
+		{"Heartbeat", o.Heartbeat < 0, o.Heartbeat},
+		{"HeartbeatTimeout", o.HeartbeatTimeout < 0, o.HeartbeatTimeout},
+		{"MaxRestarts", o.MaxRestarts < 0, o.MaxRestarts},
+		{"RestartWindow", o.RestartWindow < 0, o.RestartWindow},
 	} {
 		if f.bad {
 			return &OptionError{Field: f.name, Value: f.val, Rule: "must not be negative"}
 		}
+	}
+	// A timeout no longer than the interval would find every worker hung
+	// between two pings; one without a heartbeat would do nothing.
+	switch {
+	case o.HeartbeatTimeout > 0 && o.Heartbeat == 0:
+		return &OptionError{Field: "HeartbeatTimeout", Value: o.HeartbeatTimeout, Rule: "must be 0 without a heartbeat interval"}
+	case o.HeartbeatTimeout > 0 && o.HeartbeatTimeout <= o.Heartbeat:
+		return &OptionError{Field: "HeartbeatTimeout", Value: o.HeartbeatTimeout, Rule: "must be longer than the heartbeat interval (" + o.Heartbeat.String() + ")"}
 	}
 	return nil
 }

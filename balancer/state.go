@@ -43,9 +43,10 @@ const (
 	// stalled: it has connections waiting and reads none; it is routed
 	// around, and what it never read is served elsewhere (stall.go).
 	stalled
-	// failed: it broke the protocol, a send to it failed for good, or it
-	// stayed stalled and silent for HandoffTimeout. It gets nothing more
-	// and is killed; what it never read comes back at its exit.
+	// failed: it broke the protocol, a send to it failed for good, it
+	// stayed stalled and silent for HandoffTimeout, or it left a heartbeat
+	// ping unanswered for HeartbeatTimeout. It gets nothing more and is
+	// killed; what it never read comes back at its exit.
 	failed
 )
 

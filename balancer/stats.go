@@ -28,6 +28,9 @@ type Stats struct {
 	LostFDs        uint64            // frames whose fds the kernel dropped because the master was out of fds
 	ListenErrors   uint64            // workers' listen requests that failed
 	Exits          map[string]uint64 // worker exits by reason: disconnect, code, signal
+	Recycles       map[string]uint64 // workers replaced by recycling, by reason: requests, lifetime, memory
+	HeartbeatKills uint64            // workers killed for leaving a heartbeat ping unanswered for HeartbeatTimeout
+	FailedSlots    int               // slots no longer restarted after a crash loop (MaxRestarts), until a Reload
 	Workers        int               // workers not yet exited
 	Listening      int               // workers that can take connections now
 	Draining       bool              // Shutdown has begun
@@ -58,6 +61,12 @@ type WorkerStats struct {
 	// its connections have a request in flight, at most Active.
 	Serving bool
 	Busy    int
+	// RSS is its resident memory in bytes, read from /proc when Stats
+	// is called; 0 if it could not be read.
+	RSS int64
+	// LastPong is when it last answered a ping (of the heartbeat or of
+	// the stall check); zero if it never did.
+	LastPong time.Time
 }
 
 // WaitBuckets is the number of buckets of a WaitHistogram.
@@ -131,6 +140,8 @@ type stats struct {
 	listenErrors   uint64
 	exits          map[string]uint64
 	pendingWait    waitHistogram
+	recycles       map[string]uint64
+	heartbeatKills uint64
 }
 
 // acceptErrorLocked counts a failed accept4 by its errno.

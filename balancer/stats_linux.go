@@ -28,11 +28,17 @@ func (b *Balancer) Stats() Stats {
 		LostFDs:        b.stats.lostFDs,
 		ListenErrors:   b.stats.listenErrors,
 		Exits:          make(map[string]uint64, len(b.stats.exits)),
+		Recycles:       make(map[string]uint64, len(b.stats.recycles)),
+		HeartbeatKills: b.stats.heartbeatKills,
+		FailedSlots:    len(b.fleet.failed),
 		Workers:        len(b.workers),
 		Draining:       b.stopping,
 	}
 	for r, n := range b.stats.exits {
 		s.Exits[r] = n
+	}
+	for r, n := range b.stats.recycles {
+		s.Recycles[r] = n
 	}
 	for e, n := range b.stats.acceptErrors {
 		s.AcceptErrors[unix.ErrnoName(e)] += n
@@ -47,6 +53,15 @@ func (b *Balancer) Stats() Stats {
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() WorkerStats {
+	// /proc is read outside the lock. Until exited is closed the worker
+	// is alive or reaped a moment ago, and a pid is reused only once the
+	// kernel's pids wrap around: this is its own RSS.
+	var rss int64
+	select {
+	case <-w.exited:
+	default:
+		rss, _ = residentBytes(w.pid)
+	}
 	w.b.mu.Lock()
 	defer w.b.mu.Unlock()
 	r := w.receivedLocked()
@@ -72,5 +87,7 @@ func (w *Worker) Stats() WorkerStats {
 		CPU:        max(w.cpu, 0),
 		Serving:    w.ctr.Serving.Load() == 1,
 		Busy:       min(int(w.ctr.Busy.Load()), active),
+		RSS:        rss,
+		LastPong:   w.lastPong,
 	}
 }

@@ -26,6 +26,8 @@ type slot struct {
 	crashes  int
 	restarts int         // workers that exited unexpectedly in this slot
 	restart  *time.Timer // under Balancer.mu
+	exits    []time.Time // its unexpected exits within Options.RestartWindow, oldest first; see crashLoopLocked
+	failed   bool        // in a crash loop past Options.MaxRestarts: not restarted until a Reload
 }
 
 // listenersCloseTimeout bounds how long a disconnecting worker may take to
@@ -102,6 +104,9 @@ type Worker struct {
 	idleTicks    int       // checks in a row with unread connections and no progress
 	stalledSince time.Time // the first stall since it last made progress; zero after progress
 	lastPong     time.Time
+
+	listened time.Time   // when it first listened, under Balancer.mu; zero until then
+	fleet    workerFleet // recycling and heartbeat state, under Balancer.mu; see recycle.go
 }
 
 // receivedLocked is the number of connections the worker has read, as its
@@ -443,7 +448,8 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	} else if err != nil {
 		w.log.Error().Err(err).Msg("waiting for worker")
 	}
-	uptime := time.Since(w.born)
+	now := time.Now()
+	uptime := now.Sub(w.born)
 
 	b.mu.Lock()
 	ev.ExitedAfterDisconnect = w.state == StateDisconnecting
@@ -482,15 +488,16 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 	// fails after its predecessor died still leaves the slot a worker.
 	restart := !b.stopping && !w.slot.retired && !b.restarting[w.slot] && !b.slotFilledLocked(w.slot)
 	var delay time.Duration
+	gaveUp := false
 	if restart {
-		if uptime >= StableUptime {
-			w.slot.crashes = 0
+		delay = w.backoffLocked(now)
+		if gaveUp = b.crashLoopLocked(w.slot, now); gaveUp {
+			restart = false
+		} else {
+			w.slot.restarts++
+			b.stats.restarts++
+			b.scheduleRestartLocked(w.slot, delay)
 		}
-		delay = min(RestartBackoffMin<<min(w.slot.crashes, 20), RestartBackoffMax)
-		w.slot.crashes++
-		w.slot.restarts++
-		b.stats.restarts++
-		b.scheduleRestartLocked(w.slot, delay)
 	}
 	b.notifyLocked()
 	b.mu.Unlock()
@@ -513,6 +520,9 @@ func (b *Balancer) waitExit(w *Worker, readerDone <-chan struct{}) {
 			e = w.log.Error().Bool("crash_loop", true)
 		}
 		e.Int("crashes", w.slot.crashes).Str("restart_in", delay.String()).Msg("worker died unexpectedly; restarting")
+	}
+	if gaveUp {
+		b.logCrashLoop(w.slot)
 	}
 	b.events.push(DisconnectEvent{Worker: w})
 	b.events.push(ev)
@@ -562,12 +572,18 @@ func (b *Balancer) restart(s *slot) {
 	if _, err := b.fork(s); err != nil && !errors.Is(err, ErrClosed) {
 		b.log.Error().Err(err).Msg("restarting worker failed; retrying")
 		b.mu.Lock()
+		gaveUp := false
 		if !b.stopping {
 			delay := min(RestartBackoffMin<<min(s.crashes, 20), RestartBackoffMax)
 			s.crashes++
-			b.scheduleRestartLocked(s, delay)
+			if gaveUp = b.crashLoopLocked(s, time.Now()); !gaveUp {
+				b.scheduleRestartLocked(s, delay)
+			}
 		}
 		b.mu.Unlock()
+		if gaveUp {
+			b.logCrashLoop(s)
+		}
 	}
 }
 

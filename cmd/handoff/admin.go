@@ -90,6 +90,10 @@ type workerJSON struct {
 	Restarts   int       `json:"restarts"`             // unexpected exits in its slot before it
 	GOMAXPROCS int       `json:"gomaxprocs,omitempty"` // the GOMAXPROCS the master gave it; absent if the user set GOMAXPROCS
 	CPU        *int      `json:"cpu,omitempty"`        // the CPU it is pinned to (--cpu-affinity); absent if not pinned
+
+	// Recycling and liveness.
+	RSS      int64      `json:"rss"`                 // resident memory, in bytes
+	LastPong *time.Time `json:"last_pong,omitempty"` // when it last answered a ping (--heartbeat, or the stall check's)
 }
 
 func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
@@ -114,6 +118,11 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 		if s.Pinned {
 			out[i].CPU = &s.CPU
 		}
+		out[i].RSS = s.RSS
+		if !s.LastPong.IsZero() {
+			t := s.LastPong.UTC()
+			out[i].LastPong = &t
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -122,8 +131,9 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 	_ = enc.Encode(out)
 }
 
-// serveHealth answers 200 while at least one worker listens and the
-// master is not draining, and 503 otherwise, for a load balancer's checks.
+// serveHealth answers 200 while at least one worker listens, no worker
+// slot was stopped by a crash loop (--max-restarts) and the master is not
+// draining, and 503 otherwise, for a load balancer's checks.
 func serveHealth(w http.ResponseWriter, s balancer.Stats) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
@@ -131,6 +141,10 @@ func serveHealth(w http.ResponseWriter, s balancer.Stats) {
 	case s.Draining:
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = fmt.Fprintln(w, "draining")
+	case s.FailedSlots > 0:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, "crash loop: %d worker slot(s) stopped restarting after more than --max-restarts unexpected exits; %d of %d workers listening; a reload (SIGHUP) restarts them\n",
+			s.FailedSlots, s.Listening, s.Workers)
 	case s.Listening == 0:
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = fmt.Fprintln(w, "no worker listening")

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/handoff-go/handoff/worker"
@@ -19,12 +20,52 @@ import (
 // maxDelay bounds the demo's ?delay= parameter.
 const maxDelay = 60 * time.Second
 
+// maxGrown bounds the memory ?grow= keeps, in all, in one worker.
+const maxGrown = 1 << 30
+
+// grown is the memory ?grow= made resident: kept, so that it stays so,
+// until the worker exits. It shows --max-memory at work.
+var grown struct {
+	mu     sync.Mutex
+	chunks [][]byte
+	total  int64
+}
+
+// grow makes n more bytes resident in this process, up to maxGrown in
+// all: it allocates them and writes every page, which the kernel only
+// then backs with memory.
+func grow(n int64) error {
+	grown.mu.Lock()
+	defer grown.mu.Unlock()
+	if n > maxGrown-grown.total {
+		return fmt.Errorf("the demo keeps at most %s in all, and holds %s", formatSize(maxGrown), formatSize(grown.total))
+	}
+	p := make([]byte, n)
+	for i := 0; i < len(p); i += os.Getpagesize() {
+		p[i] = 1
+	}
+	grown.chunks = append(grown.chunks, p)
+	grown.total += n
+	return nil
+}
+
 // demoHandler answers "hello world\n" like the example in Node's cluster
-// docs, with the header X-Worker-Id, after an optional ?delay=DURATION.
+// docs, with the header X-Worker-Id, after an optional ?delay=DURATION,
+// and having kept ?grow=SIZE more bytes resident (see grow).
 func demoHandler(id int) http.Handler {
 	idText := strconv.Itoa(id)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Worker-Id", idText)
+		if g := r.URL.Query().Get("grow"); g != "" {
+			n, err := parseSize(g)
+			if err == nil {
+				err = grow(n)
+			}
+			if err != nil {
+				http.Error(w, "bad grow: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+		}
 		if d := r.URL.Query().Get("delay"); d != "" {
 			delay, err := time.ParseDuration(d)
 			if err != nil || delay < 0 || delay > maxDelay {

@@ -45,6 +45,13 @@ type config struct {
 	maxConnAge        time.Duration
 	pidFile           string
 	upgradeTimeout    time.Duration
+	maxRequests       int
+	maxLifetime       time.Duration
+	maxMemory         int64 // bytes
+	heartbeat         time.Duration
+	heartbeatTimeout  time.Duration
+	maxRestarts       int
+	restartWindow     time.Duration
 	specs             []listenSpec // parsed listen
 	command           []string
 }
@@ -101,6 +108,13 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.maxConnAge, "max-conn-age", 0, "the demo worker ends a keep-alive connection older than this after its current response (HTTP/1 Connection: close, HTTP/2 GOAWAY), so that long-lived clients spread over new workers after a restart; 0 keeps them (a COMMAND sets worker.ServeConfig.MaxConnAge itself)")
 	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
+	fs.IntVar(&c.maxRequests, "max-requests", 0, "recycle a worker once it has been handed N connections (connections, not keep-alive requests): its replacement listens before it drains, one worker at a time; 0 means never")
+	fs.DurationVar(&c.maxLifetime, "max-lifetime", 0, "recycle a worker once it has been up this long, less a random jitter of up to a tenth, drawn for each worker so that they do not all go at once; 0 means never")
+	fs.Var(sizeFlag{&c.maxMemory}, "max-memory", "recycle a worker whose resident memory (RSS) stays above this for "+strconv.Itoa(balancer.MemoryChecks)+" checks in a row, "+balancer.MemoryCheckInterval.String()+" apart: "+sizeHelp+" (KB, MB, GB are powers of 1000; K, KiB, M, MiB, G, GiB of 1024); 0 means never")
+	fs.DurationVar(&c.heartbeat, "heartbeat", 0, "ping every worker this often over its control socket; one that leaves a ping unanswered for --heartbeat-timeout is hung, even with no connection, and is killed and restarted; 0 turns it off")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", 0, "how long a heartbeat ping may go unanswered; 0 means 3 × --heartbeat")
+	fs.IntVar(&c.maxRestarts, "max-restarts", 0, "stop restarting a worker slot that exited unexpectedly more than N times within --restart-window: it stays empty and /healthz answers 503 until a SIGHUP; 0 means no limit")
+	fs.DurationVar(&c.restartWindow, "restart-window", balancer.DefaultRestartWindow, "the window of --max-restarts; 0 means the default")
 	fs.Usage = func() {
 		if helpAsked(args) && stdout != nil {
 			fs.SetOutput(stdout)
@@ -108,12 +122,14 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 		fmt.Fprintf(fs.Output(), `Usage: handoff [flags] [-- COMMAND [ARG...]]
 
 handoff is a master process that accepts every connection on its ports and
-hands each one to a worker process, round-robin or least-loaded. Without a
+hands each one to a worker process, as --policy says (round-robin). Without a
 COMMAND the workers run the built-in demo HTTP server ("hello world", header
-X-Worker-Id, ?delay=250ms to answer slowly). With one, every worker runs
-COMMAND, a program that uses github.com/handoff-go/handoff/worker.
+X-Worker-Id, ?delay=250ms to answer slowly, ?grow=100MiB to keep that much
+more memory resident, up to 1GiB in all, for --max-memory). With one, every
+worker runs COMMAND, a program that uses github.com/handoff-go/handoff/worker.
 
-Signals: SIGHUP replaces every worker with no failed request; SIGUSR2
+Signals: SIGHUP replaces every worker with no failed request, and restarts
+the worker slots --max-restarts stopped; SIGUSR2
 upgrades the master itself: it starts the binary on disk, hands it the
 listening sockets, and drains and exits once the new one's workers listen;
 SIGTERM or SIGINT drains the workers (after --shutdown-delay) and exits 0; a
@@ -189,6 +205,13 @@ var optionFlags = map[string]string{
 	"KeepAlive":         "tcp-keepalive",
 	"TCPUserTimeout":    "tcp-user-timeout",
 	"ReloadConcurrency": "reload-concurrency",
+	"MaxRequests":       "max-requests",
+	"MaxLifetime":       "max-lifetime",
+	"MaxMemory":         "max-memory",
+	"Heartbeat":         "heartbeat",
+	"HeartbeatTimeout":  "heartbeat-timeout",
+	"MaxRestarts":       "max-restarts",
+	"RestartWindow":     "restart-window",
 }
 
 // masterOptions maps the flags to the balancer's Options, checked by
@@ -207,6 +230,13 @@ func masterOptions(c *config) (balancer.Options, error) {
 		TCPUserTimeout:    c.tcpUserTimeout,
 		ReloadConcurrency: c.reloadConcurrency,
 		User:              c.user,
+		MaxRequests:       c.maxRequests,
+		MaxLifetime:       c.maxLifetime,
+		MaxMemory:         c.maxMemory,
+		Heartbeat:         c.heartbeat,
+		HeartbeatTimeout:  c.heartbeatTimeout,
+		MaxRestarts:       c.maxRestarts,
+		RestartWindow:     c.restartWindow,
 	}
 	policy, err := balancer.PolicyByName(c.policy)
 	if err != nil {

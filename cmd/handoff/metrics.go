@@ -43,6 +43,8 @@ type collector struct {
 	workers      *prometheus.Desc
 	listening    *prometheus.Desc
 	draining     *prometheus.Desc
+	recycles     *prometheus.Desc
+	slotsFailed  *prometheus.Desc
 
 	wInfo       *prometheus.Desc
 	wDispatched *prometheus.Desc
@@ -54,6 +56,7 @@ type collector struct {
 	wStarted    *prometheus.Desc
 	wProcs      *prometheus.Desc
 	wCPU        *prometheus.Desc
+	wRSS        *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -84,6 +87,8 @@ func newCollector(src statsSource) *collector {
 		workers:      d("workers", "Worker processes that have not exited."),
 		listening:    d("workers_listening", "Workers that can take connections now."),
 		draining:     d("draining", "1 once the master has begun to shut down."),
+		recycles:     d("worker_recycles_total", "Workers replaced by recycling (--max-requests, --max-lifetime, --max-memory), by reason.", "reason"),
+		slotsFailed:  d("slots_failed", "Worker slots no longer restarted after a crash loop (--max-restarts), until a reload."),
 
 		wInfo:       d("worker_info", "Always 1, with the worker's pid and state.", "worker", "pid", "state"),
 		wDispatched: d("worker_connections_dispatched_total", "Connections handed to the worker.", "worker"),
@@ -95,6 +100,7 @@ func newCollector(src statsSource) *collector {
 		wStarted:    d("worker_start_time_seconds", "When the worker was started, in seconds since the Unix epoch.", "worker"),
 		wProcs:      d("worker_gomaxprocs", "The GOMAXPROCS the master gave the worker, its share of the CPU limit; absent when the user set GOMAXPROCS.", "worker"),
 		wCPU:        d("worker_cpu", "The CPU the worker is pinned to (--cpu-affinity); absent when it is not pinned.", "worker"),
+		wRSS:        d("worker_resident_memory_bytes", "The worker's resident memory (RSS), from /proc.", "worker"),
 	}
 }
 
@@ -103,8 +109,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.reclaimed, c.stalls, c.pending,
 		c.admission, c.pendingWait, c.inProgress, c.maxConns,
-		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining,
-		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted, c.wProcs, c.wCPU,
+		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining, c.recycles, c.slotsFailed,
+		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted, c.wProcs, c.wCPU, c.wRSS,
 	} {
 		ch <- d
 	}
@@ -147,6 +153,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.kills, s.ProtocolErrors, "protocol_error")
 	counter(c.kills, s.StuckKills, "handoff_timeout")
+	counter(c.kills, s.HeartbeatKills, "heartbeat")
+	for _, reason := range []string{"requests", "lifetime", "memory"} {
+		counter(c.recycles, s.Recycles[reason], reason) // zero series too, for rate()
+	}
+	gauge(c.slotsFailed, float64(s.FailedSlots))
 	counter(c.reclaimed, s.Reclaimed)
 	counter(c.stalls, s.Stalls)
 	counter(c.listenErrors, s.ListenErrors)
@@ -175,6 +186,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if w.Pinned {
 			gauge(c.wCPU, float64(w.CPU), id)
+		}
+		if w.RSS > 0 {
+			gauge(c.wRSS, float64(w.RSS), id)
 		}
 	}
 }

@@ -93,6 +93,7 @@ handoff_worker_info{pid="1003",state="starting",worker="3"} 1
 # HELP handoff_worker_kills_total Workers the master killed, by reason.
 # TYPE handoff_worker_kills_total counter
 handoff_worker_kills_total{reason="handoff_timeout"} 1
+handoff_worker_kills_total{reason="heartbeat"} 0
 handoff_worker_kills_total{reason="protocol_error"} 0
 # HELP handoff_worker_stalls_total Times a worker was found not reading its connections and routed around.
 # TYPE handoff_worker_stalls_total counter
