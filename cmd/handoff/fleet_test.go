@@ -34,12 +34,7 @@ import (
 
 func TestParseFleetFlags(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(*config) error
-	}{
+	tests := []flagCase{
 		{name: "off by default", check: func(c *config) error {
 			if c.maxRequests != 0 || c.maxLifetime != 0 || c.maxMemory != 0 || c.heartbeat != 0 || c.heartbeatTimeout != 0 ||
 				c.maxRestarts != 0 || c.restartWindow != balancer.DefaultRestartWindow {
@@ -72,24 +67,7 @@ func TestParseFleetFlags(t *testing.T) {
 		{name: "timeout without heartbeat", args: []string{"--heartbeat-timeout", "1s"}, wantErr: "--heartbeat-timeout must be 0 without a heartbeat interval, not 1s"},
 		{name: "timeout not above the interval", args: []string{"--heartbeat", "1s", "--heartbeat-timeout", "1s"}, wantErr: "--heartbeat-timeout must be longer than the heartbeat interval (1s), not 1s"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			c, err := parseFlags(tt.args, io.Discard)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one mentioning %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := tt.check(c); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+	runFlagCases(t, tests)
 }
 
 func TestParseSize(t *testing.T) {

@@ -37,12 +37,7 @@ func TestMain(m *testing.M) {
 
 func TestParseFlags(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name    string
-		args    []string
-		wantErr string
-		check   func(*config) error
-	}{
+	tests := []flagCase{
 		{name: "defaults", check: func(c *config) error {
 			if len(c.listen) != 1 || c.listen[0] != ":8000" || c.policy != "round-robin" || c.workers != 0 || c.maxConns != 0 || c.cpuAffinity {
 				return fmt.Errorf("%+v", c)
@@ -116,6 +111,20 @@ func TestParseFlags(t *testing.T) {
 			return nil
 		}},
 	}
+	runFlagCases(t, tests)
+}
+
+// flagCase is a command line and what parseFlags must make of it: the
+// error it must mention, or a check of the config.
+type flagCase struct {
+	name    string
+	args    []string
+	wantErr string
+	check   func(*config) error
+}
+
+// runFlagCases parses each case's args, in parallel subtests.
+func runFlagCases(t *testing.T, tests []flagCase) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
