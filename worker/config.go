@@ -29,8 +29,11 @@ type ListenConfig struct {
 	// TCP_USER_TIMEOUT only on a *net.TCPConn). It costs about 6 more
 	// syscalls per connection (a dup, fcntl, getsockopt, getsockname,
 	// getpeername and a close), and the master cannot see such a
-	// connection close, so LeastLoaded counts it as active until the
-	// worker exits. Without it Accept returns a *Conn.
+	// connection close, so it stops counting it once Accept has returned
+	// it: std conns are not under the master's Options.MaxConns and weigh
+	// nothing in LeastLoaded (had they counted until the worker exits, a
+	// cap would fill up with closed ones and admit nobody). Without it
+	// Accept returns a *Conn.
 	StdConns bool
 }
 

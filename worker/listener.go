@@ -168,8 +168,14 @@ func (l *Listener) wrap(h ipc.Handoff) (net.Conn, error) {
 	f := os.NewFile(uintptr(h.FD), "handoff-conn")
 	nc, err := net.FileConn(f) // dups the fd
 	_ = f.Close()
+	// The conn is the program's from here, and its Close is net's, which
+	// this package cannot see: it leaves the master's count now, rather
+	// than counting as open until the worker exits, which would hold a
+	// slot of the master's Options.MaxConns for good and weigh on
+	// LeastLoaded forever. The master thus does not count std conns
+	// among a worker's connections in progress.
+	l.c.connClosed()
 	if err != nil {
-		l.c.connClosed() // the fd is gone; keep the master's count true
 		return nil, l.opError(err)
 	}
 	return nc, nil
