@@ -156,6 +156,9 @@ func New(opts Options) (*Balancer, error) {
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil {
 		b.fdReserve = fdReserveFor(lim.Cur)
 	}
+	if cpus.unpinned != "" {
+		b.log.Warn().Msg(cpus.unpinned)
+	}
 	b.pendTimer = time.AfterFunc(time.Hour, b.retryPending)
 	b.pendTimer.Stop()
 	b.stallTimer = time.AfterFunc(time.Hour, b.checkStalls)

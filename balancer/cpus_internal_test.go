@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"math"
 	"os"
+	"slices"
 	"testing"
 )
 
@@ -138,6 +139,33 @@ func TestGOMAXPROCSShare(t *testing.T) {
 	} {
 		if got := gomaxprocsShare(tt.cpus, tt.workers); got != tt.want {
 			t.Errorf("gomaxprocsShare(%d, %d) = %d, want %d", tt.cpus, tt.workers, got, tt.want)
+		}
+	}
+}
+
+// CPUAffinity pins only when the CPUs the master may run on are all its
+// own (no quota below them), and a pinned worker's share is one CPU.
+func TestPlanCPUsPinsOnlyCPUsThatAreOurs(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name     string
+		affinity bool
+		workers  int
+		limit    int
+		allowed  []int
+		pin      []int
+		share    int
+		unpinned bool
+	}{
+		{name: "off", workers: 2, limit: 8, allowed: []int{0, 1, 2, 3, 4, 5, 6, 7}, share: 4},
+		{name: "a cpuset of 4", affinity: true, workers: 2, limit: 4, allowed: []int{2, 3, 4, 5}, pin: []int{2, 3, 4, 5}, share: 1},
+		{name: "a quota of 2 on 48 CPUs", affinity: true, limit: 2, allowed: make([]int, 48), share: 1, unpinned: true},
+		{name: "a quota of 4 on 8 CPUs, 2 workers", affinity: true, workers: 2, limit: 4, allowed: make([]int, 8), share: 2, unpinned: true},
+		{name: "no mask", affinity: true, workers: 1, limit: 2, share: 2, unpinned: true},
+	} {
+		p := planCPUsFor(Options{Workers: tt.workers, CPUAffinity: tt.affinity}, tt.limit, tt.allowed)
+		if !slices.Equal(p.pin, tt.pin) || p.share != tt.share || (p.unpinned != "") != tt.unpinned {
+			t.Errorf("%s: pin %v, share %d, unpinned %q; want pin %v, share %d, unpinned %v", tt.name, p.pin, p.share, p.unpinned, tt.pin, tt.share, tt.unpinned)
 		}
 	}
 }

@@ -4,6 +4,7 @@ package balancer
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
@@ -33,21 +34,48 @@ import (
 // cpuPlan is what New decides about the CPUs, once.
 type cpuPlan struct {
 	limit int   // DefaultWorkers(): the CPUs the cgroup allows, at least 1
-	share int   // each worker's GOMAXPROCS: max(1, limit / Options.Workers)
+	share int   // each worker's GOMAXPROCS: max(1, limit / Options.Workers), 1 if pinned
 	pin   []int // with CPUAffinity, the CPUs the master may run on; else nil
+	// unpinned, if not "", is why CPUAffinity pins nothing, for New to log.
+	unpinned string
 }
 
 // planCPUs reads the CPU limit and, with CPUAffinity, the master's CPU
 // mask.
 func planCPUs(opts Options) cpuPlan {
-	p := cpuPlan{limit: DefaultWorkers()}
+	var allowed []int
+	if opts.CPUAffinity {
+		allowed = allowedCPUs()
+	}
+	return planCPUsFor(opts, DefaultWorkers(), allowed)
+}
+
+// planCPUsFor is planCPUs with the CPU limit and the allowed CPUs given.
+//
+// CPUAffinity pins only when the CPUs the master may run on are all its
+// to use. Under a quota (a container limited to 2 CPUs' time on a 48-CPU
+// host, its cpuset the whole host) the list of allowed CPUs is the host's,
+// and pinning would put the workers of every such container on the
+// host's first CPUs, and leave the rest idle: then nothing is pinned,
+// and New says why. A pinned worker runs on one CPU, so its GOMAXPROCS
+// share is 1.
+func planCPUsFor(opts Options, limit int, allowed []int) cpuPlan {
+	p := cpuPlan{limit: limit}
 	workers := opts.Workers
 	if workers == 0 {
 		workers = p.limit
 	}
 	p.share = gomaxprocsShare(p.limit, workers)
-	if opts.CPUAffinity {
-		p.pin = allowedCPUs()
+	switch {
+	case !opts.CPUAffinity:
+	case len(allowed) == 0:
+		p.unpinned = "CPUAffinity: the CPUs this process may run on cannot be read; not pinning the workers"
+	case limit < len(allowed):
+		p.unpinned = fmt.Sprintf("CPUAffinity: a CPU quota of %d allows less than the %d CPUs this process may run on, "+
+			"which others may share; not pinning the workers (pin with a cpuset instead)", limit, len(allowed))
+	default:
+		p.pin = allowed
+		p.share = 1
 	}
 	return p
 }

@@ -120,8 +120,12 @@ type Options struct {
 	MaxConns int
 	// CPUAffinity pins the worker of slot i (WorkerStats.Slot) to the
 	// (i mod n)-th of the n CPUs the master may run on, as nginx's
-	// worker_cpu_affinity auto does; its replacements keep that CPU. Off,
-	// workers run on any CPU the master may.
+	// worker_cpu_affinity auto does; its replacements keep that CPU, and
+	// its GOMAXPROCS share is 1. Off, workers run on any CPU the master
+	// may. Under a CPU quota below the CPUs the master may run on (a
+	// container limited by time, not by a cpuset), it pins nothing and New
+	// logs why: pinning would crowd every such container onto the host's
+	// first CPUs.
 	CPUAffinity bool
 
 	// KeepAlive is the TCP keep-alive idle time and probe interval set on
