@@ -4,6 +4,7 @@ package balancer
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"github.com/handoff-go/handoff/ipc"
@@ -41,7 +42,6 @@ const admitRetry = time.Millisecond
 type admission struct {
 	timer *time.Timer // runs retryAdmission
 	armed bool        // timer is set
-	next  int         // the listener whose admit queue goes first at the next retry
 }
 
 // monoEpoch is what mono counts from.
@@ -101,7 +101,7 @@ func (b *Balancer) admissionQueuedLocked() int {
 // wait for admission already: with a cap and a queue, they join its tail
 // and the queue is drained as far as the cap lets it.
 func (b *Balancer) admitLocked(l *listener, hs []ipc.Handoff) {
-	if b.opts.MaxConns == 0 || l.admit.len() == 0 {
+	if b.opts.MaxConns == 0 || b.admissionQueuedLocked() == 0 {
 		b.dispatchLocked(l, hs, nil, true)
 		return
 	}
@@ -109,7 +109,51 @@ func (b *Balancer) admitLocked(l *listener, hs []ipc.Handoff) {
 	for i := range hs {
 		b.holdLocked(l, hs[i], at)
 	}
-	b.drainQueueLocked(l, &l.admit, true)
+	b.admitOldestLocked()
+}
+
+// admitOldestLocked lets in as many of the admit queues' connections as
+// the cap has room for, oldest first across every listener, so that a
+// busy listener's new clients never pass another's older ones. Each round
+// takes, from the listener whose queue has the oldest head, the run of
+// its queue older than every other listener's head (at most the room),
+// so one listener costs one round. It stops when the cap is reached,
+// the queues of listeners with workers are empty, or a round let nobody
+// in (no worker could take them now: they are queued again, and the
+// pending retry or a worker's return brings them back).
+func (b *Balancer) admitOldestLocked() {
+	for {
+		room := b.roomLocked(true)
+		if room <= 0 {
+			return
+		}
+		var first *listener
+		next := int64(math.MaxInt64) // the oldest head of the others
+		for _, x := range b.listeners {
+			if x.admit.len() == 0 || len(x.workers) == 0 {
+				continue
+			}
+			switch h := x.admit.oldest(); {
+			case first == nil:
+				first = x
+			case h < first.admit.oldest():
+				next = min(next, first.admit.oldest())
+				first = x
+			default:
+				next = min(next, h)
+			}
+		}
+		if first == nil {
+			return
+		}
+		n := min(first.admit.olderThan(next), room)
+		hs, since := first.admit.takeN(max(n, 1))
+		b.pending -= len(hs)
+		b.dispatchLocked(first, hs, since, true)
+		if b.roomLocked(true) >= room {
+			return
+		}
+	}
 }
 
 // holdLocked queues h, first queued at since, until the cap lets it in,
@@ -123,7 +167,7 @@ func (b *Balancer) holdLocked(l *listener, h ipc.Handoff, since int64) {
 }
 
 // retryAdmission dispatches what the admit queues hold as far as the cap
-// now lets in, the listeners taking turns at going first, and looks again
+// now lets in, oldest first across the listeners, and looks again
 // after admitRetry while connections still wait for room. Connections
 // that wait for a worker rather than for room are the pending retry's.
 func (b *Balancer) retryAdmission() {
@@ -133,12 +177,7 @@ func (b *Balancer) retryAdmission() {
 	if b.closed || b.admissionQueuedLocked() == 0 {
 		return
 	}
-	if n := len(b.listeners); b.roomLocked(true) > 0 {
-		for i := range n {
-			b.drainPendingLocked(b.listeners[(b.adm.next+i)%n])
-		}
-		b.adm.next = (b.adm.next + 1) % n
-	}
+	b.admitOldestLocked()
 	if b.admissionQueuedLocked() > 0 && b.roomLocked(true) == 0 {
 		b.adm.armed = true
 		b.adm.timer.Reset(admitRetry)

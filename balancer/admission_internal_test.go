@@ -96,3 +96,61 @@ func TestHandoffQueueTakeN(t *testing.T) {
 		t.Fatalf("takeN(10) = %v %v, %d left", hs, since, q.len())
 	}
 }
+
+// Room the cap frees goes to the oldest waiting connection of any
+// listener: a busy listener's new clients do not pass another's older
+// ones.
+func TestAdmissionIsOldestFirstAcrossListeners(t *testing.T) {
+	b, l1, ws := testBalancer(t, RoundRobin, 1)
+	l2 := &listener{id: 2, policy: RoundRobin(), done: make(chan struct{})}
+	w2 := testWorker(t, b, 2, l2)
+	b.mu.Lock()
+	b.listeners = append(b.listeners, l2)
+	b.mu.Unlock()
+	b.opts.MaxConns = 2
+
+	b.accepted(l1, eventfds(t, 2)) // fill the cap
+	old := eventfds(t, 1)
+	b.accepted(l2, old) // waits first
+	b.accepted(l1, eventfds(t, 3))
+	b.mu.Lock()
+	if q1, q2 := l1.admit.len(), l2.admit.len(); q1 != 3 || q2 != 1 {
+		t.Fatalf("admit queues %d and %d, want 3 and 1", q1, q2)
+	}
+	// One close makes room for one: it must be l2's, queued first.
+	ws[0].ctr.Received.Store(ws[0].sent)
+	ws[0].ctr.Closed.Store(1)
+	b.mu.Unlock()
+	b.retryAdmission()
+	b.mu.Lock()
+	if w2.sent != 1 || l2.admit.len() != 0 || l1.admit.len() != 3 {
+		t.Errorf("after one close: l2's worker was sent %d, admit queues %d and %d; want 1, 3 and 0", w2.sent, l1.admit.len(), l2.admit.len())
+	}
+	// A connection accepted on l1 now waits behind l1's older ones.
+	b.mu.Unlock()
+	b.accepted(l1, eventfds(t, 1))
+	b.mu.Lock()
+	if n := l1.admit.len(); n != 4 || ws[0].sent != 2 {
+		t.Errorf("l1's admit queue %d, its worker sent %d; want 4 and 2", n, ws[0].sent)
+	}
+	for _, w := range append(ws, w2) {
+		for _, k := range w.links {
+			drainLink(t, k)
+		}
+	}
+	for _, l := range []*listener{l1, l2} {
+		for _, q := range []*handoffQueue{&l.admit, &l.pending} {
+			queued, _ := q.take()
+			for _, h := range queued {
+				closeFD(int(h.FD))
+			}
+		}
+	}
+	b.pending = 0
+	b.listeners = nil
+	b.workers = nil
+	b.mu.Unlock()
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

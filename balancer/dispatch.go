@@ -263,7 +263,7 @@ func (b *Balancer) drainPendingLocked(l *listener) {
 		return
 	}
 	b.drainQueueLocked(l, &l.pending, false)
-	b.drainQueueLocked(l, &l.admit, true)
+	b.admitOldestLocked() // every listener's, oldest first
 	if b.pending == 0 {
 		b.pendDelay = 0
 	}

@@ -410,6 +410,24 @@ type handoffQueue struct {
 
 func (q *handoffQueue) len() int { return len(q.hs) - q.head }
 
+// oldest is when the connection at the head of q was first queued; q
+// must not be empty.
+func (q *handoffQueue) oldest() int64 { return q.since[q.head] }
+
+// olderThan counts the run of connections at the head of q first queued
+// before t. (q is not wholly in time order: a connection no worker could
+// take when its turn came goes back to the tail with its first time.)
+func (q *handoffQueue) olderThan(t int64) int {
+	n := 0
+	for _, at := range q.since[q.head:] {
+		if at >= t {
+			break
+		}
+		n++
+	}
+	return n
+}
+
 // push queues h, first queued at since (a mono time).
 func (q *handoffQueue) push(h ipc.Handoff, since int64) {
 	q.hs = append(q.hs, h)
