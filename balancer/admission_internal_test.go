@@ -5,6 +5,7 @@ package balancer
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/handoff-go/handoff/ipc"
 )
@@ -144,6 +145,43 @@ func TestAdmissionIsOldestFirstAcrossListeners(t *testing.T) {
 			for _, h := range queued {
 				closeFD(int(h.FD))
 			}
+		}
+	}
+	b.pending = 0
+	b.listeners = nil
+	b.workers = nil
+	b.mu.Unlock()
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A connection taken back from a worker is kept even when new clients
+// fill the queues to MaxPending: MaxPending bounds what new connections
+// may add, not the clients already being served.
+func TestTakenBackConnectionPassesAFullQueue(t *testing.T) {
+	b, l, ws := testBalancer(t, RoundRobin, 1)
+	b.opts.MaxConns = 1
+	b.opts.MaxPending = 2
+	b.accepted(l, eventfds(t, 3)) // 1 in progress, 2 waiting: the queue is full
+	b.mu.Lock()
+	if l.admit.len() != 2 || b.pending != 2 {
+		t.Fatalf("admit queue %d, pending %d; want 2 and 2", l.admit.len(), b.pending)
+	}
+	ws[0].blockedUntil = time.Now().Add(time.Hour) // no worker can take one now
+	b.dispatchLocked(l, eventfds(t, 1), nil, false)
+	if l.pending.len() != 1 || b.stats.dropped != 0 {
+		t.Errorf("a taken-back connection past a full queue: pending queue %d, dropped %d; want 1 and 0", l.pending.len(), b.stats.dropped)
+	}
+	b.dispatchLocked(l, eventfds(t, 1), nil, true) // a new one is still bounded
+	if b.stats.dropped != 1 {
+		t.Errorf("a new connection past a full queue: dropped %d, want 1", b.stats.dropped)
+	}
+	drainLink(t, ws[0].links[l])
+	for _, q := range []*handoffQueue{&l.admit, &l.pending} {
+		queued, _ := q.take()
+		for _, h := range queued {
+			closeFD(int(h.FD))
 		}
 	}
 	b.pending = 0

@@ -192,7 +192,12 @@ func (b *Balancer) pendLocked(l *listener, h ipc.Handoff, since int64, fresh boo
 	}
 	// The fd is already the master's: queueing it takes no room. What
 	// bounds the queue by the fd table is the accept loop's reserve.
-	if b.pending >= b.opts.MaxPending {
+	// MaxPending bounds what new connections may add: one taken back
+	// from a worker (fresh false) was a client already being served, is
+	// bounded by what workers held (MaxUnread each), and is kept even
+	// past it, so that a queue full of new clients waiting under
+	// MaxConns, or for a worker, never closes it.
+	if fresh && b.pending >= b.opts.MaxPending {
 		closeFD(int(h.FD))
 		b.stats.dropped++
 		if b.dropLogLimit.allow() {
