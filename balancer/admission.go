@@ -184,6 +184,24 @@ func (b *Balancer) retryAdmission() {
 	}
 }
 
+// minDrain is the least a worker may drain at Shutdown after awaitAdmission
+// used up most of ShutdownTimeout.
+const minDrain = time.Second
+
+// drainTimeout is how long a disconnecting worker may drain after SIGTERM:
+// ShutdownTimeout, but at Shutdown only what awaitAdmission left of it
+// (at least minDrain), so that one --shutdown-timeout bounds the whole
+// shutdown, as a service manager's stop timeout expects, cap or not.
+func (b *Balancer) drainTimeout() time.Duration {
+	b.mu.Lock()
+	by := b.drainBy
+	b.mu.Unlock()
+	if by.IsZero() {
+		return b.opts.ShutdownTimeout
+	}
+	return min(b.opts.ShutdownTimeout, max(time.Until(by), minDrain))
+}
+
 // admissionPoll is how often Shutdown looks whether the admit queues
 // have emptied.
 const admissionPoll = 10 * time.Millisecond
@@ -197,6 +215,9 @@ func (b *Balancer) awaitAdmission(ctx context.Context) {
 	if b.opts.MaxConns == 0 {
 		return
 	}
+	b.mu.Lock()
+	b.drainBy = time.Now().Add(b.opts.ShutdownTimeout) // see drainTimeout
+	b.mu.Unlock()
 	t := time.NewTimer(b.opts.ShutdownTimeout)
 	defer t.Stop()
 	for {

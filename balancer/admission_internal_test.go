@@ -192,3 +192,21 @@ func TestTakenBackConnectionPassesAFullQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// At Shutdown with MaxConns, the workers' drain gets what the wait for
+// admission left of ShutdownTimeout, at least minDrain.
+func TestDrainTimeoutIsWhatAdmissionLeft(t *testing.T) {
+	t.Parallel()
+	b := &Balancer{opts: Options{ShutdownTimeout: 30 * time.Second}}
+	if d := b.drainTimeout(); d != 30*time.Second {
+		t.Errorf("no shutdown under way: %v, want ShutdownTimeout", d)
+	}
+	b.drainBy = time.Now().Add(5 * time.Second)
+	if d := b.drainTimeout(); d > 5*time.Second || d < 4*time.Second {
+		t.Errorf("5s left: %v", d)
+	}
+	b.drainBy = time.Now().Add(-time.Second)
+	if d := b.drainTimeout(); d != minDrain {
+		t.Errorf("nothing left: %v, want %v", d, minDrain)
+	}
+}

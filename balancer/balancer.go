@@ -59,6 +59,7 @@ type Balancer struct {
 	room       scm.Room             // the master's own fd room
 	fdReserve  int                  // fds kept free for the master's own needs; see maxFDReserve
 	changed    chan struct{}        // closed and replaced on every state change
+	drainBy    time.Time            // at Shutdown with MaxConns, when the whole drain must end; see drainTimeout
 
 	stopAccept     chan struct{} // closed by Shutdown: accept loops stop backing off
 	acceptLogLimit rateLimit     // of "accept failed" lines

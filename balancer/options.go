@@ -90,7 +90,10 @@ type Options struct {
 	Policy func() Policy
 
 	// ShutdownTimeout is how long a disconnecting worker may drain after
-	// SIGTERM before SIGKILL; 0 means DefaultShutdownTimeout.
+	// SIGTERM before SIGKILL; 0 means DefaultShutdownTimeout. At Shutdown
+	// with MaxConns, the wait for the connections the cap holds comes out
+	// of it (the workers keep at least a second), so that it still bounds
+	// the whole drain.
 	ShutdownTimeout time.Duration
 	// HandoffTimeout is how long a worker that has stopped reading its
 	// connections (its unread ones were already taken back and served

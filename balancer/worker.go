@@ -267,12 +267,13 @@ func (w *Worker) disconnect() {
 			w.log.Debug().Str("after", time.Since(start).String()).Msg("disconnecting worker: listeners closed; sending SIGTERM")
 		}
 		_ = w.Kill(syscall.SIGTERM)
-		t := time.NewTimer(b.opts.ShutdownTimeout)
+		timeout := b.drainTimeout()
+		t := time.NewTimer(timeout)
 		defer t.Stop()
 		select {
 		case <-w.exited:
 		case <-t.C:
-			w.log.Warn().Str("timeout", b.opts.ShutdownTimeout.String()).Msg("worker did not drain in time; killing it")
+			w.log.Warn().Str("timeout", timeout.String()).Msg("worker did not drain in time; killing it")
 			_ = w.Kill(syscall.SIGKILL)
 		}
 	}()
