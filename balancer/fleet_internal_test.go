@@ -198,6 +198,9 @@ func TestFleetOptionsValidate(t *testing.T) {
 		{name: "negative max restarts", opts: Options{MaxRestarts: -1}, field: "MaxRestarts", rule: "must not be negative"},
 		{name: "negative window", opts: Options{RestartWindow: -1}, field: "RestartWindow", rule: "must not be negative"},
 		{name: "timeout without heartbeat", opts: Options{HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be 0 without a heartbeat interval"},
+		{name: "a default timeout too short", opts: Options{Heartbeat: 10 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
+		{name: "a timeout too short", opts: Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
+		{name: "the shortest timeout", opts: Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond}},
 		{name: "timeout equal to the interval", opts: Options{Heartbeat: time.Second, HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be longer than the heartbeat interval (1s)"},
 	}
 	for _, tt := range tests {

@@ -34,12 +34,7 @@ import (
 // and stops at Shutdown.
 
 // heartbeatTimeout is Options.HeartbeatTimeout, or its default.
-func (b *Balancer) heartbeatTimeout() time.Duration {
-	if b.opts.HeartbeatTimeout > 0 {
-		return b.opts.HeartbeatTimeout
-	}
-	return 3 * b.opts.Heartbeat
-}
+func (b *Balancer) heartbeatTimeout() time.Duration { return b.opts.heartbeatTimeout() }
 
 // beat is the heartbeat timer's function.
 func (b *Balancer) beat() {

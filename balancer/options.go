@@ -172,7 +172,8 @@ type Options struct {
 	// 0 turns it off.
 	Heartbeat time.Duration
 	// HeartbeatTimeout is how long a ping may go unanswered; 0 means
-	// 3 × Heartbeat. It must be longer than Heartbeat, and 0 without it.
+	// 3 × Heartbeat. It must be longer than Heartbeat, at least
+	// MinHeartbeatTimeout, and 0 without it.
 	HeartbeatTimeout time.Duration
 
 	// MaxRestarts, if positive, stops restarting a slot whose workers
@@ -188,6 +189,20 @@ type Options struct {
 	Logger zerolog.Logger
 	// OnEvent, if set, receives every Event; see Event.
 	OnEvent func(Event)
+}
+
+// MinHeartbeatTimeout is the shortest HeartbeatTimeout (given, or 3 ×
+// Heartbeat) that Validate takes: a worker whose CPU is busy, or in a
+// stop-the-world pause, may take milliseconds to answer, and a timeout of
+// a few would kill healthy workers.
+const MinHeartbeatTimeout = 100 * time.Millisecond
+
+// heartbeatTimeout is HeartbeatTimeout, or its default.
+func (o Options) heartbeatTimeout() time.Duration {
+	if o.HeartbeatTimeout > 0 {
+		return o.HeartbeatTimeout
+	}
+	return 3 * o.Heartbeat
 }
 
 // OptionError is the error of Options.Validate, and so of New, for a field
@@ -236,6 +251,8 @@ func (o Options) Validate() error {
 	switch {
 	case o.HeartbeatTimeout > 0 && o.Heartbeat == 0:
 		return &OptionError{Field: "HeartbeatTimeout", Value: o.HeartbeatTimeout, Rule: "must be 0 without a heartbeat interval"}
+	case o.Heartbeat > 0 && o.heartbeatTimeout() < MinHeartbeatTimeout:
+		return &OptionError{Field: "HeartbeatTimeout", Value: o.heartbeatTimeout(), Rule: "must be at least " + MinHeartbeatTimeout.String()}
 	case o.HeartbeatTimeout > 0 && o.HeartbeatTimeout <= o.Heartbeat:
 		return &OptionError{Field: "HeartbeatTimeout", Value: o.HeartbeatTimeout, Rule: "must be longer than the heartbeat interval (" + o.Heartbeat.String() + ")"}
 	}

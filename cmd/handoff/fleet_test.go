@@ -65,6 +65,7 @@ func TestParseFleetFlags(t *testing.T) {
 		{name: "negative max restarts", args: []string{"--max-restarts", "-2"}, wantErr: "--max-restarts must not be negative, not -2"},
 		{name: "negative window", args: []string{"--restart-window", "-1m"}, wantErr: "--restart-window must not be negative, not -1m0s"},
 		{name: "timeout without heartbeat", args: []string{"--heartbeat-timeout", "1s"}, wantErr: "--heartbeat-timeout must be 0 without a heartbeat interval, not 1s"},
+		{name: "heartbeat too short", args: []string{"--heartbeat", "1ms"}, wantErr: "--heartbeat-timeout must be at least 100ms"},
 		{name: "timeout not above the interval", args: []string{"--heartbeat", "1s", "--heartbeat-timeout", "1s"}, wantErr: "--heartbeat-timeout must be longer than the heartbeat interval (1s), not 1s"},
 	}
 	runFlagCases(t, tests)

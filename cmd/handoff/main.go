@@ -98,7 +98,7 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.cpuAffinity, "cpu-affinity", false, "pin the worker of slot i to the (i mod n)-th of the n CPUs the master may run on, as nginx's worker_cpu_affinity auto; a replacement keeps its slot's CPU")
 	fs.IntVar(&c.maxUnread, "max-unread", balancer.DefaultMaxUnread, "handoffs that may wait unread in a worker's sockets before it gets no more; 0 means the default")
 	fs.DurationVar(&c.tcpKeepAlive, "tcp-keepalive", balancer.DefaultKeepAlive, "TCP keep-alive idle time and probe interval of every connection, set once on the listening socket; 0 turns keep-alive off")
-	fs.IntVar(&c.masterProcs, "master-procs", 1, "GOMAXPROCS of the master process (the workers keep Go's default): the master's work is one accept loop per listener, and one P spares it the Go runtime's wakeups of idle threads; 0 leaves Go's default")
+	fs.IntVar(&c.masterProcs, "master-procs", 1, "GOMAXPROCS of the master process (the workers get their share of the CPUs; see --workers): the master's work is one accept loop per listener, and one P spares it the Go runtime's wakeups of idle threads; 0 leaves Go's default")
 	fs.DurationVar(&c.tcpUserTimeout, "tcp-user-timeout", 0, "TCP_USER_TIMEOUT of every connection, set once on the listening socket: how long sent data may go unacknowledged before the kernel drops the connection; 0 leaves the kernel's default")
 	fs.IntVar(&c.reloadConcurrency, "reload-concurrency", balancer.DefaultReloadConcurrency, "workers replaced at once by a rolling restart (SIGHUP); 0 means the default")
 	fs.StringVar(&c.user, "user", "", "run the workers as this user (the master must be root; sockets stay the master's, so port 80 still works)")
@@ -112,7 +112,7 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.maxLifetime, "max-lifetime", 0, "recycle a worker once it has been up this long, less a random jitter of up to a tenth, drawn for each worker so that they do not all go at once; 0 means never")
 	fs.Var(sizeFlag{&c.maxMemory}, "max-memory", "recycle a worker whose resident memory (RSS) stays above this for "+strconv.Itoa(balancer.MemoryChecks)+" checks in a row, "+balancer.MemoryCheckInterval.String()+" apart: "+sizeHelp+" (KB, MB, GB are powers of 1000; K, KiB, M, MiB, G, GiB of 1024); 0 means never")
 	fs.DurationVar(&c.heartbeat, "heartbeat", 0, "ping every worker this often over its control socket; one that leaves a ping unanswered for --heartbeat-timeout is hung, even with no connection, and is killed and restarted; 0 turns it off")
-	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", 0, "how long a heartbeat ping may go unanswered; 0 means 3 × --heartbeat")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", 0, "how long a heartbeat ping may go unanswered, at least 100ms; 0 means 3 × --heartbeat")
 	fs.IntVar(&c.maxRestarts, "max-restarts", 0, "stop restarting a worker slot that exited unexpectedly more than N times within --restart-window: it stays empty and /healthz answers 503 until a SIGHUP; 0 means no limit")
 	fs.DurationVar(&c.restartWindow, "restart-window", balancer.DefaultRestartWindow, "the window of --max-restarts; 0 means the default")
 	fs.Usage = func() {
