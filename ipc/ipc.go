@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -153,6 +154,30 @@ type Handoff struct {
 	FD      int32
 	AddrLen uint8
 	Addr    [MaxAddr]byte
+}
+
+// AddrPort decodes the client's address that came with h, a sockaddr_in
+// or sockaddr_in6, without a syscall and without allocating; anything
+// else (a Unix socket's address, none, or a truncated one) is the zero
+// AddrPort. An IPv6 scope id is dropped, since a zone would allocate;
+// scoped reports that there was one.
+func (h *Handoff) AddrPort() (ap netip.AddrPort, scoped bool) {
+	sa := h.Addr[:min(int(h.AddrLen), MaxAddr)]
+	if len(sa) < 4 {
+		return netip.AddrPort{}, false
+	}
+	port := binary.BigEndian.Uint16(sa[2:4])
+	switch binary.NativeEndian.Uint16(sa) {
+	case unix.AF_INET:
+		if len(sa) >= unix.SizeofSockaddrInet4 {
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), port), false
+		}
+	case unix.AF_INET6:
+		if len(sa) >= unix.SizeofSockaddrInet6 {
+			return netip.AddrPortFrom(netip.AddrFrom16([16]byte(sa[8:24])), port), binary.NativeEndian.Uint32(sa[24:28]) != 0
+		}
+	}
+	return netip.AddrPort{}, false
 }
 
 // Message is a decoded frame. Decode reuses its slices, so one Message kept

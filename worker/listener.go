@@ -189,13 +189,11 @@ func remoteAddr(network string, h ipc.Handoff) net.Addr {
 	}
 	sa := h.Addr[:h.AddrLen]
 	switch binary.NativeEndian.Uint16(sa) {
-	case unix.AF_INET:
-		if len(sa) >= unix.SizeofSockaddrInet4 {
-			return &net.TCPAddr{IP: net.IPv4(sa[4], sa[5], sa[6], sa[7]), Port: int(binary.BigEndian.Uint16(sa[2:4]))}
-		}
-	case unix.AF_INET6:
-		if len(sa) >= unix.SizeofSockaddrInet6 && binary.NativeEndian.Uint32(sa[24:28]) == 0 {
-			return &net.TCPAddr{IP: append(net.IP(nil), sa[8:24]...), Port: int(binary.BigEndian.Uint16(sa[2:4]))}
+	case unix.AF_INET, unix.AF_INET6:
+		// A scoped IPv6 address needs its zone's name: the conn asks
+		// the kernel for it.
+		if ap, scoped := h.AddrPort(); ap.IsValid() && !scoped {
+			return net.TCPAddrFromAddrPort(ap)
 		}
 	case unix.AF_UNIX:
 		if network == "unix" {
