@@ -61,15 +61,7 @@ func TestAdmissionHoldsNewConnectionsPastTheCap(t *testing.T) {
 	for _, w := range ws {
 		drainLink(t, w.links[l])
 	}
-	for _, q := range []*handoffQueue{&l.admit, &l.pending} {
-		queued, _ := q.take()
-		for _, h := range queued {
-			closeFD(int(h.FD))
-		}
-	}
-	b.pending = 0
-	b.listeners = nil
-	b.workers = nil
+	forgetQueuesLocked(b, l)
 	b.mu.Unlock()
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -139,17 +131,7 @@ func TestAdmissionIsOldestFirstAcrossListeners(t *testing.T) {
 			drainLink(t, k)
 		}
 	}
-	for _, l := range []*listener{l1, l2} {
-		for _, q := range []*handoffQueue{&l.admit, &l.pending} {
-			queued, _ := q.take()
-			for _, h := range queued {
-				closeFD(int(h.FD))
-			}
-		}
-	}
-	b.pending = 0
-	b.listeners = nil
-	b.workers = nil
+	forgetQueuesLocked(b, l1, l2)
 	b.mu.Unlock()
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
@@ -178,15 +160,7 @@ func TestTakenBackConnectionPassesAFullQueue(t *testing.T) {
 		t.Errorf("a new connection past a full queue: dropped %d, want 1", b.stats.dropped)
 	}
 	drainLink(t, ws[0].links[l])
-	for _, q := range []*handoffQueue{&l.admit, &l.pending} {
-		queued, _ := q.take()
-		for _, h := range queued {
-			closeFD(int(h.FD))
-		}
-	}
-	b.pending = 0
-	b.listeners = nil
-	b.workers = nil
+	forgetQueuesLocked(b, l)
 	b.mu.Unlock()
 	if err := b.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

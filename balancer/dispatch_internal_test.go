@@ -57,6 +57,23 @@ func testBalancer(tb testing.TB, newPolicy func() Policy, n int) (*Balancer, *li
 	return b, l, ws
 }
 
+// forgetQueuesLocked closes what the queues of ls hold and empties the
+// balancer's lists, so that a test balancer whose links the test drained
+// shuts down with nothing of its own to wait for or close.
+func forgetQueuesLocked(b *Balancer, ls ...*listener) {
+	for _, l := range ls {
+		for _, q := range []*handoffQueue{&l.admit, &l.pending} {
+			queued, _ := q.take()
+			for _, h := range queued {
+				closeFD(int(h.FD))
+			}
+		}
+	}
+	b.pending = 0
+	b.listeners = nil
+	b.workers = nil
+}
+
 // eventfds makes n fds that stand for accepted sockets.
 func eventfds(tb testing.TB, n int) []ipc.Handoff {
 	tb.Helper()
@@ -116,13 +133,7 @@ func TestFailedSendStrandsNoBatch(t *testing.T) {
 		sent += drainLink(t, w.links[l])
 	}
 	pending := l.pending.len()
-	queued, _ := l.pending.take()
-	for _, h := range queued {
-		closeFD(int(h.FD))
-	}
-	b.pending = 0
-	b.listeners = nil
-	b.workers = nil
+	forgetQueuesLocked(b, l)
 	b.mu.Unlock()
 	if sent+pending != len(hs) {
 		t.Errorf("%d fds sent and %d pending, of %d accepted", sent, pending, len(hs))
