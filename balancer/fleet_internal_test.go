@@ -177,50 +177,6 @@ func TestHeartbeatFailsOnlyTheSilent(t *testing.T) {
 	}
 }
 
-// The recycling and liveness options: negative is an error naming the
-// field, and a heartbeat timeout must outlast the interval it times.
-func TestFleetOptionsValidate(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name  string
-		opts  Options
-		field string // "" for valid
-		rule  string
-	}{
-		{name: "all set", opts: Options{MaxRequests: 1, MaxLifetime: 1, MaxMemory: 1, Heartbeat: time.Second, HeartbeatTimeout: 2 * time.Second, MaxRestarts: 1, RestartWindow: 1}},
-		{name: "heartbeat with its default timeout", opts: Options{Heartbeat: time.Second}},
-		{name: "window without a limit is unused", opts: Options{RestartWindow: time.Hour}},
-		{name: "negative max requests", opts: Options{MaxRequests: -1}, field: "MaxRequests", rule: "must not be negative"},
-		{name: "negative lifetime", opts: Options{MaxLifetime: -1}, field: "MaxLifetime", rule: "must not be negative"},
-		{name: "negative memory", opts: Options{MaxMemory: -1}, field: "MaxMemory", rule: "must not be negative"},
-		{name: "negative heartbeat", opts: Options{Heartbeat: -1}, field: "Heartbeat", rule: "must not be negative"},
-		{name: "negative heartbeat timeout", opts: Options{HeartbeatTimeout: -1}, field: "HeartbeatTimeout", rule: "must not be negative"},
-		{name: "negative max restarts", opts: Options{MaxRestarts: -1}, field: "MaxRestarts", rule: "must not be negative"},
-		{name: "negative window", opts: Options{RestartWindow: -1}, field: "RestartWindow", rule: "must not be negative"},
-		{name: "timeout without heartbeat", opts: Options{HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be 0 without a heartbeat interval"},
-		{name: "a default timeout too short", opts: Options{Heartbeat: 10 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
-		{name: "a timeout too short", opts: Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
-		{name: "the shortest timeout", opts: Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond}},
-		{name: "timeout equal to the interval", opts: Options{Heartbeat: time.Second, HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be longer than the heartbeat interval (1s)"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			err := tt.opts.Validate()
-			if tt.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			oe, ok := err.(*OptionError)
-			if !ok || oe.Field != tt.field || oe.Rule != tt.rule {
-				t.Fatalf("Validate() = %v, want an *OptionError for %s: %s", err, tt.field, tt.rule)
-			}
-		})
-	}
-}
-
 // The recycler never recycles while a Reload holds reloadMu: it skips its
 // turn and looks again soon.
 func TestRecyclerSkipsItsTurnDuringAReload(t *testing.T) {

@@ -10,14 +10,16 @@ import (
 	"github.com/handoff-go/handoff/balancer"
 )
 
-// Validate rejects what means nothing and names the field; zero values
-// are the defaults, and valid.
+// Validate rejects what means nothing and names the field and the rule it
+// breaks; zero values are the defaults, and valid. A heartbeat timeout
+// must outlast the interval it times.
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name  string
 		opts  balancer.Options
 		field string // "" for valid
+		rule  string // "" for "must not be negative"
 	}{
 		{name: "zero", opts: balancer.Options{}},
 		{name: "keep-alive off", opts: balancer.Options{KeepAlive: -1}},
@@ -30,6 +32,21 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "negative max pending", opts: balancer.Options{MaxPending: -1}, field: "MaxPending"},
 		{name: "negative max conns", opts: balancer.Options{MaxConns: -1}, field: "MaxConns"},
 		{name: "negative user timeout", opts: balancer.Options{TCPUserTimeout: -1}, field: "TCPUserTimeout"},
+		{name: "all set", opts: balancer.Options{MaxRequests: 1, MaxLifetime: 1, MaxMemory: 1, Heartbeat: time.Second, HeartbeatTimeout: 2 * time.Second, MaxRestarts: 1, RestartWindow: 1}},
+		{name: "heartbeat with its default timeout", opts: balancer.Options{Heartbeat: time.Second}},
+		{name: "window without a limit is unused", opts: balancer.Options{RestartWindow: time.Hour}},
+		{name: "negative max requests", opts: balancer.Options{MaxRequests: -1}, field: "MaxRequests"},
+		{name: "negative lifetime", opts: balancer.Options{MaxLifetime: -1}, field: "MaxLifetime"},
+		{name: "negative memory", opts: balancer.Options{MaxMemory: -1}, field: "MaxMemory"},
+		{name: "negative heartbeat", opts: balancer.Options{Heartbeat: -1}, field: "Heartbeat"},
+		{name: "negative heartbeat timeout", opts: balancer.Options{HeartbeatTimeout: -1}, field: "HeartbeatTimeout"},
+		{name: "negative max restarts", opts: balancer.Options{MaxRestarts: -1}, field: "MaxRestarts"},
+		{name: "negative window", opts: balancer.Options{RestartWindow: -1}, field: "RestartWindow"},
+		{name: "timeout without heartbeat", opts: balancer.Options{HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be 0 without a heartbeat interval"},
+		{name: "a default timeout too short", opts: balancer.Options{Heartbeat: 10 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
+		{name: "a timeout too short", opts: balancer.Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 50 * time.Millisecond}, field: "HeartbeatTimeout", rule: "must be at least 100ms"},
+		{name: "the shortest timeout", opts: balancer.Options{Heartbeat: 10 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond}},
+		{name: "timeout equal to the interval", opts: balancer.Options{Heartbeat: time.Second, HeartbeatTimeout: time.Second}, field: "HeartbeatTimeout", rule: "must be longer than the heartbeat interval (1s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,11 +58,15 @@ func TestOptionsValidate(t *testing.T) {
 				}
 				return
 			}
-			var oe *balancer.OptionError
-			if !errors.As(err, &oe) || oe.Field != tt.field {
-				t.Fatalf("Validate() = %v, want an *OptionError for %s", err, tt.field)
+			rule := tt.rule
+			if rule == "" {
+				rule = "must not be negative"
 			}
-			if !strings.Contains(err.Error(), "balancer: Options."+tt.field+" must not be negative") {
+			var oe *balancer.OptionError
+			if !errors.As(err, &oe) || oe.Field != tt.field || oe.Rule != rule {
+				t.Fatalf("Validate() = %v, want an *OptionError for %s: %s", err, tt.field, rule)
+			}
+			if !strings.Contains(err.Error(), "balancer: Options."+tt.field+" "+rule) {
 				t.Errorf("message %q", err)
 			}
 			if _, nerr := balancer.New(tt.opts); nerr == nil || nerr.Error() != err.Error() {
