@@ -33,9 +33,6 @@ import (
 // beat, and the timeout still counts). It runs only with Heartbeat set,
 // and stops at Shutdown.
 
-// heartbeatTimeout is Options.HeartbeatTimeout, or its default.
-func (b *Balancer) heartbeatTimeout() time.Duration { return b.opts.heartbeatTimeout() }
-
 // beat is the heartbeat timer's function.
 func (b *Balancer) beat() {
 	b.mu.Lock()
@@ -44,7 +41,7 @@ func (b *Balancer) beat() {
 		return
 	}
 	now := time.Now()
-	timeout := b.heartbeatTimeout()
+	timeout := b.opts.heartbeatTimeout()
 	var hung []*Worker
 	for _, w := range b.workers {
 		if w.state < StateOnline || !w.watchedLocked() {
