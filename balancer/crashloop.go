@@ -23,6 +23,13 @@ func (w *Worker) backoffLocked(now time.Time) time.Duration {
 	if !w.listened.IsZero() && now.Sub(w.listened) >= StableUptime {
 		s.crashes = 0
 	}
+	return s.backoffLocked()
+}
+
+// backoffLocked counts one more crash (or failed restart) of s and returns
+// how long its restart waits: RestartBackoffMin, doubling with each crash
+// up to RestartBackoffMax.
+func (s *slot) backoffLocked() time.Duration {
 	delay := min(RestartBackoffMin<<min(s.crashes, 20), RestartBackoffMax)
 	s.crashes++
 	return delay

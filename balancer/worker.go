@@ -575,8 +575,7 @@ func (b *Balancer) restart(s *slot) {
 		b.mu.Lock()
 		gaveUp := false
 		if !b.stopping {
-			delay := min(RestartBackoffMin<<min(s.crashes, 20), RestartBackoffMax)
-			s.crashes++
+			delay := s.backoffLocked()
 			if gaveUp = b.crashLoopLocked(s, time.Now()); !gaveUp {
 				b.scheduleRestartLocked(s, delay)
 			}
