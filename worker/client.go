@@ -251,13 +251,6 @@ func (c *controlClient) drainListeners() {
 	}
 }
 
-// closeListeners closes every listener at once.
-func (c *controlClient) closeListeners() {
-	for _, l := range c.listenerList() {
-		_ = l.Close()
-	}
-}
-
 // listenerList returns the listeners open now, so that they can be closed
 // without c.mu held (a Listener's Close takes c.mu).
 func (c *controlClient) listenerList() []*Listener {
@@ -271,6 +264,10 @@ func (c *controlClient) listenerList() []*Listener {
 }
 
 // masterGone runs once the control socket reads EOF: the master is dead.
+// The connections it handed over are the clients' only hope, since no
+// master is left to take them back: every listener serves what it holds
+// and what is still in its socket, then closes (closeWhenDrained, at most
+// drainTimeout), and only then does the worker send itself SIGTERM.
 func (c *controlClient) masterGone() {
 	c.mu.Lock()
 	c.gone = true
@@ -280,9 +277,13 @@ func (c *controlClient) masterGone() {
 	for _, r := range reqs {
 		r.ch <- listenResult{err: &net.OpError{Op: "listen", Net: r.network, Addr: stringAddr{r.network, r.address}, Err: ErrMasterGone}}
 	}
-	c.closeListeners()
 	c.inbox.close()
 	_ = c.ctl.Close()
+	var wg sync.WaitGroup
+	for _, l := range c.listenerList() {
+		wg.Go(func() { l.closeWhenDrained(drainTimeout) })
+	}
+	wg.Wait()
 	killSelf()
 }
 

@@ -65,9 +65,12 @@
 // calls Shutdown, then waits for hijacked connections, which it tells to
 // go through OnDrain. It reports on the counter page how many connections
 // have a request in flight.
-// When the master dies, even by SIGKILL, the control socket reads EOF: the
-// worker closes its listeners and sends itself SIGTERM, within a
-// millisecond and without polling. The worker answers the master's pings
+// When the master dies, even by SIGKILL, the control socket reads EOF at
+// once, without polling. No master is left to take back what it handed
+// over, so each listener first serves it: Accept returns the connections
+// queued and still unread in its socket, and the listener closes once it
+// is empty (drainGrace later, at most drainTimeout). Then the worker sends
+// itself SIGTERM, so that the program's own shutdown runs. The worker answers the master's pings
 // at once; a worker that answers none while it reads nothing is killed.
 //
 // # Messages
