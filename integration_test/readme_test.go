@@ -74,7 +74,7 @@ func TestREADMELibraryExample(t *testing.T) {
 	if lost > 0 {
 		t.Errorf("SIGTERM: %d of %d requests in flight were not answered", lost, readmeHalfClients)
 	}
-	m.checkNoOutput(t)
+	m.checkOutput(t)
 }
 
 // TestREADMEPlainShutdownLosesRequests is the control of the SIGTERM
@@ -568,16 +568,18 @@ func (m *exampleMaster) terminateWithRequestsInFlight(t *testing.T) (answered, l
 	return answered, lost
 }
 
-// checkNoOutput checks that the master and its workers printed nothing:
-// no error, and, as they are built with -race, no data race.
-func (m *exampleMaster) checkNoOutput(t *testing.T) {
+// checkOutput checks that the master printed its one "serving" line and
+// that nothing else was printed: no error and, as they are built with
+// -race, no data race.
+func (m *exampleMaster) checkOutput(t *testing.T) {
 	t.Helper()
 	out, err := os.ReadFile(m.output)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(out) > 0 {
-		t.Errorf("the example printed:\n%s", out)
+	want := fmt.Sprintf(" master %d serving on %s\n", m.cmd.Process.Pid, m.addr)
+	if line, rest, _ := strings.Cut(string(out), "\n"); !strings.HasSuffix(line+"\n", want) || rest != "" {
+		t.Errorf("the example printed:\n%s\nwant one line ending in %q", out, want)
 	}
 }
 

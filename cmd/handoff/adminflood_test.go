@@ -137,7 +137,7 @@ func plainHandoff(b *testing.B) string {
 	}
 	plainBin.once.Do(func() {
 		plainBin.path = filepath.Join(filepath.Dir(handoffBin), "handoff-plain")
-		out, err := exec.Command("go", "build", "-o", plainBin.path, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-buildvcs=false", "-o", plainBin.path, ".").CombinedOutput()
 		if err != nil {
 			plainBin.err = fmt.Errorf("building handoff: %v\n%s", err, out)
 		}
