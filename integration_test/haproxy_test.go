@@ -83,7 +83,8 @@ type haproxy struct {
 // haproxyPath finds HAProxy, or skips (fails with HANDOFF_REQUIRE_NETNS=1).
 func haproxyPath(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("haproxy")
+	netnstest.NeedRoot(t)
+	p, err := proctest.LookPath("haproxy")
 	if err != nil {
 		if os.Getenv(netnstest.EnvRequire) == "1" {
 			t.Fatalf("haproxy not found (%v); %s=1 requires this test to run: apt-get install haproxy (.ci/run does)", err, netnstest.EnvRequire)

@@ -72,6 +72,7 @@ func adminHandler(src statsSource) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		serveHealth(w, src.Stats())
 	})
+	mux.HandleFunc("GET /{$}", serveAdminIndex)
 	return mux
 }
 
@@ -231,4 +232,20 @@ func (a *adminServer) stop() {
 	}
 	a.stopServe()
 	<-a.done
+}
+
+// adminIndex is the admin port's "/": what it serves, for a person who
+// opens it in a browser or with curl.
+const adminIndex = `%s
+
+  GET /metrics   Prometheus metrics: connections, workers, queues, restarts
+  GET /healthz   200 "ok" while workers listen, 503 with the reason otherwise
+  GET /workers   every worker as JSON: id, pid, slot, state, load, rss
+
+See docs/operations.md of github.com/handoff-go/handoff.
+`
+
+func serveAdminIndex(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, adminIndex, versionString())
 }

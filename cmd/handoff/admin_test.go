@@ -97,6 +97,10 @@ func TestAdminRoutes(t *testing.T) {
 		{name: "healthz head", method: "HEAD", target: "/healthz", code: 200},
 		{name: "post is refused", method: "POST", target: "/healthz", code: 405},
 		{name: "unknown path", method: "GET", target: "/debug", code: 404},
+		{name: "index lists metrics", method: "GET", target: "/", code: 200, contains: "GET /metrics"},
+		{name: "index lists healthz", method: "GET", target: "/", code: 200, contains: "GET /healthz"},
+		{name: "index lists workers", method: "GET", target: "/", code: 200, contains: "GET /workers"},
+		{name: "index has the version", method: "GET", target: "/", code: 200, contains: versionString()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -247,6 +251,9 @@ func TestCLIAdminEndpoints(t *testing.T) {
 		code, body := getAdmin(t, admin, "/healthz")
 		return code == 200 && body == "ok: 2 of 2 workers listening\n"
 	})
+	if code, body := getAdmin(t, admin, "/"); code != 200 || !strings.Contains(body, "/metrics") || !strings.Contains(body, "handoff ") {
+		t.Errorf("GET /: %d %q, want 200 listing the endpoints and the version", code, body)
+	}
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	const n = 40
 	for i := 0; i < n; i++ {

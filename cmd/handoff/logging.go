@@ -9,6 +9,7 @@ import (
 	"log"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -65,9 +66,13 @@ func workerLogEnv(c *config) []string {
 }
 
 func newLogger(c *config) zerolog.Logger {
-	var out io.Writer = os.Stderr
+	return newLoggerTo(c, os.Stderr)
+}
+
+// newLoggerTo is newLogger writing to out.
+func newLoggerTo(c *config, out io.Writer) zerolog.Logger {
 	if logFormat(c) == "console" {
-		out = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"}
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: "15:04:05.000"}
 	}
 	zerolog.TimeFieldFormat = time.RFC3339Nano
 	return zerolog.New(out).Level(logLevel(c)).With().Timestamp().Logger()
@@ -155,4 +160,20 @@ func (r *rateLimitedLog) stop() {
 		r.flush.Stop()
 		r.flush = nil
 	}
+}
+
+// mutableWriter writes through to w until muted. A master that failed to
+// start mutes its log once it has said why in one plain line, so that
+// the balancer's account of tearing down what never served does not
+// bury it.
+type mutableWriter struct {
+	w     io.Writer
+	muted atomic.Bool
+}
+
+func (m *mutableWriter) Write(p []byte) (int, error) {
+	if m.muted.Load() {
+		return len(p), nil
+	}
+	return m.w.Write(p)
 }

@@ -52,6 +52,7 @@ type config struct {
 	heartbeatTimeout  time.Duration
 	maxRestarts       int
 	restartWindow     time.Duration
+	version           bool         // --version: print it and exit
 	specs             []listenSpec // parsed listen
 	command           []string
 }
@@ -83,10 +84,42 @@ func helpAsked(args []string) bool {
 
 func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	c := &config{}
-	fs := flag.NewFlagSet("handoff", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var listen listFlag
-	fs.Var(&listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
+	fs := defineFlags(c, &listen)
+	var bad *flagError
+	wrapFlagValues(fs, &bad)
+	// The flag package writes its own error and the whole usage on a
+	// parse error; main writes one line instead, so nothing goes to
+	// fs.Output but the help asked for.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		if helpAsked(args) && stdout != nil {
+			writeHelp(stdout, fs)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, parseError(err, bad)
+	}
+	if c.version {
+		if stdout != nil {
+			fmt.Fprintln(stdout, versionString())
+		}
+		return nil, errVersion
+	}
+	if err := c.finish(fs, listen); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// defineFlags defines every flag of the command line, to be parsed into c
+// and listen.
+func defineFlags(c *config, listen *listFlag) *flag.FlagSet {
+	fs := flag.NewFlagSet("handoff", flag.ContinueOnError)
+	fs.Var(listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
 	fs.IntVar(&c.workers, "workers", 0, "number of worker processes; 0 means the CPU limit of the cgroup (here "+strconv.Itoa(balancer.DefaultWorkers())+"), not every CPU of the host; each worker's GOMAXPROCS is its share of that limit unless GOMAXPROCS is set")
 	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" (rotate), "+balancer.PolicyLeastLoaded+" (fewest connections), "+balancer.PolicyLeastRequests+" (fewest requests in flight), or "+balancer.PolicyIPHash+" (sticky by the client's IP: the peer's, a proxy's if behind one)")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
@@ -115,38 +148,12 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", 0, "how long a heartbeat ping may go unanswered, at least 100ms; 0 means 3 × --heartbeat")
 	fs.IntVar(&c.maxRestarts, "max-restarts", 0, "stop restarting a worker slot that exited unexpectedly more than N times within --restart-window: it stays empty and /healthz answers 503 until a SIGHUP; 0 means no limit")
 	fs.DurationVar(&c.restartWindow, "restart-window", balancer.DefaultRestartWindow, "the window of --max-restarts; 0 means the default")
-	fs.Usage = func() {
-		if helpAsked(args) && stdout != nil {
-			fs.SetOutput(stdout)
-		}
-		fmt.Fprintf(fs.Output(), `Usage: handoff [flags] [-- COMMAND [ARG...]]
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	return fs
+}
 
-handoff is a master process that accepts every connection on its ports and
-hands each one to a worker process, as --policy says (round-robin). Without a
-COMMAND the workers run the built-in demo HTTP server ("hello world", header
-X-Worker-Id, ?delay=250ms to answer slowly, ?grow=100MiB to keep that much
-more memory resident, up to 1GiB in all, for --max-memory). With one, every
-worker runs COMMAND, a program that uses github.com/handoff-go/handoff/worker.
-
-Signals: SIGHUP replaces every worker with no failed request, and restarts
-the worker slots --max-restarts stopped; SIGUSR2
-upgrades the master itself: it starts the binary on disk, hands it the
-listening sockets, and drains and exits once the new one's workers listen;
-SIGTERM or SIGINT drains the workers (after --shutdown-delay) and exits 0; a
-second one kills them at once.
-
-Under systemd, sockets passed by socket activation (LISTEN_FDS) serve the
---listen addresses they are bound to or, with --listen NAME=ADDR, the
-FileDescriptorName= NAME; the master reports READY=1, RELOADING=1 and
-STOPPING=1 to NOTIFY_SOCKET.
-
-Flags:
-`)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+// finish checks the parsed flags and fills what follows from them.
+func (c *config) finish(fs *flag.FlagSet, listen listFlag) error {
 	fs.Visit(func(f *flag.Flag) { c.logLevelSet = c.logLevelSet || f.Name == "log-level" })
 	c.listen = listen
 	if len(c.listen) == 0 {
@@ -155,42 +162,42 @@ Flags:
 	c.command = fs.Args()
 	switch {
 	case c.logFormat != "" && c.logFormat != "json" && c.logFormat != "console":
-		return nil, fmt.Errorf("--log-format must be json or console, not %q", c.logFormat)
+		return fmt.Errorf("--log-format must be json or console, not %q", c.logFormat)
 	case c.masterProcs < 0:
-		return nil, fmt.Errorf("--master-procs must be 0 or more, not %d", c.masterProcs)
+		return fmt.Errorf("--master-procs must be 0 or more, not %d", c.masterProcs)
 	case c.tcpKeepAlive < 0:
-		return nil, fmt.Errorf("--tcp-keepalive must not be negative, not %s", c.tcpKeepAlive)
+		return fmt.Errorf("--tcp-keepalive must not be negative, not %s", c.tcpKeepAlive)
 	case c.shutdownDelay < 0:
-		return nil, fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
+		return fmt.Errorf("--shutdown-delay must not be negative, not %s", c.shutdownDelay)
 	case c.maxConnAge < 0:
-		return nil, fmt.Errorf("--max-conn-age must not be negative, not %s", c.maxConnAge)
+		return fmt.Errorf("--max-conn-age must not be negative, not %s", c.maxConnAge)
 	case c.upgradeTimeout <= 0:
-		return nil, fmt.Errorf("--upgrade-timeout must be positive, not %s", c.upgradeTimeout)
+		return fmt.Errorf("--upgrade-timeout must be positive, not %s", c.upgradeTimeout)
 	case c.adminMaxConns < 1:
-		return nil, fmt.Errorf("--admin-max-conns must be at least 1, not %d", c.adminMaxConns)
+		return fmt.Errorf("--admin-max-conns must be at least 1, not %d", c.adminMaxConns)
 	}
 	if c.admin != "" {
 		if _, _, err := net.SplitHostPort(c.admin); err != nil {
-			return nil, fmt.Errorf("--admin %q: want HOST:PORT, such as 127.0.0.1:9090", c.admin)
+			return fmt.Errorf("--admin %q: want HOST:PORT, such as 127.0.0.1:9090", c.admin)
 		}
 	}
 	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
-		return nil, fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.logLevel)
+		return fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.logLevel)
 	}
 	// The balancer checks its own options (Options.Validate); the checks
 	// above are of the flags that are the CLI's own, and of a flag's own
 	// encoding (--tcp-keepalive 0 for off).
 	if _, err := masterOptions(c); err != nil {
-		return nil, err
+		return err
 	}
 	for _, a := range c.listen {
 		s, err := parseListen(a)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		c.specs = append(c.specs, s)
 	}
-	return c, nil
+	return nil
 }
 
 // optionFlags names the flag that sets each balancer.Options field, so
@@ -240,7 +247,9 @@ func masterOptions(c *config) (balancer.Options, error) {
 	}
 	policy, err := balancer.PolicyByName(c.policy)
 	if err != nil {
-		return opts, fmt.Errorf("--policy: %w", err)
+		names := balancer.PolicyNames()
+		return opts, &flagError{flag: "policy", value: c.policy,
+			want: "want " + strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]}
 	}
 	opts.Policy = policy
 	if c.tcpKeepAlive == 0 {
@@ -269,11 +278,11 @@ func masterOptions(c *config) (balancer.Options, error) {
 
 func main() {
 	c, err := parseFlags(os.Args[1:], os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		os.Exit(0)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "handoff:", err)
+		fmt.Fprintf(os.Stderr, "handoff: %v\nrun 'handoff --help' for usage\n", err)
 		os.Exit(2)
 	}
 	if worker.IsWorker() {

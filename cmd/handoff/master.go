@@ -14,7 +14,22 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/balancer"
+	"github.com/rs/zerolog"
 )
+
+// cannotStart reports a failure to start, and returns the exit code, 1.
+// It is one plain line on stderr, as a flag's error is, so that a person
+// reads it first, unless --log-format json was asked for: then it is a log
+// line, for a program reading the log.
+func cannotStart(c *config, log zerolog.Logger, logOut *mutableWriter, err error) int {
+	if c.logFormat == "json" {
+		log.Error().Err(err).Msg("cannot start")
+		return 1
+	}
+	logOut.muted.Store(true)
+	fmt.Fprintf(os.Stderr, "handoff: cannot start: %v\n", err)
+	return 1
+}
 
 // runMaster runs the master until it has shut down, and returns the exit
 // code. Its loop owns every decision about the lifecycle; the slow steps
@@ -23,7 +38,8 @@ func runMaster(c *config) int {
 	if c.masterProcs > 0 {
 		runtime.GOMAXPROCS(c.masterProcs)
 	}
-	log := newLogger(c)
+	logOut := &mutableWriter{w: os.Stderr}
+	log := newLoggerTo(c, logOut)
 	// Catch signals before any worker exists, so none is missed.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
@@ -37,8 +53,7 @@ func runMaster(c *config) int {
 		for _, a := range activated {
 			_ = a.ln.Close()
 		}
-		log.Error().Err(err).Msg("cannot start")
-		return 1
+		return cannotStart(c, log, logOut, err)
 	}
 	notify := newNotifier(log)
 
@@ -53,14 +68,13 @@ func runMaster(c *config) int {
 			_ = a.ln.Close()
 		}
 		stopUpgrader(upg)
-		log.Error().Err(err).Msg("cannot start")
-		return 1
+		return cannotStart(c, log, logOut, err)
 	}
 	var draining atomic.Bool
 	var admin *adminServer
 	var adminLn net.Listener // held until ready, in a master started by an upgrade
 	fail := func(err error) int {
-		log.Error().Err(err).Msg("cannot start")
+		code := cannotStart(c, log, logOut, err)
 		b.Kill()
 		_ = b.Shutdown(context.Background())
 		admin.stop()
@@ -68,7 +82,7 @@ func runMaster(c *config) int {
 			_ = adminLn.Close()
 		}
 		stopUpgrader(upg)
-		return 1
+		return code
 	}
 	serveAdminNow := func(ln net.Listener) {
 		admin = serveAdmin(ln, adminHandler(balancerSource{b: b, draining: &draining}), c.adminMaxConns, log)

@@ -96,6 +96,16 @@ func New(t testing.TB, cfg Config) *Network {
 
 var errNoNamespace = errors.New("netnstest: cannot create a network namespace")
 
+// NeedRoot skips a test that needs namespaces when this process is not
+// root, saying so, before it looks for anything else it needs (it fails
+// instead with EnvRequire=1).
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		unavailable(t, fmt.Errorf("running as uid %d, not root", os.Geteuid()))
+	}
+}
+
 // unavailable skips or fails a test that cannot have namespaces.
 func unavailable(t testing.TB, err error) {
 	t.Helper()

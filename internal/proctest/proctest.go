@@ -81,3 +81,22 @@ func FreeAddr(tb testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// sbinDirs are where Debian installs daemons such as haproxy and nginx:
+// on root's PATH, not on another user's.
+var sbinDirs = []string{"/usr/sbin", "/sbin", "/usr/local/sbin"}
+
+// LookPath finds the program name on PATH or, failing that, in the sbin
+// directories, which another user's PATH leaves out.
+func LookPath(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p, nil
+	}
+	for _, dir := range sbinDirs {
+		if p, err2 := exec.LookPath(filepath.Join(dir, name)); err2 == nil {
+			return p, nil
+		}
+	}
+	return "", err
+}
