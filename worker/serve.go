@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +36,16 @@ const listenerCloseWait = drainTimeout
 // sweepMax bounds the interval at which a drain checks its connections.
 const sweepMax = 50 * time.Millisecond
 
+// DefaultIdleGrace is ServeConfig.IdleGrace when it is 0. A keep-alive
+// client idle at the drain's start that sends again within it is
+// answered, with "Connection: close"; docs/design.md has the figures
+// behind it.
+const DefaultIdleGrace = time.Second
+
+// newIdleTimeout is how long a new connection may send nothing before a
+// drain closes it as idle, as http.Server.Shutdown does.
+const newIdleTimeout = 5 * time.Second
+
 // ServeConfig configures Serve. Its zero value is ready to use.
 type ServeConfig struct {
 	// DrainTimeout bounds the drain, from its start to the last
@@ -63,6 +74,17 @@ type ServeConfig struct {
 	// NoSignals stops Serve from draining on SIGTERM and SIGINT; the
 	// program then stops it through ctx alone.
 	NoSignals bool
+
+	// IdleGrace is how long, once the drain has begun, an HTTP/1
+	// keep-alive connection that is idle may still send a request, which
+	// is answered with "Connection: close", before the drain closes it.
+	// It counts from the drain's start, or from when the connection went
+	// idle if later, and the drain never waits longer than DrainTimeout.
+	// The drain ends as soon as no connection is left, so it costs
+	// nothing when every client is busy or gone. Zero means
+	// DefaultIdleGrace; a negative value closes idle connections at once,
+	// as http.Server.Shutdown does.
+	IdleGrace time.Duration
 }
 
 // Serve serves srv on lns with a zero ServeConfig; see ServeConfig.Serve.
@@ -77,19 +99,21 @@ func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
 // when every listener has closed (under a master, its Disconnect closes
 // them), or when serving one fails.
 //
-// The drain closes the listeners, turns keep-alives off (so that idle
-// HTTP/1 connections close and busy ones close after their response),
-// waits until no connection still waits for its first request, and only
-// then calls srv.Shutdown, which sends HTTP/2 clients GOAWAY and waits
-// for the rest. Calling Shutdown first would race: net/http closes
-// unanswered a connection whose first request it reads after Shutdown
-// began, and that client, on a fresh connection, does not retry. So no
-// first request on a connection, and no request the server has begun to
-// read, is closed unanswered. (A request sent on an idle keep-alive
-// connection just as the server closes it can still fail, as with any
-// HTTP/1 server; clients retry it if it is idempotent.) A connection that
-// sends nothing for 5s is closed as idle, as Shutdown does. Hijacked
-// connections are then waited for (see OnDrain and Draining).
+// The drain closes the listeners and lets every client close first:
+// each response from then on carries "Connection: close" (on HTTP/2,
+// the server sends GOAWAY), so a busy keep-alive client closes after
+// its response and reconnects, through the master, to another worker.
+// An HTTP/1 connection that is idle is closed only once it has stayed
+// idle for IdleGrace, and not while a request waits unread on it; a new
+// one once it has had its first request answered, or sent nothing for
+// 5s. Only then does Serve call srv.Shutdown, which sends HTTP/2 clients
+// GOAWAY and waits for the rest. Calling Shutdown at once would lose
+// requests: it closes every connection idle at that instant, and a
+// keep-alive client's next request, or a new connection's first, then
+// meets a closed socket; neither wrk nor a proxy with a POST retries it.
+// What is left is a request sent on an idle connection within the
+// round trip of its close after IdleGrace (docs/design.md measures it).
+// Hijacked connections are then waited for (see OnDrain and Draining).
 //
 // Signals: a signal begins the drain and a second one stops the process
 // at once. Under a master, signals are absorbed for the whole drain (the
@@ -97,8 +121,8 @@ func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
 // Disconnect, Serve waits up to 500ms for the SIGTERM that follows it, so
 // that the program's own code after Serve runs.
 //
-// Serve sets srv.ConnState and srv.BaseContext and, with MaxConnAge,
-// srv.ConnContext and srv.Handler, each wrapping the value already set.
+// Serve sets srv.ConnState, srv.BaseContext and srv.Handler and, with
+// MaxConnAge, srv.ConnContext, each wrapping the value already set.
 // Under a master it counts on the worker's counter page the connections
 // with a request in flight, so that the master can balance on requests;
 // hijacked connections are not counted.
@@ -116,9 +140,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 		return fmt.Errorf("worker: ServeConfig.MaxConnAge must not be negative, not %s", sc.MaxConnAge)
 	}
 	t := newConnTracker(srv, client)
-	if sc.MaxConnAge > 0 {
-		limitConnAge(srv, sc.MaxConnAge)
-	}
+	closeWhenDone(srv, t.draining, sc.MaxConnAge)
 	var sigs chan os.Signal
 	if !sc.NoSignals {
 		sigs = make(chan os.Signal, 1)
@@ -182,7 +204,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 			}
 		}()
 	}
-	if !t.drain(srv, lns, served, sc.drainTimeout(), sc.OnDrain) {
+	if !t.drain(srv, lns, served, sc.drainTimeout(), sc.idleGrace(), sc.OnDrain) {
 		err = errors.Join(err, ErrDrainTimeout)
 	}
 	if disconnected && underMaster && sigs != nil {
@@ -222,6 +244,16 @@ func waitAtMost(ch <-chan struct{}, d time.Duration) {
 	}
 }
 
+func (sc *ServeConfig) idleGrace() time.Duration {
+	switch {
+	case sc.IdleGrace > 0:
+		return sc.IdleGrace
+	case sc.IdleGrace < 0:
+		return 0
+	}
+	return DefaultIdleGrace
+}
+
 func (sc *ServeConfig) drainTimeout() time.Duration {
 	if sc.DrainTimeout > 0 {
 		return sc.DrainTimeout
@@ -240,17 +272,13 @@ type connTracker struct {
 	swept    int                    // len(hijacked) after the last sweep of closed ones
 }
 
-// connState is a connection's last state and, for StateNew, since when.
+// connState is a connection's last state, since when, and whether it
+// speaks HTTP/2 over TLS (a drain leaves those to Shutdown's GOAWAY).
 type connState struct {
 	state http.ConnState
 	since time.Time
+	h2    bool
 }
-
-// freshFor is how long a connection counts as waiting for its first
-// request: a little over net/http's 5s, after which Shutdown closes it
-// as idle, so that a connection whose closing this tracker missed
-// cannot hold a drain.
-const freshFor = 6 * time.Second
 
 // drainingKey is the context key of a Serve's draining channel.
 type drainingKey struct{}
@@ -309,9 +337,12 @@ func (t *connTracker) changed(c net.Conn, s http.ConnState) {
 	}
 	switch s {
 	case http.StateNew, http.StateActive, http.StateIdle:
-		st := connState{state: s}
-		if s == http.StateNew {
-			st.since = time.Now() // only a new connection's age is read (fresh)
+		st := connState{state: s, h2: old.h2}
+		if s != http.StateActive {
+			st.since = time.Now() // a new or idle connection's age is read by the drain
+		}
+		if known && old.state == http.StateNew {
+			st.h2 = isHTTP2(c) // its handshake is done
 		}
 		t.state[c] = st
 	case http.StateHijacked:
@@ -356,18 +387,53 @@ func (t *connTracker) sweepLocked() {
 	t.swept = len(t.hijacked)
 }
 
-// fresh counts the connections that wait for their first request.
-func (t *connTracker) fresh() int {
+// sweep closes the connections a drain that began at start need no
+// longer wait for: HTTP/1 connections idle for grace, counted from start
+// or from when they went idle if later, and new ones that sent nothing
+// for newIdleTimeout, except those with a request waiting unread. It
+// returns how many connections the drain still waits for: HTTP/1 ones
+// that are busy, new or idle (for less than grace), and those it spared.
+// HTTP/2 connections are left to Shutdown.
+func (t *connTracker) sweep(now, start time.Time, grace time.Duration) int {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	var done []net.Conn
 	n := 0
-	cutoff := time.Now().Add(-freshFor)
-	for _, st := range t.state {
-		if st.state == http.StateNew && st.since.After(cutoff) {
+	for c, st := range t.state {
+		switch {
+		case st.h2:
+			continue
+		case st.state == http.StateIdle && now.Sub(maxTime(st.since, start)) >= grace,
+			st.state == http.StateNew && now.Sub(st.since) >= newIdleTimeout:
+			done = append(done, c)
+		default:
 			n++
 		}
 	}
+	t.mu.Unlock()
+	// Outside the lock: closing a *tls.Conn may block to send
+	// close_notify. A request that arrives meanwhile makes the conn busy,
+	// which only shortens the race that requestWaiting narrows.
+	for _, c := range done {
+		if requestWaiting(c) {
+			n++
+			continue
+		}
+		_ = c.Close()
+	}
 	return n
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// isHTTP2 reports whether c is a TLS connection that negotiated HTTP/2.
+func isHTTP2(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	return ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 }
 
 // open counts the connections still open: tracked by net/http, or
@@ -397,9 +463,10 @@ func (t *connTracker) closeHijacked() {
 // drain drains srv (see ServeConfig.Serve), whose Serve calls close
 // served when they return, and reports whether every connection closed
 // within timeout.
-func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan struct{}, timeout time.Duration, onDrain func()) bool {
-	deadline := time.Now().Add(timeout)
-	close(t.draining)
+func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan struct{}, timeout, grace time.Duration, onDrain func()) bool {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	close(t.draining) // from here every response says Connection: close
 	hookDone := make(chan struct{})
 	if onDrain != nil {
 		go func() {
@@ -415,16 +482,13 @@ func (t *connTracker) drain(srv *http.Server, lns []net.Listener, served <-chan 
 	// Let srv.Serve see its listeners closed and forget them: Shutdown
 	// would close them again, and report that error.
 	waitAtMost(served, time.Until(deadline))
-	srv.SetKeepAlivesEnabled(false) // closes the idle HTTP/1 connections
+	// Let the clients close first (see ServeConfig.Serve), then Shutdown.
 	wait := time.Millisecond
-	for t.fresh() > 0 && time.Now().Before(deadline) {
-		time.Sleep(wait)
+	for now := time.Now(); now.Before(deadline) && t.sweep(now, start, grace) > 0; now = time.Now() {
+		time.Sleep(min(wait, time.Until(deadline)))
 		wait = min(2*wait, sweepMax)
-		// Again: this also closes, as idle, the connections that sent
-		// nothing for 5s (net/http's rule), which an HTTP client may
-		// have opened and left unused.
-		srv.SetKeepAlivesEnabled(false)
 	}
+	srv.SetKeepAlivesEnabled(false)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	_ = srv.Shutdown(ctx) // its only error that matters is ctx's
@@ -470,24 +534,32 @@ func connClosed(c net.Conn) bool {
 // connStartKey is the context key of a connection's start time.
 type connStartKey struct{}
 
-// limitConnAge makes srv end keep-alive connections older than age.
-func limitConnAge(srv *http.Server, age time.Duration) {
-	prevCtx := srv.ConnContext
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		if prevCtx != nil {
-			ctx = prevCtx(ctx, c)
+// closeWhenDone makes srv end keep-alive connections once draining is
+// closed and, if age is positive, those older than age: their next
+// response carries "Connection: close", after which net/http closes an
+// HTTP/1 connection, and HTTP/2 sends GOAWAY (and strips the header).
+func closeWhenDone(srv *http.Server, draining <-chan struct{}, age time.Duration) {
+	if age > 0 {
+		prevCtx := srv.ConnContext
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			if prevCtx != nil {
+				ctx = prevCtx(ctx, c)
+			}
+			return context.WithValue(ctx, connStartKey{}, time.Now())
 		}
-		return context.WithValue(ctx, connStartKey{}, time.Now())
 	}
 	h := srv.Handler
 	if h == nil {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && time.Since(start) > age {
-			// net/http closes an HTTP/1 connection after this response;
-			// HTTP/2 sends GOAWAY (and strips the header).
+		select {
+		case <-draining:
 			w.Header().Set("Connection", "close")
+		default:
+			if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && age > 0 && time.Since(start) > age {
+				w.Header().Set("Connection", "close")
+			}
 		}
 		h.ServeHTTP(w, r)
 	})

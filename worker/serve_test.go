@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -540,5 +541,164 @@ func TestServeConfigErrors(t *testing.T) {
 	}
 	if err := Serve(context.Background(), &http.Server{}); err == nil {
 		t.Error("no listener: no error")
+	}
+}
+
+// keepAliveGet sends a GET on c and reads its response, and reports
+// whether the response said Connection: close.
+func keepAliveGet(t *testing.T, c net.Conn, r *bufio.Reader) (closed bool, err error) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return false, err
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		return false, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && (resp.StatusCode != 200 || string(body) != "hello\n") {
+		err = fmt.Errorf("got %d %q, want 200 hello", resp.StatusCode, body)
+	}
+	return resp.Close, err
+}
+
+// idleThenDrain opens a keep-alive connection to a Serve with sc, makes
+// one request on it, waits until it is idle, and begins the drain. It
+// returns the connection, its reader, when the drain began, and Serve's
+// result.
+func idleThenDrain(t *testing.T, sc *ServeConfig) (net.Conn, *bufio.Reader, time.Time, <-chan error) {
+	t.Helper()
+	ln := tcpListener(t)
+	srv := &http.Server{Handler: http.HandlerFunc(hello)}
+	states := countStates(srv)
+	cancel, done := serving(t, sc, srv, ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	r := bufio.NewReader(c)
+	if closed, err := keepAliveGet(t, c, r); err != nil || closed {
+		t.Fatalf("before the drain: closed %v, %v; want a kept connection", closed, err)
+	}
+	waitFor(t, "the connection to be idle", func() bool { return states(http.StateIdle) == 1 })
+	start := time.Now()
+	cancel()
+	return c, r, start, done
+}
+
+// A keep-alive client idle when the drain begins that sends again within
+// IdleGrace is answered, with Connection: close, and then the connection
+// closes; Serve returns once it has.
+func TestServeAnswersAnIdleKeepAliveClientWithinTheGrace(t *testing.T) {
+	t.Parallel()
+	c, r, _, done := idleThenDrain(t, &ServeConfig{IdleGrace: time.Minute})
+	time.Sleep(50 * time.Millisecond) // the drain is under way
+	select {
+	case err := <-done:
+		t.Fatalf("Serve returned (%v) within the grace of an idle connection", err)
+	default:
+	}
+	closed, err := keepAliveGet(t, c, r)
+	if err != nil || !closed {
+		t.Fatalf("the idle client's request after the drain began: closed %v, %v; want answered with Connection: close", closed, err)
+	}
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("after the closing response: read %d, %v; want EOF", n, err)
+	}
+	if err := recv(t, done, "Serve to return once the connection closed"); err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// The control: with no grace (as http.Server.Shutdown does), the idle
+// connection is closed at once and its next request is lost.
+func TestServeWithoutGraceClosesIdleAtOnce(t *testing.T) {
+	t.Parallel()
+	_, r, _, done := idleThenDrain(t, &ServeConfig{IdleGrace: -1})
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the idle connection: read %d, %v; want EOF at once", n, err)
+	}
+	if err := recv(t, done, "Serve to return"); err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// An idle connection that sends nothing is closed once the grace is over,
+// not before.
+func TestServeClosesAnIdleConnectionAfterTheGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 300 * time.Millisecond
+	_, r, start, done := idleThenDrain(t, &ServeConfig{IdleGrace: grace})
+	if n, err := r.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the idle connection: read %d, %v; want EOF after the grace", n, err)
+	}
+	if d := time.Since(start); d < grace {
+		t.Errorf("the idle connection closed %v after the drain began, within its grace of %v", d, grace)
+	}
+	if err := recv(t, done, "Serve to return"); err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+// A busy keep-alive client gets Connection: close on its next response
+// and the drain ends when it has closed, with no wait for the grace.
+func TestServeBusyKeepAliveClientClosesFirst(t *testing.T) {
+	t.Parallel()
+	ln := tcpListener(t)
+	srv := &http.Server{Handler: http.HandlerFunc(hello)}
+	cancel, done := serving(t, &ServeConfig{IdleGrace: time.Hour, DrainTimeout: time.Hour}, srv, ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for i := 0; ; i++ {
+		if i == 3 {
+			cancel()
+		}
+		closed, err := keepAliveGet(t, c, r)
+		if err != nil {
+			t.Fatalf("request %d: %v", i+1, err)
+		}
+		if closed {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("1000 requests after the drain began, none said Connection: close")
+		}
+	}
+	if err := recv(t, done, "Serve to return, with no idle connection left"); err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+func TestRequestWaiting(t *testing.T) {
+	t.Parallel()
+	ln := tcpListener(t)
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	if requestWaiting(server) {
+		t.Error("requestWaiting before anything was sent")
+	}
+	if _, err := io.WriteString(client, "GET"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bytes to arrive", func() bool { return requestWaiting(server) })
+	if _, err := io.ReadFull(server, make([]byte, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if requestWaiting(server) {
+		t.Error("requestWaiting once every byte was read")
 	}
 }
