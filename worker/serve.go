@@ -40,7 +40,7 @@ const sweepMax = 50 * time.Millisecond
 // client idle at the drain's start that sends again within it is
 // answered, with "Connection: close"; docs/design.md has the figures
 // behind it.
-const DefaultIdleGrace = time.Second
+const DefaultIdleGrace = 3 * time.Second
 
 // newIdleTimeout is how long a new connection may send nothing before a
 // drain closes it as idle, as http.Server.Shutdown does.

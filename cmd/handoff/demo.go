@@ -118,7 +118,7 @@ func runDemoWorker(c *config) int {
 	log.Debug().Strs("listen", c.listen).Msg("demo worker serving")
 	// The master kills a worker --shutdown-timeout after SIGTERM: a
 	// longer drain would never end by itself.
-	sc := worker.ServeConfig{DrainTimeout: c.shutdownTimeout, MaxConnAge: c.maxConnAge}
+	sc := worker.ServeConfig{DrainTimeout: c.shutdownTimeout, MaxConnAge: c.maxConnAge, IdleGrace: c.idleGrace}
 	err := sc.Serve(context.Background(), srv, lns...)
 	switch {
 	case errors.Is(err, worker.ErrDrainTimeout):

@@ -33,7 +33,8 @@ var helpGroups = []struct {
 	flags []helpFlag
 }{
 	{"Listening", []helpFlag{{"listen", "ADDR"}, {"tcp-keepalive", "D"}, {"tcp-user-timeout", "D"}}},
-	{"Workers", []helpFlag{{"workers", "N"}, {"user", "NAME"}, {"cpu-affinity", ""}, {"master-procs", "N"}, {"max-conn-age", "D"}}},
+	{"Workers", []helpFlag{{"workers", "N"}, {"user", "NAME"}, {"cpu-affinity", ""}, {"master-procs", "N"}, {"max-conn-age", "D"},
+		{"idle-grace", "D"}}},
 	{"Policies and queues", []helpFlag{{"policy", "P"}, {"max-conns", "N"}, {"max-pending", "N"}, {"max-unread", "N"}}},
 	{"Lifecycle", []helpFlag{{"shutdown-timeout", "D"}, {"shutdown-delay", "D"}, {"handoff-timeout", "D"},
 		{"reload-concurrency", "N"}, {"upgrade-timeout", "D"}, {"pid-file", "FILE"}}},

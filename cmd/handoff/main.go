@@ -43,6 +43,7 @@ type config struct {
 	adminMaxConns     int
 	shutdownDelay     time.Duration
 	maxConnAge        time.Duration
+	idleGrace         time.Duration
 	pidFile           string
 	upgradeTimeout    time.Duration
 	maxRequests       int
@@ -139,6 +140,7 @@ func defineFlags(c *config, listen *listFlag) *flag.FlagSet {
 	fs.IntVar(&c.adminMaxConns, "admin-max-conns", defaultAdminMaxConns, "connections the --admin server serves at once; more wait in the kernel's listen backlog, taking none of the master's fds, until one closes (idle ones are closed after a few seconds)")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, turn /healthz to 503 at once and keep accepting this long before draining, so that an upstream load balancer stops sending first")
 	fs.DurationVar(&c.maxConnAge, "max-conn-age", 0, "the demo worker ends a keep-alive connection older than this after its current response (HTTP/1 Connection: close, HTTP/2 GOAWAY), so that long-lived clients spread over new workers after a restart; 0 keeps them (a COMMAND sets worker.ServeConfig.MaxConnAge itself)")
+	fs.DurationVar(&c.idleGrace, "idle-grace", worker.DefaultIdleGrace, "during a drain, how long the demo worker lets a keep-alive connection idle at the drain's start send one more request, answered with Connection: close, before it closes it; -1s closes idle connections at once (a COMMAND sets worker.ServeConfig.IdleGrace itself)")
 	fs.StringVar(&c.pidFile, "pid-file", "", "write the master's pid to this file once its workers listen, again after each SIGUSR2 upgrade")
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", DefaultUpgradeTimeout, "how long a new master started by SIGUSR2 has to get its workers listening before it is killed and the old one keeps serving")
 	fs.IntVar(&c.maxRequests, "max-requests", 0, "recycle a worker once it has been handed N connections (connections, not keep-alive requests): its replacement listens before it drains, one worker at a time; 0 means never")

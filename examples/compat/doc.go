@@ -15,7 +15,10 @@
 //   - --grpc: grpc-go's grpc.Server.Serve on the handed-off listener,
 //     with a unary and a server-streaming method and the standard health
 //     service, stopped with GracefulStop when the listener closes (the
-//     master's Disconnect) or on SIGTERM.
+//     master's Disconnect) or on SIGTERM;
+//   - --fasthttp: github.com/valyala/fasthttp's Server.Serve on the
+//     handed-off listener, unchanged, drained so that keep-alive clients
+//     close first (fasthttp.go); it serves alone.
 //
 // Every answer names the worker's pid (header X-Worker-Pid, gRPC header
 // metadata worker-pid). Run it under the CLI; the worker command follows
@@ -33,5 +36,5 @@
 // clients run, and require 0 failures; see README.md.
 //
 // This is a module of its own, so that the library's go.mod does not
-// take on grpc-go and coder/websocket.
+// take on grpc-go, coder/websocket and fasthttp.
 package main
