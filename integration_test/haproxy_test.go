@@ -32,7 +32,7 @@ const (
 )
 
 // haproxyConfig is the configuration the fleet tests run, and the one the
-// README shows: mode tcp, round-robin, the PROXY protocol v2 to every host,
+// operations guide (docs/operations.md) shows: mode tcp, round-robin, the PROXY protocol v2 to every host,
 // and an HTTP check of each host's --admin /healthz (connect within inter,
 // answer within timeout check). A connection that a
 // host refuses is retried on another host (redispatch on every retry), so
