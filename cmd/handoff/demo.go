@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -56,7 +57,11 @@ func demoHandler(id int) http.Handler {
 	idText := strconv.Itoa(id)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Worker-Id", idText)
-		if g := r.URL.Query().Get("grow"); g != "" {
+		var q url.Values // parsed only if there is a query: ParseQuery allocates
+		if r.URL.RawQuery != "" {
+			q = r.URL.Query()
+		}
+		if g := q.Get("grow"); g != "" {
 			n, err := parseSize(g)
 			if err == nil {
 				err = grow(n)
@@ -66,7 +71,7 @@ func demoHandler(id int) http.Handler {
 				return
 			}
 		}
-		if d := r.URL.Query().Get("delay"); d != "" {
+		if d := q.Get("delay"); d != "" {
 			delay, err := time.ParseDuration(d)
 			if err != nil || delay < 0 || delay > maxDelay {
 				http.Error(w, fmt.Sprintf("bad delay %q: want a Go duration from 0 to %s, such as 250ms", d, maxDelay), http.StatusBadRequest)

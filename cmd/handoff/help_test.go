@@ -138,6 +138,7 @@ func TestCLIStartFailureIsOnePlainLine(t *testing.T) {
 				t.Fatal(err)
 			}
 			go func() { done <- cmd.Wait() }()
+			var err error
 			select {
 			case err = <-done:
 			case <-time.After(30 * time.Second):
