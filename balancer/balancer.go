@@ -214,7 +214,7 @@ func (b *Balancer) findOrOpen(network, address string) (*listener, error) {
 	if l != nil || err != nil {
 		return l, err
 	}
-	l, err = openListener(network, address)
+	l, err = openListener(b.opts.Socket, network, address)
 	if err != nil {
 		return nil, err
 	}

@@ -72,3 +72,6 @@ func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead
 func DefaultWorkers() int { return runtime.NumCPU() }
 
 func ListenSocket(network, address string) (net.Listener, error) { return nil, errNeedsLinux }
+func (o SocketOptions) Listen(network, address string) (net.Listener, error) {
+	return nil, errNeedsLinux
+}

@@ -69,35 +69,20 @@ type listener struct {
 	done chan struct{} // closed when the accept goroutine has closed the socket
 }
 
-// ListenSocket opens a listening socket as Balancer.Listen does, without
-// accepting on it: the network must be one that masters hand off
-// (ipc.CheckNetwork), and a Unix socket is made 0600, so that only this
-// user (and root) may connect. Its errors are *net.OpError, as
-// net.Listen's. It is for a program that keeps the socket itself, to hand
-// it to the next master (as the handoff CLI does with tableflip), and
-// gives the balancer a dup of it with Adopt. The caller owns the
-// net.Listener; closing it removes a Unix socket's path.
+// ListenSocket is SocketOptions{}.Listen: a listening socket opened as
+// Balancer.Listen does with the default options (a Unix socket 0600), for
+// a program that keeps the socket itself, to hand it to the next master
+// (as the handoff CLI does with tableflip), and gives the balancer a dup
+// of it with Adopt. The caller owns the net.Listener; closing it removes
+// a Unix socket's path.
 func ListenSocket(network, address string) (net.Listener, error) {
-	if err := ipc.CheckNetwork(network); err != nil {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
-	}
-	ln, err := net.Listen(network, address)
-	if err != nil {
-		return nil, err
-	}
-	if _, ok := ln.(*net.UnixListener); ok {
-		if err := os.Chmod(address, 0o600); err != nil {
-			_ = ln.Close() // removes the path
-			return nil, &net.OpError{Op: "listen", Net: network, Addr: ln.Addr(), Err: err}
-		}
-	}
-	return ln, nil
+	return SocketOptions{}.Listen(network, address)
 }
 
-// openListener binds with ListenSocket and keeps a dup of the socket for
-// raw accept4; l removes a Unix socket's path when it closes.
-func openListener(network, address string) (*listener, error) {
-	ln, err := ListenSocket(network, address)
+// openListener binds with o.Listen and keeps a dup of the socket for raw
+// accept4; l removes a Unix socket's path when it closes.
+func openListener(o SocketOptions, network, address string) (*listener, error) {
+	ln, err := o.Listen(network, address)
 	if err != nil {
 		return nil, err
 	}

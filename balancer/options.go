@@ -185,6 +185,10 @@ type Options struct {
 	// DefaultRestartWindow. Without MaxRestarts it is unused.
 	RestartWindow time.Duration
 
+	// Socket says how the listening sockets are opened: a Unix socket's
+	// mode and group, the listen backlog.
+	Socket SocketOptions
+
 	// Logger receives the balancer's logs; the zero value is silent.
 	Logger zerolog.Logger
 	// OnEvent, if set, receives every Event; see Event.
@@ -245,6 +249,9 @@ func (o Options) Validate() error {
 		if f.bad {
 			return &OptionError{Field: f.name, Value: f.val, Rule: "must not be negative"}
 		}
+	}
+	if err := o.Socket.validate(); err != nil {
+		return err
 	}
 	// A timeout no longer than the interval would find every worker hung
 	// between two pings; one without a heartbeat would do nothing.

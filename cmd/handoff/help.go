@@ -32,7 +32,8 @@ var helpGroups = []struct {
 	title string
 	flags []helpFlag
 }{
-	{"Listening", []helpFlag{{"listen", "ADDR"}, {"tcp-keepalive", "D"}, {"tcp-user-timeout", "D"}}},
+	{"Listening", []helpFlag{{"listen", "ADDR"}, {"unix-mode", "MODE"}, {"unix-group", "GROUP"}, {"backlog", "N"},
+		{"tcp-keepalive", "D"}, {"tcp-user-timeout", "D"}}},
 	{"Workers", []helpFlag{{"workers", "N"}, {"user", "NAME"}, {"cpu-affinity", ""}, {"master-procs", "N"}, {"max-conn-age", "D"},
 		{"idle-grace", "D"}}},
 	{"Policies and queues", []helpFlag{{"policy", "P"}, {"max-conns", "N"}, {"max-pending", "N"}, {"max-unread", "N"}}},

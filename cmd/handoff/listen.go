@@ -65,7 +65,7 @@ func systemdNetwork(network string) string { return "systemd-" + network }
 // over (a SIGUSR2 upgrade), or a new one, in that order. Every socket is
 // also registered with upg, so that the next master inherits it. Sockets
 // that systemd passed and no spec uses are closed.
-func openListeners(b *balancer.Balancer, upg *tableflip.Upgrader, specs []listenSpec, activated []activatedListener, log zerolog.Logger) error {
+func openListeners(b *balancer.Balancer, upg *tableflip.Upgrader, so balancer.SocketOptions, specs []listenSpec, activated []activatedListener, log zerolog.Logger) error {
 	match, err := matchActivated(specs, activated)
 	used := make([]bool, len(activated))
 	defer func() {
@@ -95,7 +95,7 @@ func openListeners(b *balancer.Balancer, upg *tableflip.Upgrader, specs []listen
 				err = upg.AddListener(systemdNetwork(s.network), s.address, tl)
 			}
 		} else {
-			ln, from, err = inheritOrListen(upg, s)
+			ln, from, err = inheritOrListen(upg, so, s)
 		}
 		if err != nil {
 			if ln != nil {
@@ -116,8 +116,8 @@ func openListeners(b *balancer.Balancer, upg *tableflip.Upgrader, specs []listen
 }
 
 // inheritOrListen returns the socket for s that the previous master handed
-// over, or opens one.
-func inheritOrListen(upg *tableflip.Upgrader, s listenSpec) (net.Listener, string, error) {
+// over, or opens one with so.
+func inheritOrListen(upg *tableflip.Upgrader, so balancer.SocketOptions, s listenSpec) (net.Listener, string, error) {
 	ln, err := upg.Listener(systemdNetwork(s.network), s.address)
 	if ln != nil || err != nil {
 		return ln, fromPreviousSystemd, err
@@ -126,8 +126,9 @@ func inheritOrListen(upg *tableflip.Upgrader, s listenSpec) (net.Listener, strin
 	if ln != nil || err != nil {
 		return ln, fromPrevious, err
 	}
-	// Opened as the balancer opens its own (a Unix socket 0600), but
-	// kept by upg for the next master; the balancer adopts a dup.
-	ln, err = upg.ListenWithCallback(s.network, s.address, balancer.ListenSocket)
+	// Opened as the balancer opens its own (--unix-mode, --unix-group,
+	// --backlog), but kept by upg for the next master; the balancer
+	// adopts a dup.
+	ln, err = upg.ListenWithCallback(s.network, s.address, so.Listen)
 	return ln, fromNew, err
 }

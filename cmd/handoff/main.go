@@ -44,6 +44,9 @@ type config struct {
 	shutdownDelay     time.Duration
 	maxConnAge        time.Duration
 	idleGrace         time.Duration
+	unixMode          os.FileMode // --unix-mode; 0 for the default
+	unixGroup         string
+	backlog           int
 	pidFile           string
 	upgradeTimeout    time.Duration
 	maxRequests       int
@@ -121,6 +124,9 @@ func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
 func defineFlags(c *config, listen *listFlag) *flag.FlagSet {
 	fs := flag.NewFlagSet("handoff", flag.ContinueOnError)
 	fs.Var(listen, "listen", "address to listen on, repeatable: HOST:PORT for TCP, unix:PATH for a Unix socket; a NAME= prefix matches systemd's FileDescriptorName= (default "+defaultListen+")")
+	fs.Var(modeFlag{&c.unixMode}, "unix-mode", "permission bits of the socket file of every unix:PATH --listen, in octal, such as 0660 with --unix-group for a proxy of another user (default 0600)")
+	fs.StringVar(&c.unixGroup, "unix-group", "", "group that owns the socket file of every unix:PATH --listen, such as www-data (default the master's)")
+	fs.IntVar(&c.backlog, "backlog", 0, "listen backlog of every socket the master opens: connections the kernel queues before the master accepts them; 0 keeps the kernel's net.core.somaxconn, which also caps it")
 	fs.IntVar(&c.workers, "workers", 0, "number of worker processes; 0 means the CPU limit of the cgroup (here "+strconv.Itoa(balancer.DefaultWorkers())+"), not every CPU of the host; each worker's GOMAXPROCS is its share of that limit unless GOMAXPROCS is set")
 	fs.StringVar(&c.policy, "policy", balancer.PolicyRoundRobin, "dispatch policy: "+balancer.PolicyRoundRobin+" (rotate), "+balancer.PolicyLeastLoaded+" (fewest connections), "+balancer.PolicyLeastRequests+" (fewest requests in flight), or "+balancer.PolicyIPHash+" (sticky by the client's IP: the peer's, a proxy's if behind one)")
 	fs.StringVar(&c.logFormat, "log-format", "", "log format: json or console (default console on a terminal, json otherwise)")
@@ -183,6 +189,11 @@ func (c *config) finish(fs *flag.FlagSet, listen listFlag) error {
 			return fmt.Errorf("--admin %q: want HOST:PORT, such as 127.0.0.1:9090", c.admin)
 		}
 	}
+	if c.unixGroup != "" {
+		if _, err := balancer.LookupGroup(c.unixGroup); err != nil {
+			return &flagError{flag: "unix-group", value: c.unixGroup, want: "want a group of this host: " + err.Error()}
+		}
+	}
 	if _, err := zerolog.ParseLevel(c.logLevel); err != nil || c.logLevel == "" {
 		return fmt.Errorf("--log-level must be debug, info, warn or error, not %q", c.logLevel)
 	}
@@ -221,6 +232,8 @@ var optionFlags = map[string]string{
 	"HeartbeatTimeout":  "heartbeat-timeout",
 	"MaxRestarts":       "max-restarts",
 	"RestartWindow":     "restart-window",
+	"Socket.UnixMode":   "unix-mode",
+	"Socket.Backlog":    "backlog",
 }
 
 // masterOptions maps the flags to the balancer's Options, checked by
@@ -246,6 +259,7 @@ func masterOptions(c *config) (balancer.Options, error) {
 		HeartbeatTimeout:  c.heartbeatTimeout,
 		MaxRestarts:       c.maxRestarts,
 		RestartWindow:     c.restartWindow,
+		Socket:            balancer.SocketOptions{UnixMode: c.unixMode, UnixGroup: c.unixGroup, Backlog: c.backlog},
 	}
 	policy, err := balancer.PolicyByName(c.policy)
 	if err != nil {
@@ -291,4 +305,23 @@ func main() {
 		os.Exit(runDemoWorker(c))
 	}
 	os.Exit(runMaster(c))
+}
+
+// modeFlag is --unix-mode: permission bits in octal.
+type modeFlag struct{ m *os.FileMode }
+
+func (f modeFlag) String() string {
+	if f.m == nil || *f.m == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%#o", uint32(*f.m))
+}
+
+func (f modeFlag) Set(s string) error {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return errors.New("want permission bits in octal, such as 0660")
+	}
+	*f.m = os.FileMode(v)
+	return nil
 }

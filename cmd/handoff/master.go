@@ -103,7 +103,7 @@ func runMaster(c *config) int {
 			serveAdminNow(ln)
 		}
 	}
-	if err := openListeners(b, upg, c.specs, activated, log); err != nil {
+	if err := openListeners(b, upg, opts.Socket, c.specs, activated, log); err != nil {
 		return fail(err)
 	}
 	if err := b.Start(); err != nil {
