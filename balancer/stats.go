@@ -151,3 +151,11 @@ func (s *stats) acceptErrorLocked(e syscall.Errno) {
 	}
 	s.acceptErrors[e]++
 }
+
+// ListenQueue is what the kernel holds in front of one of the master's
+// TCP listening sockets, as Balancer.ListenQueues reads it.
+type ListenQueue struct {
+	Listener string // the bound address
+	Length   int    // connections complete and not yet accepted (TCP_INFO tcpi_unacked)
+	Backlog  int    // the most the kernel queues: the listen backlog (tcpi_sacked)
+}

@@ -1,6 +1,12 @@
 package balancer
 
-import "golang.org/x/sys/unix"
+import (
+	"net"
+	"slices"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
 
 // Stats returns the master's counters.
 func (b *Balancer) Stats() Stats {
@@ -90,4 +96,40 @@ func (w *Worker) Stats() WorkerStats {
 		RSS:        rss,
 		LastPong:   w.lastPong,
 	}
+}
+
+
+// ListenQueues reads, for every TCP listener, the connections waiting in
+// the kernel's accept queue and its backlog: one getsockopt each, off the
+// hot path (for a scrape). A Unix listener has no such figures.
+func (b *Balancer) ListenQueues() []ListenQueue {
+	b.mu.Lock()
+	ls := slices.Clone(b.listeners)
+	b.mu.Unlock()
+	out := make([]ListenQueue, 0, len(ls))
+	for _, l := range ls {
+		if _, ok := l.bound.(*net.TCPAddr); !ok {
+			continue
+		}
+		if n, max, err := listenQueue(l.rc); err == nil {
+			out = append(out, ListenQueue{Listener: l.bound.String(), Length: n, Backlog: max})
+		}
+	}
+	return out
+}
+
+// listenQueue reads a listening TCP socket's accept-queue length and
+// backlog from TCP_INFO, where Linux puts them for a socket in LISTEN.
+func listenQueue(rc syscall.RawConn) (length, backlog int, err error) {
+	var info *unix.TCPInfo
+	var gerr error
+	if err := rc.Control(func(fd uintptr) {
+		info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return 0, 0, err
+	}
+	if gerr != nil {
+		return 0, 0, gerr
+	}
+	return int(info.Unacked), int(info.Sacked), nil
 }

@@ -28,6 +28,7 @@ import (
 type statsSource interface {
 	Stats() balancer.Stats
 	WorkerStats() []balancer.WorkerStats
+	ListenQueues() []balancer.ListenQueue
 }
 
 // balancerSource reads a Balancer. Draining is also true from the moment
@@ -43,6 +44,8 @@ func (s balancerSource) Stats() balancer.Stats {
 	st.Draining = st.Draining || s.draining.Load()
 	return st
 }
+
+func (s balancerSource) ListenQueues() []balancer.ListenQueue { return s.b.ListenQueues() }
 
 func (s balancerSource) WorkerStats() []balancer.WorkerStats {
 	ws := s.b.Workers()

@@ -5,8 +5,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +48,10 @@ type collector struct {
 	draining     *prometheus.Desc
 	recycles     *prometheus.Desc
 	slotsFailed  *prometheus.Desc
+	queueLength  *prometheus.Desc
+	backlog      *prometheus.Desc
+	overflows    *prometheus.Desc
+	drops        *prometheus.Desc
 
 	wInfo       *prometheus.Desc
 	wDispatched *prometheus.Desc
@@ -89,6 +96,10 @@ func newCollector(src statsSource) *collector {
 		draining:     d("draining", "1 once the master has begun to shut down."),
 		recycles:     d("worker_recycles_total", "Workers replaced by recycling (--max-requests, --max-lifetime, --max-memory), by reason.", "reason"),
 		slotsFailed:  d("slots_failed", "Worker slots no longer restarted after a crash loop (--max-restarts), until a reload."),
+		queueLength:  d("listen_queue_length", "Connections complete and waiting in the kernel's accept queue of a TCP listener, not yet accepted by the master (TCP_INFO).", "listener"),
+		backlog:      d("listen_backlog", "The most connections the kernel queues for a TCP listener: its listen backlog (--backlog, capped by net.core.somaxconn).", "listener"),
+		overflows:    d("listen_overflows_total", "Connections the kernel dropped because a listener's accept queue was full, in the master's network namespace (ListenOverflows of /proc/net/netstat, every listener of the namespace counted)."),
+		drops:        d("listen_drops_total", "Connections the kernel dropped in front of a listener for any reason, full queue included, in the master's network namespace (ListenDrops of /proc/net/netstat)."),
 
 		wInfo:       d("worker_info", "Always 1, with the worker's pid and state.", "worker", "pid", "state"),
 		wDispatched: d("worker_connections_dispatched_total", "Connections handed to the worker.", "worker"),
@@ -110,6 +121,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.accepted, c.acceptErrors, c.dispatched, c.redispatched, c.dropped, c.reclaimed, c.stalls, c.pending,
 		c.admission, c.pendingWait, c.inProgress, c.maxConns,
 		c.forked, c.restarts, c.exits, c.kills, c.listenErrors, c.workers, c.listening, c.draining, c.recycles, c.slotsFailed,
+		c.queueLength, c.backlog, c.overflows, c.drops,
 		c.wInfo, c.wDispatched, c.wActive, c.wUnread, c.wBusy, c.wReclaimed, c.wRestarts, c.wStarted, c.wProcs, c.wCPU, c.wRSS,
 	} {
 		ch <- d
@@ -168,6 +180,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		draining = 1
 	}
 	gauge(c.draining, draining)
+	for _, q := range c.src.ListenQueues() {
+		gauge(c.queueLength, float64(q.Length), q.Listener)
+		gauge(c.backlog, float64(q.Backlog), q.Listener)
+	}
+	if overflows, drops, err := listenOverflows(); err == nil {
+		counter(c.overflows, overflows)
+		counter(c.drops, drops)
+	}
 
 	for _, w := range c.src.WorkerStats() {
 		id := strconv.Itoa(w.ID)
@@ -322,4 +342,42 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// netstatPath is where the kernel counts listen overflows and drops, for
+// the network namespace of the reader.
+const netstatPath = "/proc/net/netstat"
+
+// listenOverflows reads ListenOverflows and ListenDrops from the TcpExt
+// lines of /proc/net/netstat: a line of names, then a line of values.
+func listenOverflows() (overflows, drops uint64, err error) {
+	b, err := os.ReadFile(netstatPath)
+	if err != nil {
+		return 0, 0, err
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) || values[0] != "TcpExt:" {
+			continue
+		}
+		found := 0
+		for j, n := range names {
+			switch n {
+			case "ListenOverflows":
+				overflows, err = strconv.ParseUint(values[j], 10, 64)
+				found++
+			case "ListenDrops":
+				drops, err = strconv.ParseUint(values[j], 10, 64)
+				found++
+			}
+			if err != nil {
+				return 0, 0, err
+			}
+		}
+		if found == 2 {
+			return overflows, drops, nil
+		}
+	}
+	return 0, 0, errors.New("no ListenOverflows and ListenDrops in " + netstatPath)
 }

@@ -15,7 +15,10 @@ import (
 type fakeSource struct {
 	s  balancer.Stats
 	ws []balancer.WorkerStats
+	qs []balancer.ListenQueue
 }
+
+func (f fakeSource) ListenQueues() []balancer.ListenQueue { return f.qs }
 
 func (f fakeSource) Stats() balancer.Stats               { return f.s }
 func (f fakeSource) WorkerStats() []balancer.WorkerStats { return f.ws }

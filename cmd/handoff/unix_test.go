@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/handoff-go/handoff/internal/proctest"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // startUnixMaster starts the CLI with 1 demo worker on a loopback port and
@@ -201,5 +202,82 @@ func TestCLIBacklog(t *testing.T) {
 	fields := strings.Fields(string(out))
 	if len(fields) < 3 || fields[2] != "7" {
 		t.Errorf("ss -ltn for port %s: %q, want Send-Q (the backlog) 7", port, out)
+	}
+}
+
+// metricOf returns the value of the series of name whose labels include
+// label=value (any series if label is ""), or fails.
+func metricOf(t *testing.T, mfs map[string]*dto.MetricFamily, name, label, value string) float64 {
+	t.Helper()
+	mf := mfs[name]
+	if mf == nil {
+		t.Fatalf("no %s in /metrics", name)
+	}
+	for _, m := range mf.Metric {
+		ok := label == ""
+		for _, l := range m.Label {
+			ok = ok || l.GetName() == label && l.GetValue() == value
+		}
+		if !ok {
+			continue
+		}
+		if m.Counter != nil {
+			return m.Counter.GetValue()
+		}
+		return m.Gauge.GetValue()
+	}
+	t.Fatalf("no %s{%s=%q} in /metrics", name, label, value)
+	return 0
+}
+
+// TestCLIListenQueueMetrics: /metrics has the listener's backlog, its
+// accept queue and the namespace's listen overflows, and the overflows move
+// when the backlog fills while the master does not accept (stopped).
+func TestCLIListenQueueMetrics(t *testing.T) {
+	const backlog, clients = 4, 16
+	admin := proctest.FreeAddr(t)
+	m := startMaster(t, "--workers", "1", "--backlog", strconv.Itoa(backlog), "--admin", admin)
+	mfs := metricsOf(t, admin)
+	if got := metricOf(t, mfs, "handoff_listen_backlog", "listener", m.addr); got != backlog {
+		t.Errorf("handoff_listen_backlog %v, want %d", got, backlog)
+	}
+	if got := metricOf(t, mfs, "handoff_listen_queue_length", "listener", m.addr); got != 0 {
+		t.Errorf("handoff_listen_queue_length %v with nothing waiting, want 0", got)
+	}
+	before := metricOf(t, mfs, "handoff_listen_overflows_total", "", "")
+	metricOf(t, mfs, "handoff_listen_drops_total", "", "")
+
+	// Stopped, the master accepts nothing: backlog+1 clients fill the
+	// queue and the kernel drops the others' handshakes, counting them.
+	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = m.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	dialed := make(chan net.Conn, clients)
+	for range clients {
+		go func() {
+			c, _ := net.DialTimeout("tcp", m.addr, 10*time.Second)
+			dialed <- c
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // every SYN has been sent and answered or dropped
+	resume()
+	for range clients {
+		if c := <-dialed; c != nil {
+			_ = c.Close()
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // past the metrics cache
+	after := metricOf(t, metricsOf(t, admin), "handoff_listen_overflows_total", "", "")
+	t.Logf("listen overflows %v → %v with %d clients against a backlog of %d", before, after, clients, backlog)
+	if after <= before {
+		t.Errorf("handoff_listen_overflows_total %v → %v: %d clients against a stopped master's backlog of %d overflowed nothing", before, after, clients, backlog)
 	}
 }
