@@ -72,7 +72,7 @@ func (w *Worker) Stats() WorkerStats       { return WorkerStats{State: StateDead
 func DefaultWorkers() int { return runtime.NumCPU() }
 
 func ListenSocket(network, address string) (net.Listener, error) { return nil, errNeedsLinux }
-func (b *Balancer) ListenQueues() []ListenQueue { return nil }
+func (b *Balancer) ListenQueues() []ListenQueue                  { return nil }
 func (o SocketOptions) Listen(network, address string) (net.Listener, error) {
 	return nil, errNeedsLinux
 }

@@ -98,7 +98,6 @@ func (w *Worker) Stats() WorkerStats {
 	}
 }
 
-
 // ListenQueues reads, for every TCP listener, the connections waiting in
 // the kernel's accept queue and its backlog: one getsockopt each, off the
 // hot path (for a scrape). A Unix listener has no such figures.
