@@ -3,7 +3,6 @@
 package balancer
 
 import (
-	"syscall"
 	"time"
 )
 
@@ -66,6 +65,6 @@ func (b *Balancer) beat() {
 	b.mu.Unlock()
 	for _, w := range hung {
 		w.log.Error().Str("timeout", timeout.String()).Msg("worker left a heartbeat ping unanswered; killing it")
-		_ = w.Kill(syscall.SIGKILL)
+		go w.killHung("heartbeat") // ends within DumpWait
 	}
 }

@@ -195,6 +195,13 @@ type Options struct {
 	OnEvent func(Event)
 }
 
+// DumpWait bounds how long a hung worker has, after SIGQUIT, to write its
+// goroutines' stacks before the master sends SIGKILL: a worker found hung
+// by the heartbeat, by the stall check past HandoffTimeout, or in a drain
+// past ShutdownTimeout is sent SIGQUIT first, so that Go's runtime writes
+// every goroutine's stack to its stderr. A stopped one is killed at once.
+const DumpWait = time.Second
+
 // MinHeartbeatTimeout is the shortest HeartbeatTimeout (given, or 3 ×
 // Heartbeat) that Validate takes: a worker whose CPU is busy, or in a
 // stop-the-world pause, may take milliseconds to answer, and a timeout of

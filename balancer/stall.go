@@ -3,7 +3,6 @@
 package balancer
 
 import (
-	"syscall"
 	"time"
 )
 
@@ -98,7 +97,7 @@ func (b *Balancer) checkStalls() {
 	b.mu.Unlock()
 	for _, w := range kill {
 		w.log.Error().Str("timeout", b.opts.HandoffTimeout.String()).Msg("worker stopped reading its connections and answers nothing; killing it")
-		_ = w.Kill(syscall.SIGKILL)
+		go w.killHung("handoff timeout") // ends within DumpWait
 	}
 }
 

@@ -274,7 +274,7 @@ func (w *Worker) disconnect() {
 		case <-w.exited:
 		case <-t.C:
 			w.log.Warn().Str("timeout", timeout.String()).Msg("worker did not drain in time; killing it")
-			_ = w.Kill(syscall.SIGKILL)
+			w.killHung("drain past the shutdown timeout")
 		}
 	}()
 }
