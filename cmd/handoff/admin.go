@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -75,6 +74,7 @@ func adminHandler(src statsSource) http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		serveHealth(w, src.Stats())
 	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) { serveStatus(w, src) })
 	mux.HandleFunc("GET /{$}", serveAdminIndex)
 	return mux
 }
@@ -100,7 +100,10 @@ type workerJSON struct {
 	LastPong *time.Time `json:"last_pong,omitempty"` // when it last answered a ping (--heartbeat, or the stall check's)
 }
 
-func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
+func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) { writeJSON(w, workersJSON(ws)) }
+
+// workersJSON is ws as GET /workers and GET /status show them.
+func workersJSON(ws []balancer.WorkerStats) []workerJSON {
 	out := make([]workerJSON, len(ws))
 	for i, s := range ws {
 		out[i] = workerJSON{
@@ -115,6 +118,7 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 			Started:    s.Started.UTC(),
 			Restarts:   s.Restarts,
 			GOMAXPROCS: s.GOMAXPROCS,
+			RSS:        s.RSS,
 		}
 		if s.Serving {
 			out[i].Busy = &s.Busy
@@ -122,17 +126,12 @@ func serveWorkers(w http.ResponseWriter, ws []balancer.WorkerStats) {
 		if s.Pinned {
 			out[i].CPU = &s.CPU
 		}
-		out[i].RSS = s.RSS
 		if !s.LastPong.IsZero() {
 			t := s.LastPong.UTC()
 			out[i].LastPong = &t
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(out)
+	return out
 }
 
 // serveHealth answers 200 while at least one worker listens, no worker
@@ -244,6 +243,8 @@ const adminIndex = `%s
   GET /metrics   Prometheus metrics: connections, workers, queues, restarts
   GET /healthz   200 "ok" while workers listen, 503 with the reason otherwise
   GET /workers   every worker as JSON: id, pid, slot, state, load, rss
+  GET /status    the workers, the listeners' kernel queues and the totals, as JSON
+                 (what 'handoff status' prints)
 
 See docs/operations.md of github.com/handoff-go/handoff.
 `

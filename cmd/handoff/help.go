@@ -47,6 +47,7 @@ var helpGroups = []struct {
 }
 
 const helpIntro = `Usage: handoff [flags] [-- COMMAND [ARG...]]
+       handoff status [--admin HOST:PORT] [--watch] [--json]
 
 handoff is a master process that accepts every connection on its ports and
 hands each one to a worker process, as --policy says. Without a COMMAND the
@@ -74,6 +75,7 @@ Examples:
   handoff                                  the demo on :8000, one worker per CPU
   handoff --listen :8080 --workers 4 -- ./server -config prod.toml
   handoff --listen unix:/run/app.sock --admin 127.0.0.1:9090 --max-requests 10000 -- ./server
+  handoff status --admin 127.0.0.1:9090 --watch   the fleet behind that admin port, every second
 `
 
 // writeHelp writes the usage that --help asks for.

@@ -293,6 +293,9 @@ func masterOptions(c *config) (balancer.Options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" && !worker.IsWorker() {
+		os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	c, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		os.Exit(0)
