@@ -243,3 +243,40 @@ func (b *Balancer) awaitAdmission(ctx context.Context) {
 		}
 	}
 }
+
+// awaitPending waits, at Shutdown, while connections wait in the pending
+// queue, no worker can take them, and a worker that is only stalled (routed
+// around until it answers a ping) is still watched: under load a worker
+// can be slow to read for a few checks, and draining it now would leave
+// what waits for it with no taker, to be closed. It waits up to
+// HandoffTimeout, after which a stalled worker that answers nothing is
+// killed anyway.
+func (b *Balancer) awaitPending(ctx context.Context) {
+	t := time.NewTimer(b.opts.HandoffTimeout)
+	defer t.Stop()
+	for {
+		b.mu.Lock()
+		n, routable, stalled := b.pending, 0, 0
+		for _, w := range b.workers {
+			switch {
+			case w.routableLocked():
+				routable++
+			case w.state == StateListening && w.watchedLocked():
+				stalled++
+			}
+		}
+		b.mu.Unlock()
+		if n == 0 || routable > 0 || stalled == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.log.Warn().Int("conns", n).Str("timeout", b.opts.HandoffTimeout.String()).
+				Msg("shutting down: connections still wait for a stalled worker; draining anyway")
+			return
+		case <-time.After(admissionPoll):
+		}
+	}
+}

@@ -555,6 +555,7 @@ func (b *Balancer) shutdown(ctx context.Context) error {
 		<-l.done
 	}
 	b.awaitAdmission(ctx)
+	b.awaitPending(ctx)
 	for _, w := range b.Workers() {
 		w.disconnect()
 	}
