@@ -126,8 +126,11 @@
 //     closes the control socket and counter page, and reclaims what the
 //     worker never read. On Disconnect, one goroutine writes the
 //     Disconnect frame and one sends SIGTERM and, after ShutdownTimeout,
-//     SIGKILL; it ends when the process has exited. All four are counted
-//     in Balancer.wg.
+//     SIGQUIT then SIGKILL (hung.go); it ends when the process has exited.
+//     All four are counted in Balancer.wg.
+//   - For a worker the heartbeat or the stall check found hung, one
+//     goroutine that sends SIGQUIT, waits for the goroutine dump up to
+//     DumpWait, and sends SIGKILL; it ends within DumpWait.
 //   - A restart timer per slot waiting to restart, also in wg; Shutdown
 //     cancels those not yet run.
 //   - Timers that run under mu and never block: the pending queue's
