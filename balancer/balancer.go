@@ -34,6 +34,7 @@ type Balancer struct {
 	cred   *syscall.Credential // the workers' user (Options.User), or nil
 	path   string              // the workers' program
 	args   []string            // and its arguments
+	openMu sync.Mutex          // one findOrOpen opens a socket at a time; taken before mu, never under it
 
 	mu         sync.Mutex
 	started    bool                 // Start has been called
@@ -208,6 +209,11 @@ func (b *Balancer) Listen(network, address string) (net.Addr, error) {
 // opened without holding b.mu, so a slow bind never stalls dispatch.
 func (b *Balancer) findOrOpen(network, address string) (*listener, error) {
 	resolved := resolve(network, address) // outside b.mu: it may ask DNS
+	// One open at a time: two workers asking for one new Unix path at
+	// once would each find the other's fresh socket "stale" (connect is
+	// refused until listen) and remove its file. Listens are rare.
+	b.openMu.Lock()
+	defer b.openMu.Unlock()
 	b.mu.Lock()
 	l, err := b.lookupLocked(network, address, resolved)
 	b.mu.Unlock()

@@ -20,12 +20,13 @@ import (
 // when that ping was sent, not from the last answer, so a master whose
 // timer ran late does not blame the worker. One that has not answered
 // within HeartbeatTimeout is hung: it is failed (routed around for good),
-// counted in Stats.HeartbeatKills and killed with SIGKILL; what it never
+// counted in Stats.HeartbeatKills and killed (SIGQUIT for its goroutine
+// dump, then SIGKILL after DumpWait: hung.go); what it never
 // read comes back at its exit and is served elsewhere, and its slot
 // restarts it as after a crash, backoff and MaxRestarts included, since a
 // program that hangs is as broken as one that crashes. A worker is thus
-// killed between HeartbeatTimeout and HeartbeatTimeout + Heartbeat after
-// it stops answering.
+// found hung between HeartbeatTimeout and HeartbeatTimeout + Heartbeat
+// after it stops answering, and is gone at most DumpWait later.
 //
 // The timer runs under Balancer.mu and never blocks (TryWriteFrame; a
 // ping that finds the control socket full is written again at the next

@@ -48,6 +48,11 @@ func stopped(pid int) bool {
 	if err != nil {
 		return false
 	}
-	_, rest, ok := strings.Cut(string(b), ") ")
-	return ok && len(rest) > 0 && (rest[0] == 'T' || rest[0] == 't')
+	// The state follows the command name, which may itself hold ") ".
+	i := strings.LastIndex(string(b), ") ")
+	if i < 0 || i+2 >= len(b) {
+		return false
+	}
+	return b[i+2] == 'T' || b[i+2] == 't'
+
 }

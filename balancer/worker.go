@@ -220,7 +220,8 @@ func (w *Worker) Kill(sig os.Signal) error {
 // Disconnect drains the worker gracefully: the master stops routing
 // connections to it at once, its listeners close (Accept returns
 // net.ErrClosed), it gets SIGTERM, and after Options.ShutdownTimeout
-// SIGKILL. It is not restarted: its slot stays empty.
+// SIGQUIT for its goroutine dump, then SIGKILL after DumpWait. It is not
+// restarted: its slot stays empty.
 func (w *Worker) Disconnect() {
 	w.b.mu.Lock()
 	w.slot.retired = true

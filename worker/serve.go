@@ -121,8 +121,8 @@ func Serve(ctx context.Context, srv *http.Server, lns ...net.Listener) error {
 // Disconnect, Serve waits up to 500ms for the SIGTERM that follows it, so
 // that the program's own code after Serve runs.
 //
-// Serve sets srv.ConnState, srv.BaseContext and srv.Handler and, with
-// MaxConnAge, srv.ConnContext, each wrapping the value already set.
+// Serve sets srv.ConnState, srv.BaseContext, srv.ConnContext and
+// srv.Handler, each wrapping the value already set.
 // Under a master it counts on the worker's counter page the connections
 // with a request in flight, so that the master can balance on requests;
 // hijacked connections are not counted.
@@ -140,7 +140,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, lns ...net.L
 		return fmt.Errorf("worker: ServeConfig.MaxConnAge must not be negative, not %s", sc.MaxConnAge)
 	}
 	t := newConnTracker(srv, client)
-	closeWhenDone(srv, t.draining, sc.MaxConnAge)
+	closeWhenDone(srv, t, sc.MaxConnAge)
 	var sigs chan os.Signal
 	if !sc.NoSignals {
 		sigs = make(chan os.Signal, 1)
@@ -395,8 +395,12 @@ func (t *connTracker) sweepLocked() {
 // that are busy, new or idle (for less than grace), and those it spared.
 // HTTP/2 connections are left to Shutdown.
 func (t *connTracker) sweep(now, start time.Time, grace time.Duration) int {
+	type candidate struct {
+		c  net.Conn
+		st connState
+	}
 	t.mu.Lock()
-	var done []net.Conn
+	var done []candidate
 	n := 0
 	for c, st := range t.state {
 		switch {
@@ -404,21 +408,28 @@ func (t *connTracker) sweep(now, start time.Time, grace time.Duration) int {
 			continue
 		case st.state == http.StateIdle && now.Sub(maxTime(st.since, start)) >= grace,
 			st.state == http.StateNew && now.Sub(st.since) >= newIdleTimeout:
-			done = append(done, c)
+			done = append(done, candidate{c, st})
 		default:
 			n++
 		}
 	}
 	t.mu.Unlock()
 	// Outside the lock: closing a *tls.Conn may block to send
-	// close_notify. A request that arrives meanwhile makes the conn busy,
-	// which only shortens the race that requestWaiting narrows.
-	for _, c := range done {
-		if requestWaiting(c) {
+	// close_notify. Each is looked at again just before, so that one that
+	// got a request meanwhile is left to finish it; what is left is the
+	// instant between that look and the close, which requestWaiting
+	// narrows to bytes still in flight.
+	for _, d := range done {
+		t.mu.Lock()
+		st, ok := t.state[d.c]
+		t.mu.Unlock()
+		switch {
+		case !ok:
+		case st != d.st || requestWaiting(d.c):
 			n++
-			continue
+		default:
+			_ = d.c.Close()
 		}
-		_ = c.Close()
 	}
 	return n
 }
@@ -428,6 +439,16 @@ func maxTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// markHTTP2 records that c carries HTTP/2, once its first request says so.
+func (t *connTracker) markHTTP2(c net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st, ok := t.state[c]; ok && !st.h2 {
+		st.h2 = true
+		t.state[c] = st
+	}
 }
 
 // isHTTP2 reports whether c is a TLS connection that negotiated HTTP/2.
@@ -531,33 +552,44 @@ func connClosed(c net.Conn) bool {
 	}
 }
 
-// connStartKey is the context key of a connection's start time.
-type connStartKey struct{}
+// connInfoKey is the context key of a connection's connInfo.
+type connInfoKey struct{}
 
-// closeWhenDone makes srv end keep-alive connections once draining is
-// closed and, if age is positive, those older than age: their next
+// connInfo is what a request's context knows of its connection.
+type connInfo struct {
+	c     net.Conn  // as ConnState sees it
+	start time.Time // when it was accepted
+}
+
+// closeWhenDone makes srv end keep-alive connections once the drain of t
+// has begun and, if age is positive, those older than age: their next
 // response carries "Connection: close", after which net/http closes an
-// HTTP/1 connection, and HTTP/2 sends GOAWAY (and strips the header).
-func closeWhenDone(srv *http.Server, draining <-chan struct{}, age time.Duration) {
-	if age > 0 {
-		prevCtx := srv.ConnContext
-		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-			if prevCtx != nil {
-				ctx = prevCtx(ctx, c)
-			}
-			return context.WithValue(ctx, connStartKey{}, time.Now())
+// HTTP/1 connection, and HTTP/2 sends GOAWAY (and strips the header). It
+// also tells t which connections speak HTTP/2 (h2c included, which
+// ConnState cannot tell from HTTP/1), so that the drain leaves them to
+// Shutdown's GOAWAY.
+func closeWhenDone(srv *http.Server, t *connTracker, age time.Duration) {
+	prevCtx := srv.ConnContext
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if prevCtx != nil {
+			ctx = prevCtx(ctx, c)
 		}
+		return context.WithValue(ctx, connInfoKey{}, &connInfo{c: c, start: time.Now()})
 	}
 	h := srv.Handler
 	if h == nil {
 		h = http.DefaultServeMux
 	}
 	srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ci, _ := r.Context().Value(connInfoKey{}).(*connInfo)
+		if ci != nil && r.ProtoMajor == 2 {
+			t.markHTTP2(ci.c)
+		}
 		select {
-		case <-draining:
+		case <-t.draining:
 			w.Header().Set("Connection", "close")
 		default:
-			if start, ok := r.Context().Value(connStartKey{}).(time.Time); ok && age > 0 && time.Since(start) > age {
+			if ci != nil && age > 0 && time.Since(ci.start) > age {
 				w.Header().Set("Connection", "close")
 			}
 		}

@@ -99,6 +99,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	client := &http.Client{Timeout: statusTimeout}
 	for {
 		doc, raw, err := fetchStatus(ctx, client, *admin)
+		if err != nil && ctx.Err() != nil {
+			return 0 // Ctrl-C during a fetch of --watch
+		}
 		if err != nil {
 			fmt.Fprintf(stderr, "handoff status: %v\n", err)
 			return 1
