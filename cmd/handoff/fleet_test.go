@@ -100,7 +100,7 @@ func TestParseSize(t *testing.T) {
 func TestHelpDocumentsFleetFlags(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	if _, err := parseFlagsTo([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlagsTo([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
 	for _, f := range []string{"max-requests", "max-lifetime", "max-memory", "heartbeat", "heartbeat-timeout", "max-restarts", "restart-window", "?grow="} {

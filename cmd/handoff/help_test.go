@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"flag"
-	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -17,7 +16,7 @@ import (
 func TestHelpGroupsEveryFlag(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	if _, err := parseFlagsTo([]string{"--help"}, &out, io.Discard); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlagsTo([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
 	// Every flag parseFlagsTo defines is in exactly one group.

@@ -162,7 +162,7 @@ func TestLogFormatAndLevelReachTheWorkers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv(envLogFormat, tt.envFormat)
 			t.Setenv(envLogLevel, tt.envLvl)
-			c, err := parseFlags(tt.args, nil)
+			c, err := parseFlags(tt.args)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -66,11 +66,12 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-// parseFlags parses the command line. Errors and their usage go to stderr;
-// the usage asked for with -h or --help goes to stdout, as GNU programs
-// do, so that `handoff --help | less` shows it.
-func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	return parseFlagsTo(args, os.Stdout, stderr)
+// parseFlags parses the command line. It writes nothing but the usage
+// asked for with -h or --help, to stdout as GNU programs do, so that
+// `handoff --help | less` shows it; an error is returned, for main to
+// print as one line.
+func parseFlags(args []string) (*config, error) {
+	return parseFlagsTo(args, os.Stdout)
 }
 
 // helpAsked reports whether args ask for the usage before any "--".
@@ -86,7 +87,7 @@ func helpAsked(args []string) bool {
 	return false
 }
 
-func parseFlagsTo(args []string, stdout, stderr io.Writer) (*config, error) {
+func parseFlagsTo(args []string, stdout io.Writer) (*config, error) {
 	c := &config{}
 	var listen listFlag
 	fs := defineFlags(c, &listen)
@@ -296,7 +297,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "status" && !worker.IsWorker() {
 		os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
 	}
-	c, err := parseFlags(os.Args[1:], os.Stderr)
+	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersion) {
 		os.Exit(0)
 	}
