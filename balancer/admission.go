@@ -218,30 +218,11 @@ func (b *Balancer) awaitAdmission(ctx context.Context) {
 	b.mu.Lock()
 	b.drainBy = time.Now().Add(b.opts.ShutdownTimeout) // see drainTimeout
 	b.mu.Unlock()
-	t := time.NewTimer(b.opts.ShutdownTimeout)
-	defer t.Stop()
-	for {
-		b.mu.Lock()
-		n, routable := b.admissionQueuedLocked(), 0
-		for _, w := range b.workers {
-			if w.routableLocked() {
-				routable++
-			}
-		}
-		b.mu.Unlock()
-		if n == 0 || routable == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			b.log.Warn().Int("conns", n).Str("timeout", b.opts.ShutdownTimeout.String()).
-				Msg("shutting down: connections still wait under max-conns; closing them")
-			return
-		case <-time.After(admissionPoll):
-		}
-	}
+	b.awaitQueue(ctx, b.opts.ShutdownTimeout, "shutting down: connections still wait under max-conns; closing them",
+		func(routable, _ int) (int, bool) {
+			n := b.admissionQueuedLocked()
+			return n, n > 0 && routable > 0
+		})
 }
 
 // awaitPending waits, at Shutdown, while connections wait in the pending
@@ -252,11 +233,22 @@ func (b *Balancer) awaitAdmission(ctx context.Context) {
 // HandoffTimeout, after which a stalled worker that answers nothing is
 // killed anyway.
 func (b *Balancer) awaitPending(ctx context.Context) {
-	t := time.NewTimer(b.opts.HandoffTimeout)
+	b.awaitQueue(ctx, b.opts.HandoffTimeout, "shutting down: connections still wait for a stalled worker; draining anyway",
+		func(routable, stalled int) (int, bool) {
+			return b.pending, b.pending > 0 && routable == 0 && stalled > 0
+		})
+}
+
+// awaitQueue polls, every admissionPoll, while wait (called under mu with
+// the workers that can take a connection now and those only stalled)
+// says so, for up to timeout or until ctx ends; at the timeout it logs
+// msg with the connections wait counted.
+func (b *Balancer) awaitQueue(ctx context.Context, timeout time.Duration, msg string, wait func(routable, stalled int) (int, bool)) {
+	t := time.NewTimer(timeout)
 	defer t.Stop()
 	for {
 		b.mu.Lock()
-		n, routable, stalled := b.pending, 0, 0
+		routable, stalled := 0, 0
 		for _, w := range b.workers {
 			switch {
 			case w.routableLocked():
@@ -265,16 +257,16 @@ func (b *Balancer) awaitPending(ctx context.Context) {
 				stalled++
 			}
 		}
+		n, more := wait(routable, stalled)
 		b.mu.Unlock()
-		if n == 0 || routable > 0 || stalled == 0 {
+		if !more {
 			return
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			b.log.Warn().Int("conns", n).Str("timeout", b.opts.HandoffTimeout.String()).
-				Msg("shutting down: connections still wait for a stalled worker; draining anyway")
+			b.log.Warn().Int("conns", n).Str("timeout", timeout.String()).Msg(msg)
 			return
 		case <-time.After(admissionPoll):
 		}
